@@ -1,0 +1,199 @@
+"""Artifacts: directories of payload files plus `manifest.json`, written atomically.
+
+A stage writes into a temporary sibling directory and renames it into place only when
+every file and the manifest are complete, so a crash or a bad input never leaves a
+half-written directory that looks valid. Loading verifies the manifest and file hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ArtifactError, OutputPathError
+
+__all__ = ["Artifact", "ArtifactWriter", "check_output_path", "library_versions", "MANIFEST"]
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an artifact (only those already imported or cheap)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("cunet-edge", "torch", "torchdiffeq", "numpy", "safetensors"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def check_output_path(out: str | Path, *, exist_ok: bool = False) -> Path:
+    """Fail early, before any work, if `out` cannot be created as an artifact directory."""
+    out = Path(out)
+    if out.exists() and not exist_ok:
+        raise OutputPathError(f"output {out} already exists; choose a new path or remove it")
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"output {out} exists and is not a directory")
+    parent = out.absolute().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write output {out}: {probe} is not a writable directory")
+    return out
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact directory; `manifest` is its parsed manifest.json."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config", {})
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def load(cls, path: str | Path, kinds: Iterable[str] | None = None, *, verify: bool = True) -> "Artifact":
+        """Open an artifact, checking that it is complete, uncorrupted and of an allowed kind."""
+        path = Path(path)
+        if not path.exists():
+            raise ArtifactError(f"artifact {path} does not exist")
+        if not path.is_dir():
+            raise ArtifactError(f"{path} is not an artifact directory (it is a file)")
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise ArtifactError(f"{path} is not an artifact: it has no {MANIFEST}")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{mpath} is corrupted: {exc}") from None
+        if not isinstance(manifest, dict) or "kind" not in manifest or "files" not in manifest:
+            raise ArtifactError(f"{mpath} is not a cunet-edge manifest (no kind/files)")
+        art = cls(path, manifest)
+        kinds = list(kinds) if kinds is not None else None
+        if kinds is not None and art.kind not in kinds:
+            raise ArtifactError(
+                f"{path} is a {art.kind!r} artifact; this command needs one of: {', '.join(kinds)}"
+            )
+        if verify:
+            art.verify()
+        return art
+
+    def verify(self) -> None:
+        """Check every payload file exists with the size and hash the manifest recorded."""
+        for name, meta in self.manifest["files"].items():
+            fpath = self.path / name
+            if not fpath.is_file():
+                raise ArtifactError(f"artifact {self.path} is incomplete: {name} is missing")
+            if fpath.stat().st_size != meta["bytes"]:
+                raise ArtifactError(
+                    f"artifact {self.path} is truncated or corrupted: {name} has "
+                    f"{fpath.stat().st_size} bytes, manifest says {meta['bytes']}"
+                )
+            if _sha256(fpath) != meta["sha256"]:
+                raise ArtifactError(f"artifact {self.path} is corrupted: {name} does not match its hash")
+
+
+class ArtifactWriter:
+    """Context manager that builds an artifact in a temporary directory and renames it into place.
+
+    Usage::
+
+        with ArtifactWriter(out, kind="checkpoint", stage="train", config=cfg_dict) as w:
+            save_file(tensors, w.dir / "model.safetensors")
+            w.manifest["signature"] = {...}
+        art = w.artifact
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        kind: str,
+        stage: str,
+        config: dict[str, Any],
+        parent: Artifact | None = None,
+        replace: bool = False,
+    ):
+        self.out = check_output_path(out, exist_ok=replace)
+        self.replace = replace
+        self.manifest: dict[str, Any] = {
+            "manifest_version": MANIFEST_VERSION,
+            "kind": kind,
+            "stage": stage,
+            "config": config,
+            "parent": None
+            if parent is None
+            else {"path": str(parent.path.resolve()), "kind": parent.kind, "id": parent.manifest.get("id")},
+        }
+        self.dir: Path | None = None
+        self.artifact: Artifact | None = None
+
+    def __enter__(self) -> "ArtifactWriter":
+        parent = self.out.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.dir is not None
+        if exc_type is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        try:
+            self._finish()
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _finish(self) -> None:
+        assert self.dir is not None
+        files = {}
+        for f in sorted(self.dir.rglob("*")):
+            if f.is_file() and f.name != MANIFEST:
+                rel = f.relative_to(self.dir).as_posix()
+                files[rel] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        self.manifest["files"] = files
+        self.manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.manifest["versions"] = library_versions()
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        self.manifest["id"] = f"{self.manifest['kind']}-{digest}"
+        (self.dir / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+        if self.out.exists() and self.replace:
+            # Swap in the new directory: the old one is renamed away first, removed last.
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+            os.replace(self.dir, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.dir, self.out)
+        self.artifact = Artifact(self.out, self.manifest)

@@ -1,0 +1,67 @@
+"""The `cunet-edge` command: a Click group whose subcommands are imported only when run.
+
+Library errors (CunetEdgeError) become one line on stderr and exit status 1; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from ..errors import CunetEdgeError
+
+__all__ = ["main", "COMMANDS"]
+
+# name -> "module:attr", imported on use so `cunet-edge --help` stays light.
+COMMANDS = {
+    "train": "cunet_edge.cli.train:train",
+    "sample": "cunet_edge.cli.sample:sample",
+    "evaluate": "cunet_edge.cli.evaluate:evaluate",
+    "inspect": "cunet_edge.cli.inspect:inspect",
+}
+
+_SUMMARIES = {
+    "train": "Train a continuous U-Net (or baseline U-Net) diffusion model.",
+    "sample": "Draw samples from a checkpoint into a PNG grid.",
+    "evaluate": "FID/KID and classifier confidence of a checkpoint's samples.",
+    "inspect": "Parameters, MACs per call and solver NFE of an artifact.",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand is used."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        # Listing summaries without importing every command module keeps --help light.
+        rows = [(name, _SUMMARIES[name]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CunetEdgeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="cunet-edge")
+@click.pass_context
+def main(ctx, debug):
+    """cunet-edge: make continuous U-Net diffusion models fast on edge GPUs, and measure the cost."""
+    ctx.ensure_object(dict)["debug"] = debug

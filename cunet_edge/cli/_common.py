@@ -1,0 +1,49 @@
+"""Helpers shared by the CLI commands: JSON output and output-path checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import OutputPathError
+
+__all__ = ["write_json", "check_file_output", "JSON_OPTION"]
+
+JSON_OPTION = click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write the machine-readable result to PATH ('-' for standard output).",
+)
+
+
+def check_file_output(path: str | os.PathLike, suffix: str | None = None) -> Path:
+    """Fail before any work if `path` cannot be written (or has the wrong suffix)."""
+    path = Path(path)
+    if suffix and path.suffix.lower() != suffix:
+        raise OutputPathError(f"output {path} must end in {suffix}")
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise OutputPathError(f"output {path} is a directory")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {path}: {parent} is not a writable directory")
+    return path
+
+
+def write_json(path: str | None, data: Any) -> None:
+    """Write `data` as JSON to path ('-' = stdout), atomically; do nothing if path is None."""
+    if path is None:
+        return
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    target = check_file_output(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.absolute().parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, target)

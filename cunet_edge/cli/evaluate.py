@@ -1,0 +1,30 @@
+"""`cunet-edge evaluate`: FID/KID in classifier feature space, with the real-vs-real reference."""
+
+import click
+
+from ._common import JSON_OPTION, write_json
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--n", default=1000, show_default=True, help="Number of generated images.")
+@click.option("--sampler", default="ddim", show_default=True, help="ddim or ddpm.")
+@click.option("--steps", default=50, show_default=True, help="Sampler steps (<= T).")
+@click.option("--eta", type=float, help="DDIM eta (default 0).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the initial noise.")
+@JSON_OPTION
+def evaluate(artifact, n, sampler, steps, eta, seed, json_path):
+    """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
+    from ..evaluation import evaluate_checkpoint
+    from ..sampling import SampleConfig
+    from ._common import check_file_output
+
+    cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed)
+    if json_path not in (None, "-"):
+        check_file_output(json_path)
+    m = evaluate_checkpoint(artifact, cfg, progress=True)
+    click.echo(
+        f"FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}, ratio {m['fid_ratio']:.2f}), "
+        f"KID {m['kid_mean']:.4f}, confident {100 * m['frac_confident']:.1f}%  [{n} samples, {sampler} {steps}]"
+    )
+    write_json(json_path, m)

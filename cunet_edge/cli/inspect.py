@@ -1,0 +1,20 @@
+"""`cunet-edge inspect`: what an artifact holds and what one network call costs."""
+
+import click
+
+from ._common import JSON_OPTION, write_json
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@JSON_OPTION
+def inspect(artifact, json_path):
+    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT."""
+    from ..inspection import inspect_artifact
+
+    info = inspect_artifact(artifact)
+    click.echo(
+        f"{info['kind']} {info['arch']}: {info['params']:,} params, {info['macs'] / 1e6:.2f} M MACs/call, "
+        f"NFE/call {info['nfe_per_call']:g}, solver {info['solver_summary']}"
+    )
+    write_json(json_path, info)

@@ -1,0 +1,41 @@
+"""`cunet-edge train`: train a diffusion model and write a checkpoint artifact."""
+
+import click
+
+from ._common import JSON_OPTION, write_json
+
+
+@click.command()
+@click.option("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10, or folder (with --data-root).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder of images / torchvision data root.")
+@click.option("--download/--no-download", default=None, help="Let torchvision download its dataset.")
+@click.option("--image-size", type=int, help="Square image size (default 16).")
+@click.option("--arch", type=click.Choice(["cunet", "unet"]), help="Continuous U-Net or the DDPM U-Net baseline.")
+@click.option("--steps", type=int, help="Optimizer steps (total, including resumed ones).")
+@click.option("--batch-size", type=int, help="Global batch size (split over torchrun processes).")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--seed", type=int, help="Seed for weights, batches and noise.")
+@click.option("--solver", "method", help="torchdiffeq method of the ODE blocks (rk4, euler, dopri5, ...).")
+@click.option("--solver-steps", type=int, help="Steps over [0, 1] for fixed-grid solvers.")
+@click.option("--rtol", type=float, help="Relative tolerance for adaptive solvers.")
+@click.option("--atol", type=float, help="Absolute tolerance for adaptive solvers.")
+@click.option("--adjoint/--no-adjoint", default=None, help="Adjoint backprop through the ODE blocks (less memory).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or JSON training config.")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (re-run to resume).")
+@JSON_OPTION
+def train(dataset, data_root, download, image_size, arch, steps, batch_size, lr, seed, method, solver_steps,
+          rtol, atol, adjoint, config_file, threads, progress, out, json_path):
+    """Train on a dataset; re-running with the same --out resumes from the last save."""
+    from ..training import train as run_training
+    from ..training import train_config_from_options
+
+    solver = {"method": method, "steps": solver_steps, "rtol": rtol, "atol": atol, "adjoint": adjoint}
+    cfg = train_config_from_options(config_file, dataset=dataset, data_root=data_root, download=download,
+                                    image_size=image_size, arch=arch, solver=solver, steps=steps,
+                                    batch_size=batch_size, lr=lr, seed=seed)
+    art = run_training(cfg, out, progress=progress, threads=threads)
+    if art is not None:
+        click.echo(f"{art.path}  checkpoint ({cfg.model.arch}, {art.manifest['train_step']} steps)")
+        write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "steps": art.manifest["train_step"]})

@@ -1,0 +1,186 @@
+"""DDPM noise schedules, the ε-prediction training loss, and the DDPM and DDIM samplers.
+
+The schedule is computed in numpy float64 so the numpy sampler that runs on the device
+(without torch) uses exactly the same numbers as training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .config import check_choice, check_positive
+from .errors import ConfigError
+
+__all__ = [
+    "DiffusionConfig",
+    "SCHEDULES",
+    "SAMPLERS",
+    "make_betas",
+    "alphas_cumprod",
+    "sampling_timesteps",
+    "q_sample",
+    "diffusion_loss",
+    "sample_ddpm",
+    "sample_ddim",
+    "sample",
+]
+
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process: T steps of a linear (Ho et al.) or cosine (Nichol & Dhariwal) β schedule."""
+
+    timesteps: int = 1000
+    schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    clip_denoised: bool = True
+
+    def __post_init__(self):
+        check_positive("diffusion.timesteps", self.timesteps)
+        check_choice("diffusion.schedule", self.schedule, SCHEDULES)
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ConfigError(
+                f"diffusion betas need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}"
+            )
+
+
+def make_betas(cfg: DiffusionConfig) -> np.ndarray:
+    """β_1..β_T as float64: linear in β, or cosine in ᾱ with offset s = 0.008 and β ≤ 0.999."""
+    T = cfg.timesteps
+    if cfg.schedule == "linear":
+        return np.linspace(cfg.beta_start, cfg.beta_end, T, dtype=np.float64)
+    s = 0.008
+    f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+    return np.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999)
+
+
+def alphas_cumprod(cfg: DiffusionConfig) -> np.ndarray:
+    """ᾱ_t = ∏ (1 − β_s) for t = 0..T−1, float64."""
+    return np.cumprod(1.0 - make_betas(cfg))
+
+
+def sampling_timesteps(cfg: DiffusionConfig, steps: int) -> np.ndarray:
+    """`steps` evenly spaced timesteps from T−1 down to 0 (unique, since steps ≤ T)."""
+    if not isinstance(steps, (int, np.integer)) or steps < 1 or steps > cfg.timesteps:
+        raise ConfigError(f"sampler steps must be an integer in 1..{cfg.timesteps}, got {steps}")
+    if steps == 1:
+        return np.array([cfg.timesteps - 1])
+    return np.round(np.linspace(cfg.timesteps - 1, 0, steps)).astype(np.int64)
+
+
+def q_sample(x0, t, noise, abar):
+    """Diffuse clean images to timestep t: sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε (torch tensors)."""
+    a = abar.to(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def diffusion_loss(model, x0, abar, generator=None):
+    """The simple ε-prediction loss of DDPM: E_{t, ε} ‖ε − ε_θ(x_t, t)‖², t uniform on 0..T−1."""
+    import torch
+
+    T = abar.shape[0]
+    t = torch.randint(0, T, (x0.shape[0],), generator=generator, device="cpu").to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(x0.device)
+    eps = model(q_sample(x0, t, noise, abar), t)
+    return torch.nn.functional.mse_loss(eps, noise)
+
+
+def _predict_x0(model, x, t: int, a_t: float, clip: bool):
+    """Run the denoiser once at integer timestep t; return (ε̂, x̂0), x̂0 clipped to [−1, 1] if asked."""
+    import torch
+
+    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps = model(x, tt)
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        # Keep ε consistent with the clipped x̂0, as the DDIM update assumes both agree.
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    return eps, x0
+
+
+def _noise_like(x, generator):
+    import torch
+
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+
+
+def sample_ddpm(model, x, cfg: DiffusionConfig, steps: int, *, eta: float = 1.0, generator=None,
+                callback: Callable | None = None):
+    """DDPM ancestral sampling (Ho et al. 2020) on `steps` respaced timesteps.
+
+    With steps < T the chain uses the respaced betas β' = 1 − ᾱ_t / ᾱ_s between consecutive
+    kept timesteps (Nichol & Dhariwal 2021). `eta` is accepted for the shared signature and
+    must be 1: DDPM is DDIM with η = 1.
+    """
+    if eta != 1.0:
+        raise ConfigError(f"the ddpm sampler has eta = 1; got eta={eta} (use --sampler ddim for other values)")
+    abar = alphas_cumprod(cfg)
+    ts = sampling_timesteps(cfg, steps)
+    for i, t in enumerate(ts):
+        a_t = float(abar[t])
+        a_s = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        beta = 1.0 - a_t / a_s
+        _, x0 = _predict_x0(model, x, int(t), a_t, cfg.clip_denoised)
+        mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x
+        if i + 1 < len(ts):
+            var = beta * (1 - a_s) / (1 - a_t)
+            x = mean + math.sqrt(var) * _noise_like(x, generator)
+        else:
+            x = mean
+        if callback is not None:
+            callback(i, int(t), x)
+    return x
+
+
+def sample_ddim(model, x, cfg: DiffusionConfig, steps: int, *, eta: float = 0.0, generator=None,
+                callback: Callable | None = None):
+    """DDIM sampling (Song et al. 2021) on `steps` timesteps; η = 0 is deterministic, η = 1 is DDPM-like."""
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"ddim eta must be in [0, 1], got {eta}")
+    abar = alphas_cumprod(cfg)
+    ts = sampling_timesteps(cfg, steps)
+    for i, t in enumerate(ts):
+        a_t = float(abar[t])
+        a_s = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        eps, x0 = _predict_x0(model, x, int(t), a_t, cfg.clip_denoised)
+        sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+        x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * _noise_like(x, generator)
+        if callback is not None:
+            callback(i, int(t), x)
+    return x
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+
+
+def sample(model, n: int, shape: tuple[int, int, int], cfg: DiffusionConfig, *, sampler: str = "ddim",
+           steps: int = 50, eta: float | None = None, seed: int = 0, batch_size: int = 256,
+           device="cpu", progress: Callable | None = None):
+    """Draw n images with a named sampler from seeded Gaussian noise; batched, returns (n, *shape) in [-1, 1]."""
+    import torch
+
+    check_choice("sampler", sampler, SAMPLERS)
+    check_positive("number of samples", n)
+    sampling_timesteps(cfg, steps)  # validate before any work
+    kwargs = {} if eta is None else {"eta": eta}
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            x = torch.randn((b, *shape), generator=g).to(device)
+            out.append(SAMPLERS[sampler](model, x, cfg, steps, generator=g, **kwargs).clamp(-1, 1).cpu())
+            if progress is not None:
+                progress(b)
+    return torch.cat(out)

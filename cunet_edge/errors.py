@@ -1,0 +1,43 @@
+"""One user-facing error family: the CLI prints these as one line and exits non-zero."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CunetEdgeError",
+    "ConfigError",
+    "ArtifactError",
+    "DatasetError",
+    "BackendMissingError",
+    "OutputPathError",
+]
+
+
+class CunetEdgeError(Exception):
+    """Base class of every error the library raises on bad input or missing setup."""
+
+    exit_code = 1
+
+
+class ConfigError(CunetEdgeError):
+    """A config value, key or option that is not allowed."""
+
+
+class ArtifactError(CunetEdgeError):
+    """An artifact directory that is missing, incomplete, corrupted or of the wrong kind."""
+
+
+class DatasetError(CunetEdgeError):
+    """A dataset that is unknown, not installed, or holds files that are not images."""
+
+
+class OutputPathError(CunetEdgeError):
+    """An output path that cannot be written."""
+
+
+class BackendMissingError(CunetEdgeError):
+    """An optional backend that is not installed; the message says how to install it."""
+
+    def __init__(self, package: str, hint: str):
+        super().__init__(f"{package} is not installed: {hint}")
+        self.package = package
+        self.hint = hint

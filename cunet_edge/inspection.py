@@ -1,0 +1,48 @@
+"""`inspect`: an artifact's lineage, architecture, solver, and the cost of one network call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import to_dict
+
+__all__ = ["inspect_artifact"]
+
+
+def _solver_summary(model_cfg) -> str:
+    solver = getattr(model_cfg, "solver", None)
+    if solver is None:
+        return "none (discrete U-Net)"
+    if solver.adaptive:
+        return f"{solver.method} rtol={solver.rtol:g} atol={solver.atol:g}"
+    return f"{solver.method} x{solver.steps}"
+
+
+def inspect_artifact(path: str | Path) -> dict[str, Any]:
+    """params, MACs per call (every solver evaluation counted), NFE per call, configs, lineage."""
+    from .checkpoint import load_checkpoint
+    from .models import profile_model
+
+    ckpt = load_checkpoint(path)
+    m = ckpt.config.model
+    prof = profile_model(ckpt.model, m)
+    man = ckpt.artifact.manifest
+    return {
+        "path": str(ckpt.artifact.path),
+        "kind": man["kind"],
+        "id": man.get("id"),
+        "parent": man.get("parent"),
+        "arch": m.arch,
+        "params": prof["params"],
+        "macs": prof["macs"],
+        "flops": prof["flops"],
+        "nfe_per_call": prof["nfe_per_call"],
+        "ode_blocks": prof.get("ode_blocks", 0),
+        "model": to_dict(m),
+        "solver": to_dict(m.solver) if hasattr(m, "solver") else None,
+        "solver_summary": _solver_summary(m),
+        "diffusion": to_dict(ckpt.config.diffusion),
+        "train_step": man.get("train_step"),
+        "signature": man.get("signature"),
+    }

@@ -1,0 +1,84 @@
+"""Denoiser models: the continuous U-Net (neural-ODE blocks) and the DDPM U-Net baseline.
+
+Importing this package is cheap: the submodules (and torch with them) load on first use of
+a name, and diffusers only when a baseline U-Net is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .baseline import UNetConfig
+    from .cunet import CUNetConfig
+    from .profile import profile_model
+    from .solver import SolverConfig
+
+    ModelConfig = CUNetConfig | UNetConfig
+
+__all__ = [
+    "SolverConfig",
+    "CUNetConfig",
+    "UNetConfig",
+    "ModelConfig",
+    "model_config_from_dict",
+    "build_model",
+    "profile_model",
+]
+
+# Registry: name → "module:attr", imported on use (see DESIGN §3).
+_LAZY = {
+    "SolverConfig": "solver:SolverConfig",
+    "CUNetConfig": "cunet:CUNetConfig",
+    "UNetConfig": "baseline:UNetConfig",
+    "profile_model": "profile:profile_model",
+}
+# arch → (config class, model class)
+ARCHS = {
+    "cunet": ("cunet:CUNetConfig", "cunet:ContinuousUNet"),
+    "unet": ("baseline:UNetConfig", "baseline:BaselineUNet"),
+}
+
+
+def _load(spec: str) -> Any:
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(f".{module}", __name__), attr)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return _load(_LAZY[name])
+    if name == "ModelConfig":
+        return _load(_LAZY["CUNetConfig"]) | _load(_LAZY["UNetConfig"])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Parse a model config table, dispatching on its `arch` key (default "cunet")."""
+    from ..config import from_dict
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"model config: expected a table, got {data!r}")
+    arch = data.get("arch", "cunet")
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise ConfigError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHS)}")
+    return from_dict(_load(ARCHS[arch][0]), data)
+
+
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    """A freshly initialised denoiser for a model config (uses torch's global RNG)."""
+    for cfg_spec, model_spec in ARCHS.values():
+        if isinstance(cfg, _load(cfg_spec)):
+            return _load(model_spec)(cfg)
+    raise ConfigError(
+        f"build_model: expected a model config ({', '.join(ARCHS)}), got {type(cfg).__name__}"
+    )

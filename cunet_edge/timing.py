@@ -1,0 +1,31 @@
+"""Latency measurement protocol: warm-up, then a minimum iteration count and duration (MLPerf style)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["time_call"]
+
+
+def time_call(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, min_seconds: float = 1.0,
+              max_iters: int = 100_000) -> dict[str, float]:
+    """Time fn() after `warmup` calls until both min_iters and min_seconds are reached; ms percentiles."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    a = np.asarray(samples)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "iters": len(samples),
+    }

@@ -1,0 +1,285 @@
+"""Training: DDPM ε-prediction with EMA, seeded and resumable, single process or DDP via torchrun.
+
+Randomness for step k on rank r comes from a generator seeded with (seed, r, k), so a run
+resumed from its own checkpoint draws exactly the batches and noise it would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import check_choice, check_positive, from_dict, to_dict
+from .data import DataConfig
+from .diffusion import DiffusionConfig
+from .errors import ArtifactError, ConfigError
+from .models import CUNetConfig, ModelConfig, model_config_from_dict
+
+__all__ = ["TrainConfig", "train_config_from_dict", "train", "CHECKPOINT_KIND"]
+
+CHECKPOINT_KIND = "checkpoint"
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the whole of it is stored as the checkpoint's config.json."""
+
+    model: ModelConfig = field(default_factory=CUNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    seed: int = 0
+    save_every: int = 500
+    sample_n: int = 64
+    sample_steps: int = 50
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "lr", "save_every", "sample_n", "sample_steps"):
+            check_positive(name, getattr(self, name))
+        check_positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("grad_clip", self.grad_clip, allow_zero=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.model.image_size != self.data.image_size:
+            raise ConfigError(
+                f"model.image_size {self.model.image_size} differs from data.image_size {self.data.image_size}"
+            )
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Parse a TrainConfig; the model table is dispatched on its `arch` key."""
+    data = dict(data)
+    if "model" in data:
+        data["model"] = model_config_from_dict(data["model"])
+    return from_dict(TrainConfig, data)
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def _ema_update(ema, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            e = ema[name]
+            if e.dtype.is_floating_point:
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            else:
+                e.copy_(p)
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed() -> _Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(device="cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    device = "cpu"
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return _Dist(rank=rank, world=dist.get_world_size(), device=device)
+
+
+def _step_generator(seed: int, rank: int, step: int):
+    """A generator seeded from (seed, rank, step): resuming replays the same randomness."""
+    import numpy as np
+    import torch
+
+    s = int(np.random.SeedSequence([seed, rank, step]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(s)
+
+
+def _resume_state(out: Path, cfg: TrainConfig) -> dict | None:
+    """State to resume from if `out` is this run's own checkpoint; None if `out` is new."""
+    from .artifact import Artifact
+    from .checkpoint import load_train_state
+
+    if not out.exists():
+        return None
+    art = Artifact.load(out, kinds=[CHECKPOINT_KIND])
+    saved = dict(art.config)
+    mine = to_dict(cfg)
+    saved.pop("steps", None), mine.pop("steps", None)
+    if saved != mine:
+        diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        raise ArtifactError(
+            f"{out} holds a checkpoint trained with a different config ({', '.join(diff)} differ); "
+            "resume with the same settings or choose a new --out"
+        )
+    return load_train_state(art)
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} it/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+    )
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: int | None = None):
+    """Train a denoiser with the DDPM loss and write (or resume) the checkpoint artifact at `out`.
+
+    Returns the artifact on the main process (None on the other DDP ranks).
+    """
+    import torch
+
+    from .artifact import check_output_path
+    from .checkpoint import save_checkpoint
+    from .data import image_channels, load_images
+    from .diffusion import alphas_cumprod, diffusion_loss, sample
+    from .models import build_model
+
+    out = check_output_path(out, exist_ok=True)
+    if cfg.model.in_channels != image_channels(cfg.data):
+        raise ConfigError(
+            f"model.in_channels {cfg.model.in_channels} but dataset {cfg.data.name} has "
+            f"{image_channels(cfg.data)} channel(s)"
+        )
+    resume = _resume_state(out, cfg)
+    if resume is not None and resume["step"] >= cfg.steps:
+        from .artifact import Artifact
+
+        return Artifact.load(out)
+    if threads:
+        torch.set_num_threads(threads)
+    d = _init_distributed()
+    if cfg.batch_size % d.world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {d.world} processes")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(d.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        ema = {k: v.to(d.device) for k, v in resume["ema"].items()}
+        start = resume["step"]
+    net = model
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    images, _ = load_images(cfg.data, "train")
+    images = images.to(d.device)
+    abar = torch.tensor(alphas_cumprod(cfg.diffusion), dtype=torch.float32)
+    per_rank = cfg.batch_size // d.world
+
+    def save(step: int, final: bool):
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+        samples = None
+        if final:
+            ema_model = build_model(cfg.model).to(d.device)
+            ema_model.load_state_dict(ema)
+            samples = sample(ema_model, cfg.sample_n, tuple(images.shape[1:]), cfg.diffusion,
+                             sampler="ddim", steps=cfg.sample_steps, seed=cfg.seed, device=d.device)
+        return save_checkpoint(out, cfg, ema, step=step, train_state=state, samples=samples,
+                               replace=out.exists())
+
+    art = None
+    with _progress_bar(progress and d.main) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
+        t0, done = time.perf_counter(), 0
+        for step in range(start, cfg.steps):
+            g = _step_generator(cfg.seed, d.rank, step)
+            x0 = images[torch.randint(0, images.shape[0], (per_rank,), generator=g).to(d.device)]
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            loss = diffusion_loss(net, x0, abar, generator=g)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            # Short runs: ramp the EMA decay so early weights do not dominate the average.
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            done += 1
+            bar.update(task, advance=1, loss=loss.item(), rate=done / (time.perf_counter() - t0))
+            if d.main and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                save(step + 1, final=False)
+        if d.main:
+            art = save(cfg.steps, final=True)
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return art
+
+
+def train_config_from_options(config_file: str | None = None, *, dataset: str | None = None,
+                              data_root: str | None = None, download: bool | None = None,
+                              image_size: int | None = None, arch: str | None = None,
+                              solver: dict[str, Any] | None = None, **top: Any) -> TrainConfig:
+    """A TrainConfig from an optional TOML/JSON file with command-line values laid over it.
+
+    Options left as None keep the file's (or the default) value. The model's input channels
+    follow the dataset unless the file sets them.
+    """
+    from .config import load_config_file
+    from .data import image_channels
+
+    d = load_config_file(config_file) if config_file else {}
+    data = dict(d.get("data", {}))
+    model = dict(d.get("model", {}))
+    for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):
+        if value is not None:
+            data[key] = value
+    if image_size is not None:
+        model["image_size"] = image_size
+    elif "image_size" in data:
+        model.setdefault("image_size", data["image_size"])
+    if arch is not None and arch != model.get("arch", "cunet"):
+        model = {k: v for k, v in model.items() if k in ("image_size", "in_channels")} | {"arch": arch}
+    solver = {k: v for k, v in (solver or {}).items() if v is not None}
+    if solver:
+        model["solver"] = dict(model.get("solver", {})) | solver
+    d = dict(d) | {"data": data, "model": model} | {k: v for k, v in top.items() if v is not None}
+    data_cfg = from_dict(DataConfig, data, "data")
+    if "in_channels" not in model:
+        model["in_channels"] = image_channels(data_cfg)
+    return train_config_from_dict(d)

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny, seeded training config and a trained tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+# Tiny models gain nothing from a second thread, and on a loaded 2-core machine OpenMP
+# threads that wait for each other make convs 100x slower; subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY = {
+    "model": {
+        "arch": "cunet", "in_channels": 1, "image_size": 8, "base_channels": 8, "channel_mults": [1, 2],
+        "attn_resolutions": [4], "attn_heads": 2, "norm_groups": 4, "time_emb_dim": 16,
+        "solver": {"method": "euler", "steps": 1},
+    },
+    "data": {"name": "digits", "image_size": 8},
+    "steps": 6, "batch_size": 8, "warmup_steps": 2, "save_every": 4, "sample_n": 4, "sample_steps": 2,
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Keep the classifier cache out of the home directory."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    os.environ["CUNET_EDGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A real checkpoint: the tiny continuous U-Net trained for a few steps on digits."""
+    from cunet_edge.training import train, train_config_from_dict
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    train(train_config_from_dict(TINY), out, progress=False)
+    return out
