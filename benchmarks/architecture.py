@@ -25,20 +25,19 @@ def _parse(argv):
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--n", type=int, default=1000, help="samples for FID")
     p.add_argument("--sampler-steps", type=int, default=50, help="DDIM steps for FID")
-    p.add_argument("--cunet-widths", default="8,16,24", help="base widths of the continuous U-Net")
+    p.add_argument("--cunet-widths", default="8,16", help="base widths of the continuous U-Net")
     p.add_argument("--unet-widths", default="8,16,32", help="base widths of the baseline U-Net")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--match", type=float, default=0.10, help="relative FID difference that counts as matched")
     return p.parse_args(argv)
 
 
 def _row(arch: str, width: int, args) -> dict:
-    import torch
-
+    """Train (or resume) one model, then its params, MACs, NFE and FID."""
     from cunet_edge.checkpoint import load_checkpoint
     from cunet_edge.evaluation import evaluate_checkpoint
     from cunet_edge.models import profile_model
     from cunet_edge.sampling import SampleConfig
-    from cunet_edge.timing import time_call
     from cunet_edge.training import train, train_config_from_options
 
     extra = {"steps": args.steps} if args.steps else {}
@@ -48,15 +47,32 @@ def _row(arch: str, width: int, args) -> dict:
     train(cfg, out, progress=True)
     ckpt = load_checkpoint(out)
     prof = profile_model(ckpt.model, cfg.model)
-    x = torch.randn(1, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    t = torch.tensor([500])
-    with torch.no_grad():
-        lat = time_call(lambda: ckpt.model(x, t), warmup=5, min_iters=30, min_seconds=2.0)
     m = evaluate_checkpoint(out, SampleConfig(n=args.n, steps=args.sampler_steps), progress=True)
     return {"arch": arch, "width": width, "params": prof["params"], "macs": prof["macs"],
-            "nfe_per_call": prof["nfe_per_call"], "latency_ms_b1": lat["p50_ms"], "fid": m["fid"],
+            "nfe_per_call": prof["nfe_per_call"], "fid": m["fid"], "fid_ratio": m["fid_ratio"],
             "fid_real_reference": m["fid_real_reference"], "kid_mean": m["kid_mean"],
             "frac_confident": m["frac_confident"], "checkpoint": str(out)}
+
+
+def _latencies(rows: list[dict], rounds: int = 5) -> None:
+    """CPU latency per call at batch 1, every model timed in turn over several rounds (side by side)."""
+    import numpy as np
+    import torch
+
+    from cunet_edge.checkpoint import load_checkpoint
+    from cunet_edge.timing import time_call
+
+    models = [load_checkpoint(r["checkpoint"]).model for r in rows]
+    cfg = load_checkpoint(rows[0]["checkpoint"]).config.model
+    x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    t = torch.tensor([500])
+    times: list[list[float]] = [[] for _ in rows]
+    with torch.no_grad():
+        for _ in range(rounds):
+            for i, model in enumerate(models):
+                times[i].append(time_call(lambda: model(x, t), warmup=3, min_iters=20, min_seconds=0.5)["p50_ms"])
+    for r, ts in zip(rows, times):
+        r["latency_ms_b1"] = float(np.median(ts))
 
 
 def train_config_from_options_with_width(cfg, width: int):
@@ -100,8 +116,13 @@ def _print(rows, pairs):
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = [_row("cunet", int(w), args) for w in args.cunet_widths.split(",")]
     rows += [_row("unet", int(w), args) for w in args.unet_widths.split(",")]
+    _latencies(rows)
     pairs = _matches(rows, args.match)
     _print(rows, pairs)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -162,6 +162,10 @@ class ArtifactWriter:
         parent = self.out.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        # mkdtemp makes the folder 0700; an artifact should get the usual umask permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.dir.chmod(0o777 & ~umask)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

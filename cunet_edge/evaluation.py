@@ -45,7 +45,7 @@ _BATCH = 512  # images per forward pass when extracting features or predicting
 class ClassifierConfig:
     """Training settings of the feature classifier; their hash is part of the cache file name."""
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
     max_shift: int = 2  # random translation in pixels, as augmentation
@@ -316,6 +316,7 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig) -> dict:
     matched = fid_kid(samples[:n_ref], train_x, extractor)["fid"] if samples.shape[0] > n_ref else gen["fid"]
     probs = _predict(classifier, samples).softmax(dim=1)
     confidence = probs.max(dim=1).values
+    real_confidence = _predict(classifier, test_x).softmax(dim=1).max(dim=1).values
     return {
         "fid": gen["fid"],
         "kid_mean": gen["kid_mean"],
@@ -331,6 +332,7 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig) -> dict:
         "classifier_test_accuracy": classifier.test_accuracy,
         "confidence_mean": float(confidence.mean()),
         "frac_confident": float((confidence >= 0.9).float().mean()),
+        "frac_confident_real_reference": float((real_confidence >= 0.9).float().mean()),
         "class_histogram": torch.bincount(probs.argmax(dim=1), minlength=k).tolist(),
     }
 

@@ -34,7 +34,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=CUNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    steps: int = 2000
+    steps: int = 1800
     batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: str = "cosine"

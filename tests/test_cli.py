@@ -54,6 +54,18 @@ def test_train_sample_inspect(tiny_checkpoint, tmp_path):
     assert info["solver"]["method"] == "euler" and info["model"]["base_channels"] == 8
 
 
+def test_evaluate_writes_json_and_metrics(tiny_checkpoint, tmp_path):
+    res = run("evaluate", tiny_checkpoint, "--n", 40, "--steps", 2, "--json", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "e.json").read_text())
+    for key in ("fid", "kid_mean", "fid_real_reference", "n_samples", "sampler", "sampler_steps"):
+        assert key in m
+    assert m["n_samples"] == 40 and m["sampler"] == "ddim" and m["sampler_steps"] == 2
+    assert m["fid"] > m["fid_real_reference"] > 0  # a 6-step model is far from the data
+    stored = json.loads((tiny_checkpoint / "metrics.json").read_text())["evaluate"]
+    assert stored["fid"] == m["fid"]
+
+
 def test_train_resumes_from_its_own_output(tiny_config_file, tmp_path):
     out = tmp_path / "run"
     assert run("train", "--config", tiny_config_file, "--steps", 4, "--no-progress", "--out", out).exit_code == 0

@@ -6,6 +6,9 @@ cache; tests that need their own training use a 20-step config.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,8 +29,9 @@ TINY = ClassifierConfig(steps=20)  # cheap training for the cache tests; accurac
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cunet-edge-cache")
+def cache_dir():
+    # The session's cache (tests/conftest.py), so other tests reuse the classifier trained here.
+    return Path(os.environ["CUNET_EDGE_CACHE"])
 
 
 @pytest.fixture(autouse=True)

@@ -92,3 +92,17 @@ def test_ddp_two_cpu_processes(tiny_config_file, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_step"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary dirs left
+
+
+def test_baseline_unet_trains_by_the_same_code(tmp_path):
+    pytest.importorskip("diffusers")
+    from cunet_edge.checkpoint import load_checkpoint
+    from cunet_edge.diffusion import sample
+
+    model = {"arch": "unet", "in_channels": 1, "image_size": 8, "base_channels": 8, "channel_mults": [1, 2],
+             "attn_resolutions": [4], "norm_groups": 4}
+    train(_cfg(model=model, steps=3), tmp_path / "unet", progress=False)
+    ckpt = load_checkpoint(tmp_path / "unet")
+    assert ckpt.config.model.arch == "unet"
+    imgs = sample(ckpt.model, 2, (1, 8, 8), ckpt.config.diffusion, steps=2)
+    assert imgs.shape == (2, 1, 8, 8) and torch.isfinite(imgs).all()

@@ -25,6 +25,8 @@ def evaluate(artifact, n, sampler, steps, eta, seed, json_path):
     m = evaluate_checkpoint(artifact, cfg, progress=True)
     click.echo(
         f"FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}, ratio {m['fid_ratio']:.2f}), "
-        f"KID {m['kid_mean']:.4f}, confident {100 * m['frac_confident']:.1f}%  [{n} samples, {sampler} {steps}]"
+        f"at n={m['n_reference']}: ratio {m['fid_ratio_at_reference_n']:.2f}; KID {m['kid_mean']:.2f}; "
+        f"confident {100 * m['frac_confident']:.1f}% (real {100 * m['frac_confident_real_reference']:.1f}%)"
+        f"  [{n} samples, {sampler} {steps}]"
     )
     write_json(json_path, m)

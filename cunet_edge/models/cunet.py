@@ -79,7 +79,7 @@ class CUNetConfig:
     arch: Literal["cunet"] = "cunet"
     in_channels: int = 1
     image_size: int = 16
-    base_channels: int = 32
+    base_channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2, 2)
     attn_resolutions: tuple[int, ...] = (4,)
     attn_heads: int = 4
