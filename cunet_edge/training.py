@@ -41,7 +41,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    ema_decay: float = 0.995
+    ema_decay: float = 0.999
     seed: int = 0
     save_every: int = 500
     sample_n: int = 64
@@ -235,8 +235,9 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            # Short runs: ramp the EMA decay so early weights do not dominate the average.
-            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            # Until the decay's horizon is reached the EMA is the plain mean of all weights so
+            # far, so the random initial weights never dominate a short run's average.
+            _ema_update(ema, model, min(cfg.ema_decay, 1.0 - 1.0 / (1 + step)))
             done += 1
             bar.update(task, advance=1, loss=loss.item(), rate=done / (time.perf_counter() - t0))
             if d.main and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:

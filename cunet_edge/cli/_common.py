@@ -13,7 +13,7 @@ import click
 
 from ..errors import OutputPathError
 
-__all__ = ["write_json", "check_file_output", "JSON_OPTION"]
+__all__ = ["write_json", "check_file_output", "JSON_OPTION", "sampler_options"]
 
 JSON_OPTION = click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
@@ -47,3 +47,21 @@ def write_json(path: str | None, data: Any) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, target)
+
+
+def sampler_options(n_default: int):
+    """The options that choose how images are drawn (shared by sample and evaluate)."""
+
+    def wrap(fn):
+        for opt in reversed([
+            click.argument("artifact", type=click.Path()),
+            click.option("--n", default=n_default, show_default=True, help="Number of images."),
+            click.option("--sampler", default="ddim", show_default=True, help="ddim or ddpm."),
+            click.option("--steps", default=50, show_default=True, help="Sampler steps (<= T)."),
+            click.option("--eta", type=float, help="DDIM eta (default 0: deterministic)."),
+            click.option("--seed", default=0, show_default=True, help="Seed of the initial noise."),
+        ]):
+            fn = opt(fn)
+        return fn
+
+    return wrap

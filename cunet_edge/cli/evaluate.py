@@ -2,16 +2,11 @@
 
 import click
 
-from ._common import JSON_OPTION, write_json
+from ._common import JSON_OPTION, sampler_options, write_json
 
 
 @click.command()
-@click.argument("artifact", type=click.Path())
-@click.option("--n", default=1000, show_default=True, help="Number of generated images.")
-@click.option("--sampler", default="ddim", show_default=True, help="ddim or ddpm.")
-@click.option("--steps", default=50, show_default=True, help="Sampler steps (<= T).")
-@click.option("--eta", type=float, help="DDIM eta (default 0).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the initial noise.")
+@sampler_options(n_default=1000)
 @JSON_OPTION
 def evaluate(artifact, n, sampler, steps, eta, seed, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""

@@ -2,14 +2,11 @@
 
 import click
 
+from ._common import sampler_options
+
 
 @click.command()
-@click.argument("artifact", type=click.Path())
-@click.option("--n", default=64, show_default=True, help="Number of images.")
-@click.option("--sampler", default="ddim", show_default=True, help="ddim or ddpm.")
-@click.option("--steps", default=50, show_default=True, help="Sampler steps (<= T).")
-@click.option("--eta", type=float, help="DDIM eta (default 0: deterministic).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the initial noise.")
+@sampler_options(n_default=64)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 def sample(artifact, n, sampler, steps, eta, seed, out):
     """Sample ARTIFACT (a checkpoint) and save a PNG grid."""
