@@ -195,7 +195,13 @@ class ODEBlock(nn.Module):
         return self.integrate(x, self.init_velocity(x), emb)
 
     def integrate(self, x: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """x(1) from (x, v) at s = 0 with torchdiffeq (adjoint backprop when solver.adjoint)."""
+        """x(1) from (x, v) at s = 0: torchdiffeq (adjoint if asked), or the unrolled explicit loop."""
+        if self.solver.unrolled:
+            from ..unrolling import integrate_unrolled
+
+            xs = integrate_unrolled(lambda st: self.dynamics(st[0], st[1], emb), (x, v),
+                                    self.solver.method, self.solver.steps)
+            return xs[0]
         import torchdiffeq
 
         s = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)

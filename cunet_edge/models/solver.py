@@ -62,7 +62,8 @@ class SolverConfig:
     `steps` applies to fixed-grid methods (euler, midpoint, rk4, heun2, heun3, the Adams
     methods); `rtol`/`atol` to adaptive ones (dopri5, dopri8, bosh3, fehlberg2,
     adaptive_heun). `adjoint` backpropagates with torchdiffeq's adjoint method (less memory,
-    more function evaluations in the backward pass).
+    more function evaluations in the backward pass). `unrolled` replaces torchdiffeq by the
+    explicit loop of `cunet_edge.unrolling` (same coefficients, a static graph).
     """
 
     method: str = "rk4"
@@ -70,6 +71,7 @@ class SolverConfig:
     rtol: float = 1e-3
     atol: float = 1e-3
     adjoint: bool = False
+    unrolled: bool = False
 
     def __post_init__(self) -> None:
         table = _solver_table()
@@ -82,6 +84,15 @@ class SolverConfig:
             raise ConfigError(f"solver.steps must be an integer >= 1, got {self.steps!r}")
         check_positive("solver.rtol", self.rtol)
         check_positive("solver.atol", self.atol)
+        if self.unrolled:
+            from ..unrolling import UNROLLABLE
+
+            if self.method not in UNROLLABLE:
+                raise ConfigError(
+                    f"solver.method {self.method!r} cannot be unrolled; unrollable methods: {', '.join(UNROLLABLE)}"
+                )
+            if self.adjoint:
+                raise ConfigError("solver.adjoint does not apply to an unrolled solver (plain backprop)")
 
     @property
     def adaptive(self) -> bool:

@@ -1,0 +1,93 @@
+"""The unrolled solvers equal torchdiffeq's methods of the same name, and call no torchdiffeq."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torchdiffeq
+
+from cunet_edge.errors import ConfigError
+from cunet_edge.models import CUNetConfig, SolverConfig, build_model, profile_model
+from cunet_edge.unrolling import UNROLLABLE, integrate_unrolled, nfe_per_step
+
+SMALL = dict(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2), attn_resolutions=(4,),
+             attn_heads=2, norm_groups=4, time_emb_dim=16)
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("method", UNROLLABLE)
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_equals_torchdiffeq_on_a_nonlinear_system(method, steps):
+    torch.manual_seed(0)
+    w = torch.randn(6, 6, dtype=torch.float64) / 3
+
+    def field(state):
+        x, v = state
+        return v, torch.tanh(x @ w) - 0.5 * v
+
+    y0 = (torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64))
+    ours = integrate_unrolled(field, y0, method, steps)
+    ref = torchdiffeq.odeint(lambda s, st: field(st), y0, torch.tensor([0.0, 1.0], dtype=torch.float64),
+                             method=method, options={"step_size": 1.0 / steps})
+    for a, b in zip(ours, ref):
+        assert _rel(a, b[-1]) <= 1e-10
+
+
+@pytest.mark.parametrize("method", UNROLLABLE)
+@pytest.mark.parametrize("steps", [1, 2])
+def test_unrolled_model_equals_trained_model(method, steps, monkeypatch):
+    cfg = CUNetConfig(**SMALL, solver=SolverConfig(method=method, steps=steps))
+    torch.manual_seed(0)
+    ref_model = build_model(cfg).double().eval()
+    unrolled = build_model(dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, unrolled=True)))
+    unrolled.load_state_dict(ref_model.state_dict())
+    unrolled = unrolled.double().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        ref = ref_model(x, t)
+
+        def forbidden(*args, **kwargs):
+            raise AssertionError("torchdiffeq called by an unrolled model")
+
+        monkeypatch.setattr(torchdiffeq, "odeint", forbidden)
+        monkeypatch.setattr(torchdiffeq, "odeint_adjoint", forbidden)
+        out = unrolled(x, t)
+    assert _rel(out, ref) <= 1e-10
+    prof = profile_model(unrolled.float(), cfg)
+    assert prof["nfe_per_call"] == nfe_per_step(method) * steps * prof["ode_blocks"]
+
+
+def test_unroll_config_errors():
+    with pytest.raises(ConfigError, match="cannot be unrolled; unrollable methods: euler, midpoint"):
+        SolverConfig(method="dopri5", unrolled=True)
+    with pytest.raises(ConfigError, match="adjoint"):
+        SolverConfig(method="rk4", unrolled=True, adjoint=True)
+
+
+def test_unrolled_model_exports_to_a_static_onnx_graph(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    import collections
+
+    import numpy as np
+
+    cfg = CUNetConfig(**SMALL, solver=SolverConfig(method="rk4", steps=2, unrolled=True))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 900])
+    program = torch.onnx.export(model, (x, t), dynamo=True, verbose=False)
+    ops = collections.Counter(n.op_type for n in program.model_proto.graph.node)
+    assert not {"Loop", "If", "Scan", "ScatterND"} & set(ops)
+    program.save(str(tmp_path / "m.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    out = sess.run(None, dict(zip(names, (x.numpy(), t.numpy()))))[0]
+    with torch.no_grad():
+        ref = model(x, t).numpy()
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) <= 1e-4
