@@ -102,7 +102,7 @@ class Artifact:
         kinds = list(kinds) if kinds is not None else None
         if kinds is not None and art.kind not in kinds:
             raise ArtifactError(
-                f"{path} is a {art.kind!r} artifact; this command needs one of: {', '.join(kinds)}"
+                f"{path} is an artifact of kind {art.kind!r}; this command needs one of: {', '.join(kinds)}"
             )
         if verify:
             art.verify()

@@ -14,9 +14,11 @@ from .artifact import Artifact, ArtifactWriter
 from .config import to_dict
 from .errors import ArtifactError, ConfigError
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state", "model_signature"]
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state", "model_signature", "MODEL_KINDS"]
 
 KIND = "checkpoint"
+# Artifacts that hold a torch model as config.json + model.safetensors.
+MODEL_KINDS = ("checkpoint", "unrolled")
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE_DIR = "train_state"
@@ -70,11 +72,11 @@ def load_weights(model, path: Path, what: str) -> None:
         raise ArtifactError(f"{what} {path} does not match its architecture config: {detail}") from None
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
-    """Open a checkpoint artifact, rebuild its model from config.json and load the EMA weights."""
+def load_checkpoint(path: str | Path, device: str = "cpu", kinds=MODEL_KINDS) -> Checkpoint:
+    """Open a model artifact, rebuild its model from config.json and load its (EMA) weights."""
     from .models import build_model
 
-    art = Artifact.load(path, kinds=[KIND])
+    art = Artifact.load(path, kinds=kinds)
     cfg = _read_config(art)
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")
@@ -86,13 +88,14 @@ def _state_to_cpu(state: dict) -> dict:
 
 
 def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: dict | None,
-                    samples=None, replace: bool = False) -> Artifact:
-    """Write (or atomically replace) the checkpoint artifact at `out`."""
+                    samples=None, replace: bool = False, kind: str = KIND, stage: str = "train",
+                    parent: Artifact | None = None, extra: dict | None = None) -> Artifact:
+    """Write (or atomically replace) a model artifact at `out` (a checkpoint unless `kind` says else)."""
     from safetensors.torch import save_file
 
     from .data import save_image_grid
 
-    with ArtifactWriter(out, kind=KIND, stage="train", config=to_dict(cfg), replace=replace) as w:
+    with ArtifactWriter(out, kind=kind, stage=stage, config=to_dict(cfg), parent=parent, replace=replace) as w:
         save_file(_state_to_cpu(ema_state), str(w.dir / WEIGHTS))
         (w.dir / CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
         if samples is not None:
@@ -104,6 +107,7 @@ def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: 
             arch=cfg.model.arch,
             train_step=step,
             complete=step >= cfg.steps,
+            **(extra or {}),
         )
     return w.artifact
 

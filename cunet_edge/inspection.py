@@ -16,7 +16,7 @@ def _solver_summary(model_cfg) -> str:
         return "none (discrete U-Net)"
     if solver.adaptive:
         return f"{solver.method} rtol={solver.rtol:g} atol={solver.atol:g}"
-    return f"{solver.method} x{solver.steps}"
+    return f"{solver.method} x{solver.steps}" + (" (unrolled)" if getattr(solver, "unrolled", False) else "")
 
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:

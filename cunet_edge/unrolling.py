@@ -11,9 +11,14 @@ The coefficients are torchdiffeq's, under its names: its `rk4` is Kutta's **3/8 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["TABLEAUS", "UNROLLABLE", "nfe_per_step", "integrate_unrolled"]
+from .config import check_choice, to_dict
+from .errors import ConfigError
+
+__all__ = ["TABLEAUS", "UNROLLABLE", "nfe_per_step", "integrate_unrolled", "UnrollConfig", "unroll", "solver_record"]
 
 # method -> (a: stage rows of the Butcher matrix, b: weights). c is unused: the fields are
 # autonomous in ODE time (they see the diffusion timestep through the embedding instead).
@@ -54,3 +59,41 @@ def integrate_unrolled(field: Callable[[tuple], tuple], state: tuple, method: st
             ks.append(field(_combine(state, ks, row, dt) if row else state))
         state = _combine(state, ks, b, dt)
     return state
+
+
+@dataclass(frozen=True)
+class UnrollConfig:
+    """Which fixed-step method, and how many steps over [0, 1], each ODE block gets."""
+
+    method: str = "rk4"
+    steps: int = 1
+
+    def __post_init__(self):
+        check_choice("method", self.method, UNROLLABLE)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+
+
+def solver_record(solver, ode_blocks: int) -> dict:
+    """What an unrolled artifact records of its baked-in solver (checked by every later stage)."""
+    per_block = nfe_per_step(solver.method) * solver.steps
+    return {"method": solver.method, "steps": solver.steps, "nfe_per_block": per_block,
+            "nfe_per_call": per_block * ode_blocks, "ode_blocks": ode_blocks}
+
+
+def unroll(src, cfg: UnrollConfig, out: str | Path):
+    """Stage: a continuous U-Net checkpoint → an `unrolled` artifact (same weights, explicit solver loops)."""
+    import dataclasses
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src, kinds=("checkpoint",))
+    model_cfg = ckpt.config.model
+    if model_cfg.arch != "cunet":
+        raise ConfigError(f"{src} is a {model_cfg.arch!r} model; only continuous U-Nets (cunet) have ODE blocks to unroll")
+    solver = dataclasses.replace(model_cfg.solver, method=cfg.method, steps=cfg.steps, adjoint=False, unrolled=True)
+    train_cfg = dataclasses.replace(ckpt.config, model=dataclasses.replace(model_cfg, solver=solver))
+    blocks = ckpt.model.num_ode_blocks
+    extra = {"solver": solver_record(solver, blocks), "trained_solver": to_dict(model_cfg.solver)}
+    return save_checkpoint(Path(out), train_cfg, ckpt.model.state_dict(), step=ckpt.artifact.manifest.get("train_step", 0),
+                           train_state=None, kind="unrolled", stage="unroll", parent=ckpt.artifact, extra=extra)

@@ -39,7 +39,7 @@ def test_detects_truncation_corruption_and_missing_files(tmp_path):
 
 def test_wrong_kind_and_not_an_artifact(tmp_path):
     _make(tmp_path / "a", kind="onnx")
-    with pytest.raises(ArtifactError, match="'onnx' artifact; this command needs one of: checkpoint"):
+    with pytest.raises(ArtifactError, match="of kind 'onnx'; this command needs one of: checkpoint"):
         Artifact.load(tmp_path / "a", kinds=["checkpoint"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="no manifest.json"):

@@ -34,7 +34,7 @@ def assert_one_line_error(proc, match):
 def test_help_lists_commands():
     res = run("--help")
     assert res.exit_code == 0
-    for cmd in ("train", "sample", "evaluate", "inspect"):
+    for cmd in ("train", "sample", "evaluate", "inspect", "unroll"):
         assert cmd in res.output
         assert run(cmd, "--help").exit_code == 0
 
@@ -64,6 +64,25 @@ def test_evaluate_writes_json_and_metrics(tiny_checkpoint, tmp_path):
     assert m["fid"] > m["fid_real_reference"] > 0  # a 6-step model is far from the data
     stored = json.loads((tiny_checkpoint / "metrics.json").read_text())["evaluate"]
     assert stored["fid"] == m["fid"]
+
+
+def test_unroll_makes_an_artifact_that_samples_like_its_parent(tiny_checkpoint, tmp_path):
+    out = tmp_path / "unrolled"
+    res = run("unroll", tiny_checkpoint, "--method", "euler", "--steps", 1, "--out", out, "--json", tmp_path / "u.json")
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["kind"] == "unrolled" and man["parent"]["kind"] == "checkpoint"
+    assert man["solver"]["method"] == "euler" and man["solver"]["nfe_per_call"] == man["solver"]["ode_blocks"]
+    assert json.loads((tmp_path / "u.json").read_text())["nfe_per_block"] == 1
+    # The tiny model was trained with euler x1: unrolled with the same settings, same samples.
+    for art, name in ((tiny_checkpoint, "a.png"), (out, "b.png")):
+        assert run("sample", art, "--n", 4, "--steps", 3, "--out", tmp_path / name).exit_code == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert_one_line_error(cli_subprocess("unroll", out, "--out", tmp_path / "again"), "of kind 'unrolled'")
+    assert_one_line_error(cli_subprocess("unroll", tiny_checkpoint, "--method", "dopri5", "--out", tmp_path / "x"),
+                          "method 'dopri5' is not one of: euler, midpoint, heun2, heun3, rk4")
+    assert_one_line_error(cli_subprocess("unroll", tiny_checkpoint, "--steps", 0, "--out", tmp_path / "x"), "steps")
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_resumes_from_its_own_output(tiny_config_file, tmp_path):

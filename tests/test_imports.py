@@ -22,7 +22,7 @@ def test_import_cunet_edge_is_light():
     assert not {m for m in mods if m.split(".")[0] in HEAVY + ("torch",)}
 
 
-@pytest.mark.parametrize("args", [[], ["train"], ["sample"], ["evaluate"], ["inspect"]])
+@pytest.mark.parametrize("args", [[], ["train"], ["sample"], ["evaluate"], ["inspect"], ["unroll"]])
 def test_help_is_light(args):
     code = (
         "import sys\nfrom cunet_edge.cli import main\n"

@@ -20,6 +20,7 @@ COMMANDS = {
     "sample": "cunet_edge.cli.sample:sample",
     "evaluate": "cunet_edge.cli.evaluate:evaluate",
     "inspect": "cunet_edge.cli.inspect:inspect",
+    "unroll": "cunet_edge.cli.unroll:unroll",
 }
 
 _SUMMARIES = {
@@ -27,6 +28,7 @@ _SUMMARIES = {
     "sample": "Draw samples from a checkpoint into a PNG grid.",
     "evaluate": "FID/KID and classifier confidence of a checkpoint's samples.",
     "inspect": "Parameters, MACs per call and solver NFE of an artifact.",
+    "unroll": "Unroll each ODE block's solver into fixed explicit steps.",
 }
 
 
