@@ -91,3 +91,22 @@ def test_unrolled_model_exports_to_a_static_onnx_graph(tmp_path):
     with torch.no_grad():
         ref = model(x, t).numpy()
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) <= 1e-4
+
+
+def test_solver_sweep_on_a_trained_checkpoint(tiny_checkpoint):
+    from cunet_edge.sweep import SweepConfig, format_table, solver_sweep
+
+    cfg = SweepConfig(methods=("euler", "rk4"), max_steps=2, n_inputs=8, drift_samples=4, sampler_steps=3, fid_n=20)
+    result = solver_sweep(tiny_checkpoint, cfg, progress=False)
+    rows = {(r["method"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {("euler", 1), ("euler", 2), ("rk4", 1), ("rk4", 2)}
+    for r in rows.values():
+        for key in ("nfe_per_call", "eps_rel_err_vs_adaptive", "eps_rel_err_vs_trained", "latency_ms_b1",
+                    "latency_ms_b16", "sample_psnr_vs_trained"):
+            assert key in r
+    # The tiny model was trained with euler x1: that row is the trained model itself.
+    assert rows[("euler", 1)]["eps_rel_err_vs_trained"] < 1e-6
+    assert rows[("rk4", 2)]["eps_rel_err_vs_adaptive"] < rows[("euler", 1)]["eps_rel_err_vs_adaptive"]
+    assert result["recommended"]["method"] == "euler" and result["recommended"]["steps"] == 1
+    assert result["adaptive"]["nfe_per_call"] > rows[("rk4", 2)]["nfe_per_call"]
+    assert "recommended: euler x1" in format_table(result)

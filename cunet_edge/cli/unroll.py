@@ -1,4 +1,4 @@
-"""`cunet-edge unroll`: write each ODE block's solver out as a fixed number of explicit steps."""
+"""`cunet-edge unroll`: write each ODE block's solver out as explicit steps, or sweep the choices."""
 
 import click
 
@@ -10,14 +10,29 @@ from ._common import JSON_OPTION, write_json
 @click.option("--method", default="rk4", show_default=True,
               help="euler, midpoint, heun2, heun3 or rk4 (torchdiffeq's names; rk4 is the 3/8 rule).")
 @click.option("--steps", default=1, show_default=True, help="Solver steps over ODE time [0, 1] per block.")
-@click.option("--out", required=True, type=click.Path(), help="Directory of the unrolled artifact.")
+@click.option("--out", type=click.Path(), help="Directory of the unrolled artifact.")
+@click.option("--sweep", is_flag=True, help="Measure every method x steps 1..--max-steps instead of unrolling.")
+@click.option("--max-steps", default=8, show_default=True, help="Largest step count in the sweep.")
+@click.option("--tolerance", default=0.01, show_default=True, help="Max eps relative error vs the trained model.")
+@click.option("--fid", is_flag=True, help="FID for every sweep row (always for recommended/trained/adaptive).")
+@click.option("--fid-n", default=1000, show_default=True, help="Samples per FID.")
 @JSON_OPTION
-def unroll(checkpoint, method, steps, out, json_path):
-    """Make an `unrolled` artifact from CHECKPOINT: same weights, no torchdiffeq at inference."""
+def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid_n, json_path):
+    """Make an `unrolled` artifact from CHECKPOINT (same weights, no torchdiffeq), or --sweep the solvers."""
     from ..artifact import check_output_path
+    from ..errors import ConfigError
+
+    if sweep:
+        from ..sweep import SweepConfig, format_table, solver_sweep
+
+        result = solver_sweep(checkpoint, SweepConfig(max_steps=max_steps, tolerance=tolerance, fid=fid, fid_n=fid_n))
+        click.echo(format_table(result))
+        return write_json(json_path, result)
     from ..unrolling import UnrollConfig
     from ..unrolling import unroll as run_unroll
 
+    if out is None:
+        raise ConfigError("--out is required (or pass --sweep)")
     cfg = UnrollConfig(method=method, steps=steps)
     check_output_path(out)
     art = run_unroll(checkpoint, cfg, out)
