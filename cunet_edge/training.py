@@ -6,14 +6,12 @@ resumed from its own checkpoint draws exactly the batches and noise it would hav
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import check_choice, check_positive, from_dict, to_dict
 from .data import DataConfig
@@ -160,6 +158,42 @@ def _progress_bar(enabled: bool):
     )
 
 
+def _optimizer_step(cfg: TrainConfig, net, model, opt, x0, abar, g, step: int) -> float:
+    """One AdamW step on the DDPM loss (scheduled lr, gradient clipping); returns the loss."""
+    import torch
+
+    from .diffusion import diffusion_loss
+
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(cfg, step)
+    loss = diffusion_loss(net, x0, abar, generator=g)
+    if not torch.isfinite(loss):
+        raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower the lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def _save(out: Path, cfg: TrainConfig, model, opt, ema: dict, step: int, *, final: bool, device):
+    """Write the checkpoint (EMA weights, resume state; on the final save a sample grid too)."""
+    from .checkpoint import save_checkpoint
+    from .diffusion import sample
+    from .models import build_model
+
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+    samples = None
+    if final:
+        ema_model = build_model(cfg.model).to(device)
+        ema_model.load_state_dict(ema)
+        m = cfg.model
+        samples = sample(ema_model, cfg.sample_n, (m.in_channels, m.image_size, m.image_size), cfg.diffusion,
+                         sampler="ddim", steps=cfg.sample_steps, seed=cfg.seed, device=device)
+    return save_checkpoint(out, cfg, ema, step=step, train_state=state, samples=samples, replace=out.exists())
+
+
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: int | None = None):
     """Train a denoiser with the DDPM loss and write (or resume) the checkpoint artifact at `out`.
 
@@ -168,9 +202,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
     import torch
 
     from .artifact import check_output_path
-    from .checkpoint import save_checkpoint
     from .data import image_channels, load_images
-    from .diffusion import alphas_cumprod, diffusion_loss, sample
+    from .diffusion import alphas_cumprod
     from .models import build_model
 
     out = check_output_path(out, exist_ok=True)
@@ -208,15 +241,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
     per_rank = cfg.batch_size // d.world
 
     def save(step: int, final: bool):
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
-        samples = None
-        if final:
-            ema_model = build_model(cfg.model).to(d.device)
-            ema_model.load_state_dict(ema)
-            samples = sample(ema_model, cfg.sample_n, tuple(images.shape[1:]), cfg.diffusion,
-                             sampler="ddim", steps=cfg.sample_steps, seed=cfg.seed, device=d.device)
-        return save_checkpoint(out, cfg, ema, step=step, train_state=state, samples=samples,
-                               replace=out.exists())
+        return _save(out, cfg, model, opt, ema, step, final=final, device=d.device)
 
     art = None
     with _progress_bar(progress and d.main) as bar:
@@ -225,21 +250,12 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
         for step in range(start, cfg.steps):
             g = _step_generator(cfg.seed, d.rank, step)
             x0 = images[torch.randint(0, images.shape[0], (per_rank,), generator=g).to(d.device)]
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
-            loss = diffusion_loss(net, x0, abar, generator=g)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss = _optimizer_step(cfg, net, model, opt, x0, abar, g, step)
             # Until the decay's horizon is reached the EMA is the plain mean of all weights so
             # far, so the random initial weights never dominate a short run's average.
             _ema_update(ema, model, min(cfg.ema_decay, 1.0 - 1.0 / (1 + step)))
             done += 1
-            bar.update(task, advance=1, loss=loss.item(), rate=done / (time.perf_counter() - t0))
+            bar.update(task, advance=1, loss=loss, rate=done / (time.perf_counter() - t0))
             if d.main and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 save(step + 1, final=False)
         if d.main:
