@@ -136,7 +136,11 @@ def _resume_state(out: Path, cfg: TrainConfig) -> dict | None:
     if not out.exists():
         return None
     art = Artifact.load(out, kinds=[CHECKPOINT_KIND])
-    saved = dict(art.config)
+    # Compare parsed configs, so fields added since (with their defaults) do not count as changes.
+    try:
+        saved = to_dict(train_config_from_dict(art.config))
+    except ConfigError as exc:
+        raise ArtifactError(f"{out} holds a checkpoint whose config is not valid: {exc}") from None
     mine = to_dict(cfg)
     saved.pop("steps", None), mine.pop("steps", None)
     if saved != mine:
