@@ -36,15 +36,11 @@ def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):
     """Draw cfg.n images in [−1, 1] from a loaded Checkpoint, seeded, batched."""
     from .diffusion import sample
 
-    m = ckpt.config.model
-    device = next(ckpt.model.parameters()).device
-    if not progress:
-        return sample(ckpt.model, cfg.n, (m.in_channels, m.image_size, m.image_size), ckpt.config.diffusion,
-                      sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, seed=cfg.seed,
-                      batch_size=cfg.batch_size, device=device)
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    m = ckpt.config.model
+    device = next(ckpt.model.parameters()).device
+    with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"sample {cfg.sampler} x{cfg.steps}", total=cfg.n)
         return sample(ckpt.model, cfg.n, (m.in_channels, m.image_size, m.image_size), ckpt.config.diffusion,
                       sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, seed=cfg.seed,

@@ -161,18 +161,14 @@ def _summarize(rows, ckpt, adaptive_model, refs, sweep: SweepConfig) -> dict:
     """Pick the cheapest row within tolerance; FIDs for it, the trained model and the adaptive one."""
     import torch
 
-    from .timing import time_call
-
     ok = [r for r in rows if r["eps_rel_err_vs_trained"] <= sweep.tolerance]
     best = min(ok, key=lambda r: (r["nfe_per_call"], r["latency_ms_b1"])) if ok else None
     m = ckpt.config.model
-    x = torch.randn(1, m.in_channels, m.image_size, m.image_size)
-    t = torch.full((1,), 500)
+    # The same model through torchdiffeq, timed in this run beside the unrolled rows.
+    trained_ms = _latency(ckpt.model, m, 1)
+    ckpt.model.reset_nfe()
     with torch.no_grad():
-        # The same model through torchdiffeq, timed in this run beside the unrolled rows.
-        trained_ms = time_call(lambda: ckpt.model(x, t), warmup=2, min_iters=5, min_seconds=0.3)["p50_ms"]
-        ckpt.model.reset_nfe()
-        ckpt.model(x, t)
+        ckpt.model(torch.randn(1, m.in_channels, m.image_size, m.image_size), torch.full((1,), 500))
     out = {"rows": rows, "recommended": best, "tolerance": sweep.tolerance,
            "trained": {"nfe_per_call": ckpt.model.nfe, "latency_ms_b1": trained_ms},
            "adaptive": {"nfe_per_call": refs["adaptive_nfe"], "rtol": 1e-5, "atol": 1e-5}}
