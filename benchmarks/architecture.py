@@ -56,23 +56,20 @@ def _row(arch: str, width: int, args) -> dict:
 
 def _latencies(rows: list[dict], rounds: int = 5) -> None:
     """CPU latency per call at batch 1, every model timed in turn over several rounds (side by side)."""
-    import numpy as np
     import torch
 
     from cunet_edge.checkpoint import load_checkpoint
-    from cunet_edge.timing import time_call
+    from cunet_edge.timing import time_side_by_side
 
     models = [load_checkpoint(r["checkpoint"]).model for r in rows]
     cfg = load_checkpoint(rows[0]["checkpoint"]).config.model
     x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size)
     t = torch.tensor([500])
-    times: list[list[float]] = [[] for _ in rows]
     with torch.no_grad():
-        for _ in range(rounds):
-            for i, model in enumerate(models):
-                times[i].append(time_call(lambda: model(x, t), warmup=3, min_iters=20, min_seconds=0.5)["p50_ms"])
-    for r, ts in zip(rows, times):
-        r["latency_ms_b1"] = float(np.median(ts))
+        ms = time_side_by_side({i: (lambda m=m: m(x, t)) for i, m in enumerate(models)}, rounds=rounds,
+                               warmup=3, min_iters=20, min_seconds=0.5)
+    for i, r in enumerate(rows):
+        r["latency_ms_b1"] = ms[i]
 
 
 def train_config_from_options_with_width(cfg, width: int):

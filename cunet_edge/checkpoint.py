@@ -14,7 +14,8 @@ from .artifact import Artifact, ArtifactWriter
 from .config import to_dict
 from .errors import ArtifactError, ConfigError
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state", "model_signature", "MODEL_KINDS"]
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state", "model_signature", "MODEL_KINDS",
+           "with_solver"]
 
 KIND = "checkpoint"
 # Artifacts that hold a torch model as config.json + model.safetensors.
@@ -81,6 +82,29 @@ def load_checkpoint(path: str | Path, device: str = "cpu", kinds=MODEL_KINDS) ->
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")
     return Checkpoint(model.to(device).eval(), cfg, art)
+
+
+def with_solver(ckpt: Checkpoint, method: str | None = None, steps: int | None = None) -> Checkpoint:
+    """The same weights run with another ODE solver (torchdiffeq); unrolled artifacts refuse any but their own."""
+    import dataclasses
+
+    from .models import build_model
+    from .unrolling import check_solver_request
+
+    if method is None and steps is None:
+        return ckpt
+    check_solver_request(ckpt.artifact.manifest, ckpt.artifact.path, method, steps)
+    if ckpt.artifact.kind != KIND:
+        return ckpt
+    m = ckpt.config.model
+    if m.arch != "cunet":
+        raise ConfigError(f"{ckpt.artifact.path} is a {m.arch!r} model: it has no ODE solver to set")
+    solver = dataclasses.replace(m.solver, method=method or m.solver.method, steps=steps or m.solver.steps,
+                                 unrolled=False)
+    cfg = dataclasses.replace(ckpt.config, model=dataclasses.replace(m, solver=solver))
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt.model.state_dict())
+    return Checkpoint(model.to(next(ckpt.model.parameters()).device).eval(), cfg, ckpt.artifact)
 
 
 def _state_to_cpu(state: dict) -> dict:

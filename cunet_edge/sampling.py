@@ -13,7 +13,11 @@ __all__ = ["SampleConfig", "generate", "write_sample_grid"]
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to draw images: sampler name and steps, DDIM η, count, seed and batch size."""
+    """How to draw images: sampler name and steps, DDIM η, count, seed, batch size, and the ODE solver.
+
+    `solver`/`solver_steps` run a checkpoint with another torchdiffeq solver; an unrolled
+    artifact only accepts the settings baked into it (or none).
+    """
 
     n: int = 64
     sampler: str = "ddim"
@@ -21,6 +25,8 @@ class SampleConfig:
     eta: float | None = None
     seed: int = 0
     batch_size: int = 250
+    solver: str | None = None
+    solver_steps: int | None = None
 
     def __post_init__(self):
         from .diffusion import SAMPLERS
@@ -30,14 +36,18 @@ class SampleConfig:
         check_choice("sampler", self.sampler, SAMPLERS)
         if self.steps < 1:
             raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
+        if self.solver_steps is not None:
+            check_positive("solver_steps", self.solver_steps)
 
 
 def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):
     """Draw cfg.n images in [−1, 1] from a loaded Checkpoint, seeded, batched."""
-    from .diffusion import sample
-
     from rich.progress import Progress
 
+    from .checkpoint import with_solver
+    from .diffusion import sample
+
+    ckpt = with_solver(ckpt, cfg.solver, cfg.solver_steps)
     m = ckpt.config.model
     device = next(ckpt.model.parameters()).device
     with Progress(transient=True, disable=not progress) as bar:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["time_call"]
+__all__ = ["time_call", "time_side_by_side"]
 
 
 def time_call(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, min_seconds: float = 1.0,
@@ -29,3 +29,16 @@ def time_call(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20,
         "mean_ms": float(a.mean()),
         "iters": len(samples),
     }
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], *, rounds: int = 5, **kw) -> dict[str, float]:
+    """Median over `rounds` of each function's p50 (ms), the functions timed in turn in every round.
+
+    Interleaving puts slow phases of a shared, noisy machine on every candidate alike, so the
+    ratios between them can be trusted more than timings taken one after another.
+    """
+    per: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            per[name].append(time_call(fn, **kw)["p50_ms"])
+    return {name: float(np.median(ts)) for name, ts in per.items()}

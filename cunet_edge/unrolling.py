@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 from .config import check_choice, to_dict
 from .errors import ConfigError
 
-__all__ = ["TABLEAUS", "UNROLLABLE", "nfe_per_step", "integrate_unrolled", "UnrollConfig", "unroll", "solver_record"]
+__all__ = ["TABLEAUS", "UNROLLABLE", "nfe_per_step", "integrate_unrolled", "UnrollConfig", "unroll", "solver_record",
+           "check_solver_request"]
 
 # method -> (a: stage rows of the Butcher matrix, b: weights). c is unused: the fields are
 # autonomous in ODE time (they see the diffusion timestep through the embedding instead).
@@ -79,6 +80,23 @@ def solver_record(solver, ode_blocks: int) -> dict:
     per_block = nfe_per_step(solver.method) * solver.steps
     return {"method": solver.method, "steps": solver.steps, "nfe_per_block": per_block,
             "nfe_per_call": per_block * ode_blocks, "ode_blocks": ode_blocks}
+
+
+def check_solver_request(manifest: dict, where, method: str | None = None, steps: int | None = None) -> None:
+    """Refuse to run an artifact whose solver was baked in at unroll time with other solver settings.
+
+    Every artifact made from an unrolled one carries the same `solver` record in its manifest,
+    so ONNX files, quantized models and engines refuse a mismatched request the same way.
+    """
+    rec = manifest.get("solver")
+    if rec is None or (method is None and steps is None):
+        return
+    want = (method or rec["method"], steps or rec["steps"])
+    if want != (rec["method"], rec["steps"]):
+        raise ConfigError(
+            f"{where} has its solver baked in at unroll time ({rec['method']} x{rec['steps']}); it cannot run "
+            f"{want[0]} x{want[1]}: unroll the checkpoint again with --method {want[0]} --steps {want[1]}"
+        )
 
 
 def unroll(src, cfg: UnrollConfig, out: str | Path):

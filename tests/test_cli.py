@@ -78,6 +78,19 @@ def test_unroll_makes_an_artifact_that_samples_like_its_parent(tiny_checkpoint, 
     for art, name in ((tiny_checkpoint, "a.png"), (out, "b.png")):
         assert run("sample", art, "--n", 4, "--steps", 3, "--out", tmp_path / name).exit_code == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    # The baked solver travels with the artifact: asking for its own settings works, others are refused.
+    assert run("sample", out, "--n", 4, "--steps", 3, "--solver", "euler", "--solver-steps", 1,
+               "--out", tmp_path / "c.png").exit_code == 0
+    assert (tmp_path / "c.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    assert_one_line_error(cli_subprocess("sample", out, "--n", 4, "--solver", "rk4", "--out", tmp_path / "d.png"),
+                          "solver baked in at unroll time (euler x1); it cannot run rk4 x1")
+    assert not (tmp_path / "d.png").exists()
+    # A checkpoint runs through torchdiffeq with whatever solver is asked for.
+    assert run("sample", tiny_checkpoint, "--n", 4, "--steps", 3, "--solver", "rk4", "--solver-steps", 2,
+               "--out", tmp_path / "e.png").exit_code == 0
+    assert (tmp_path / "e.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+    assert_one_line_error(cli_subprocess("sample", tiny_checkpoint, "--solver", "nope", "--out", tmp_path / "f.png"),
+                          "nope")
     assert_one_line_error(cli_subprocess("unroll", out, "--out", tmp_path / "again"), "of kind 'unrolled'")
     assert_one_line_error(cli_subprocess("unroll", tiny_checkpoint, "--method", "dopri5", "--out", tmp_path / "x"),
                           "method 'dopri5' is not one of: euler, midpoint, heun2, heun3, rk4")

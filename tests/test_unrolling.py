@@ -114,4 +114,7 @@ def test_solver_sweep_on_a_trained_checkpoint(tiny_checkpoint):
     assert rows[("rk4", 2)]["eps_rel_err_vs_adaptive"] < rows[("euler", 1)]["eps_rel_err_vs_adaptive"]
     assert result["recommended"]["method"] == "euler" and result["recommended"]["steps"] == 1
     assert result["adaptive"]["nfe_per_call"] > rows[("rk4", 2)]["nfe_per_call"]
-    assert "recommended: euler x1" in format_table(result)
+    sb = result["latency_unrolled_vs_torchdiffeq"]
+    assert sb["ratio_b1"] == sb["unrolled_ms_b1"] / sb["torchdiffeq_ms_b1"] > 0
+    table = format_table(result)
+    assert "recommended: euler x1" in table and "side by side" in table

@@ -60,6 +60,8 @@ def sampler_options(n_default: int):
             click.option("--steps", default=50, show_default=True, help="Sampler steps (<= T)."),
             click.option("--eta", type=float, help="DDIM eta (default 0: deterministic)."),
             click.option("--seed", default=0, show_default=True, help="Seed of the initial noise."),
+            click.option("--solver", help="Run the ODE blocks with this torchdiffeq method (unrolled: must match)."),
+            click.option("--solver-steps", type=int, help="Solver steps per block (unrolled: must match)."),
         ]):
             fn = opt(fn)
         return fn

@@ -8,13 +8,14 @@ from ._common import JSON_OPTION, sampler_options, write_json
 @click.command()
 @sampler_options(n_default=1000)
 @JSON_OPTION
-def evaluate(artifact, n, sampler, steps, eta, seed, json_path):
+def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
     from ..evaluation import evaluate_checkpoint
     from ..sampling import SampleConfig
     from ._common import check_file_output
 
-    cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed)
+    cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
+                       solver_steps=solver_steps)
     if json_path not in (None, "-"):
         check_file_output(json_path)
     m = evaluate_checkpoint(artifact, cfg, progress=True)
