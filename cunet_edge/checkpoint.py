@@ -15,7 +15,7 @@ from .config import to_dict
 from .errors import ArtifactError, ConfigError
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state", "model_signature", "MODEL_KINDS",
-           "with_solver"]
+           "with_solver", "read_train_config"]
 
 KIND = "checkpoint"
 # Artifacts that hold a torch model as config.json + model.safetensors.
@@ -43,7 +43,7 @@ def model_signature(model_cfg) -> dict[str, Any]:
     }
 
 
-def _read_config(art: Artifact):
+def read_train_config(art: Artifact):
     from .training import train_config_from_dict
 
     try:
@@ -78,7 +78,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", kinds=MODEL_KINDS) ->
     from .models import build_model
 
     art = Artifact.load(path, kinds=kinds)
-    cfg = _read_config(art)
+    cfg = read_train_config(art)
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")
     return Checkpoint(model.to(device).eval(), cfg, art)

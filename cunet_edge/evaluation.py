@@ -32,6 +32,7 @@ __all__ = [
     "ClassifierConfig",
     "FeatureExtractor",
     "load_or_train_classifier",
+    "write_metrics",
     "fid_kid",
     "evaluate_images",
     "evaluate_checkpoint",
@@ -351,11 +352,11 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False) -> dict:
         artifact=str(ckpt.artifact.path), artifact_id=ckpt.artifact.manifest.get("id"),
         dataset=plain(ckpt.config.data),
     )
-    _write_metrics(ckpt.artifact, "evaluate", metrics)
+    write_metrics(ckpt.artifact, "evaluate", metrics)
     return metrics
 
 
-def _write_metrics(art, section: str, metrics: dict) -> None:
+def write_metrics(art, section: str, metrics: dict) -> None:
     """Merge `metrics` under `section` into the artifact's metrics.json, atomically."""
     path = art.file("metrics.json")
     try:

@@ -7,20 +7,29 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["time_call", "time_side_by_side"]
+__all__ = ["time_call", "time_side_by_side", "collect_samples", "summarize_ms", "wall_clock_ms"]
 
 
-def time_call(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, min_seconds: float = 1.0,
-              max_iters: int = 100_000) -> dict[str, float]:
-    """Time fn() after `warmup` calls until both min_iters and min_seconds are reached; ms percentiles."""
+def wall_clock_ms(fn: Callable[[], object]) -> float:
+    """One call timed with the host's monotonic clock (CPU work, or GPU work that synchronizes)."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def collect_samples(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20, min_seconds: float = 1.0,
+                    max_iters: int = 100_000, measure: Callable[[Callable], float] = wall_clock_ms) -> list[float]:
+    """Per-call milliseconds of fn() after `warmup` calls, until both min_iters and min_seconds are reached."""
     for _ in range(warmup):
         fn()
     samples: list[float] = []
     start = time.perf_counter()
     while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() - start < min_seconds):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
+        samples.append(measure(fn))
+    return samples
+
+
+def summarize_ms(samples: list[float]) -> dict[str, float]:
     a = np.asarray(samples)
     return {
         "p50_ms": float(np.percentile(a, 50)),
@@ -29,6 +38,11 @@ def time_call(fn: Callable[[], object], *, warmup: int = 5, min_iters: int = 20,
         "mean_ms": float(a.mean()),
         "iters": len(samples),
     }
+
+
+def time_call(fn: Callable[[], object], **kw) -> dict[str, float]:
+    """Time fn() (see collect_samples for the protocol); p50/p90/p99/mean in ms and the iteration count."""
+    return summarize_ms(collect_samples(fn, **kw))
 
 
 def time_side_by_side(fns: dict[str, Callable[[], object]], *, rounds: int = 5, **kw) -> dict[str, float]:

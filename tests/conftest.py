@@ -46,3 +46,20 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     train(train_config_from_dict(TINY), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_unrolled(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint unrolled with two rk4 steps per block (different from how it was trained)."""
+    from cunet_edge.unrolling import UnrollConfig, unroll
+
+    return unroll(tiny_checkpoint, UnrollConfig(method="rk4", steps=2), tmp_path_factory.mktemp("unr") / "u").path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_unrolled, tmp_path_factory):
+    """The unrolled tiny model exported to ONNX (fp32, dynamic batch)."""
+    pytest.importorskip("onnxruntime")
+    from cunet_edge.export.onnx import OnnxExportConfig, export_onnx
+
+    return export_onnx(tiny_unrolled, OnnxExportConfig(), tmp_path_factory.mktemp("onnx") / "o").path

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from cunet_edge.cli import COMMANDS
+
 HEAVY = ("onnxruntime", "tensorrt", "torch_tensorrt", "diffusers", "torchvision", "onnx")
 
 
@@ -22,7 +24,7 @@ def test_import_cunet_edge_is_light():
     assert not {m for m in mods if m.split(".")[0] in HEAVY + ("torch",)}
 
 
-@pytest.mark.parametrize("args", [[], ["train"], ["sample"], ["evaluate"], ["inspect"], ["unroll"]])
+@pytest.mark.parametrize("args", [[]] + [[name] for name in COMMANDS])
 def test_help_is_light(args):
     code = (
         "import sys\nfrom cunet_edge.cli import main\n"
@@ -37,3 +39,18 @@ def test_top_level_folders_are_not_importable(name, tmp_path):
     proc = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
     subprocess.run([sys.executable, "-c", f"import cunet_edge.{name}"], cwd=tmp_path, check=True)
+
+
+def test_numpy_sampler_needs_only_numpy(tmp_path):
+    """Deployment bundles ship runtimes/numpy_sampler.py alone: it must import nothing of ours or torch's."""
+    import shutil
+
+    from cunet_edge.runtimes import numpy_sampler
+
+    shutil.copy(numpy_sampler.__file__, tmp_path / "sampler.py")
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['cunet_edge'] = None\n"
+            "import numpy as np, sampler\n"
+            "x = sampler.sample(lambda x, t: np.zeros_like(x), 2, (1, 4, 4), np.linspace(0.99, 0.01, 100), steps=5)\n"
+            "print(x.shape)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(2, 1, 4, 4)"

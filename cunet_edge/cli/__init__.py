@@ -21,6 +21,8 @@ COMMANDS = {
     "evaluate": "cunet_edge.cli.evaluate:evaluate",
     "inspect": "cunet_edge.cli.inspect:inspect",
     "unroll": "cunet_edge.cli.unroll:unroll",
+    "export": "cunet_edge.cli.export:export",
+    "bench": "cunet_edge.cli.bench:bench",
 }
 
 _SUMMARIES = {
@@ -29,6 +31,8 @@ _SUMMARIES = {
     "evaluate": "FID/KID and classifier confidence of a checkpoint's samples.",
     "inspect": "Parameters, MACs per call and solver NFE of an artifact.",
     "unroll": "Unroll each ODE block's solver into fixed explicit steps.",
+    "export": "Export to ONNX (fp32/fp16), a TensorRT engine, or torch-tensorrt.",
+    "bench": "Latency per call and per image on a runtime, side by side.",
 }
 
 

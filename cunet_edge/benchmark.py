@@ -1,0 +1,274 @@
+"""`bench`: latency per network call and per image of artifacts on their runtimes, side by side.
+
+Protocol (MLPerf single-stream style): warm-up, then at least `min_iters` calls and
+`min_seconds`; p50/p90/p99/mean. Several targets are timed in interleaved rounds, so the
+slow phases of a shared machine fall on all of them alike and their ratios can be trusted.
+GPU calls are timed with CUDA events. On CPU the achieved GFLOP/s is set against this
+machine's float32 matrix-multiply peak, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import check_choice, check_positive
+from .errors import ConfigError
+
+__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops"]
+
+KIND_RUNTIME = {"checkpoint": "torch", "unrolled": "torch", "pruned": "torch", "onnx": "onnxruntime",
+                "onnx-int8": "onnxruntime", "tensorrt-engine": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How to measure: batch, protocol limits, rounds, the end-to-end sampler, and runner options."""
+
+    batch: int = 1
+    warmup: int = 10
+    min_iters: int = 50
+    min_seconds: float = 2.0
+    rounds: int = 3
+    sampler: str = "ddim"
+    sampler_steps: int = 50
+    image_reps: int = 3
+    provider: str = "cpu"
+    precision: str = "fp32"
+    device: str = "auto"
+    cuda_graphs: bool = False
+    threads: int | None = None
+
+    def __post_init__(self):
+        for name in ("batch", "min_iters", "rounds", "sampler_steps", "image_reps"):
+            check_positive(name, getattr(self, name))
+        check_positive("min_seconds", self.min_seconds)
+        check_positive("warmup", self.warmup, allow_zero=True)
+        check_choice("sampler", self.sampler, ("ddim", "ddpm"))
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+
+
+@dataclass(frozen=True)
+class BenchTarget:
+    """One artifact on one runtime."""
+
+    path: str
+    runtime: str
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.path).name}@{self.runtime}"
+
+
+def parse_target(spec: str, runtime: str | None = None) -> BenchTarget:
+    """`PATH` or `PATH@RUNTIME`; without a runtime, the one that runs the artifact's kind natively."""
+    from .artifact import Artifact
+
+    path, _, rt = spec.partition("@")
+    rt = rt or runtime
+    if not rt:
+        kind = Artifact.load(path, verify=False).kind
+        rt = KIND_RUNTIME.get(kind)
+        if rt is None:
+            raise ConfigError(f"{path} is an artifact of kind {kind!r}, which no runtime runs")
+    return BenchTarget(path, rt)
+
+
+def _runner_options(runtime: str, cfg: BenchConfig) -> dict[str, Any]:
+    if runtime == "torch":
+        return {"device": cfg.device, "precision": cfg.precision, "cuda_graphs": cfg.cuda_graphs, "threads": cfg.threads}
+    if runtime == "onnxruntime":
+        return {"provider": cfg.provider, "threads": cfg.threads}
+    return {}
+
+
+def _cuda_event_ms(fn) -> float:
+    """One call timed between two CUDA events on the current stream."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def matmul_peak_gflops(threads: int | None = None, n: int = 1024, seconds: float = 1.0) -> float:
+    """This CPU's float32 matrix-multiply rate (GFLOP/s) with the given torch thread count: the peak to compare with."""
+    import torch
+
+    from .timing import time_call
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ms = time_call(lambda: torch.mm(a, b), warmup=3, min_iters=10, min_seconds=seconds)["p50_ms"]
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+def _feed(runner, batch: int, seed: int = 0) -> dict:
+    import numpy as np
+
+    sig = runner.signature["inputs"]
+    fixed = runner.static_batch()
+    if fixed is not None and fixed != batch:
+        raise ConfigError(f"{runner.artifact.path} was exported for batch {fixed}; asked to bench batch {batch}")
+    shape = [batch] + [d for d in sig["x"]["shape"][1:]]
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal(shape).astype(sig["x"]["dtype"]), "t": np.full((batch,), 500, dtype=np.int64)}
+
+
+def _image_call(runner, cfg: BenchConfig, abar, shape):
+    """One image (or one static batch) through the numpy sampler with `sampler_steps` network calls."""
+    import numpy as np
+
+    from .runtimes.numpy_sampler import SAMPLERS
+
+    b = runner.static_batch() or 1
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((b, *shape), dtype=np.float32)
+    eps = runner.eps_fn()
+
+    def run():
+        SAMPLERS[cfg.sampler](eps, x.copy(), abar, cfg.sampler_steps,
+                              noise=lambda s: rng.standard_normal(s, dtype=np.float32))
+        runner.synchronize()
+
+    return run, b
+
+
+def _machine(threads: int | None) -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
+
+
+def _open_all(stack, targets, cfg: BenchConfig) -> list:
+    from .runtimes.base import open_runner
+
+    return [stack.enter_context(open_runner(t.path, t.runtime, **_runner_options(t.runtime, cfg))) for t in targets]
+
+
+def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-call and per-image milliseconds of every runner, the runners taken in turn in each round."""
+    import math
+
+    from .diffusion import alphas_cumprod
+    from .timing import collect_samples, wall_clock_ms
+
+    calls, images = [], []
+    for r in runners:
+        measure = _cuda_event_ms if r.device == "cuda" else wall_clock_ms
+        calls.append((r.bind(_feed(r, cfg.batch)), measure))
+        tc = r.train_config()
+        shape = tuple(r.signature["inputs"]["x"]["shape"][1:])
+        images.append(_image_call(r, cfg, alphas_cumprod(tc.diffusion), shape))
+    per_call: list[list[float]] = [[] for _ in runners]
+    per_image: list[list[float]] = [[] for _ in runners]
+    for k in range(cfg.rounds):
+        for i, (fn, measure) in enumerate(calls):
+            per_call[i] += collect_samples(fn, warmup=cfg.warmup if k == 0 else 2, measure=measure,
+                                           min_iters=math.ceil(cfg.min_iters / cfg.rounds),
+                                           min_seconds=cfg.min_seconds / cfg.rounds)
+            bar.update(task, advance=1)
+    for _ in range(cfg.image_reps):
+        for i, (fn, _b) in enumerate(images):
+            per_image[i].append(wall_clock_ms(fn))
+            bar.update(task, advance=1)
+    return per_call, per_image
+
+
+def _result(runner, cfg: BenchConfig, call_ms, image_ms, image_batch, peak) -> dict:
+    import numpy as np
+
+    from .timing import summarize_ms
+
+    stats = summarize_ms(call_ms)
+    cost = runner.model_cost() or {}
+    out = {"artifact": str(runner.artifact.path), "artifact_id": runner.artifact.manifest.get("id"),
+           "kind": runner.artifact.kind, **runner.describe(), "batch": cfg.batch, **stats,
+           "images_per_s": cfg.batch / (stats["mean_ms"] / 1e3), "image_latency_ms": float(np.median(image_ms)),
+           "image_batch": image_batch, "sampler": cfg.sampler, "sampler_steps": cfg.sampler_steps,
+           "solver": runner.artifact.manifest.get("solver"), "macs_per_call": cost.get("macs"),
+           "params": cost.get("params"), "nfe_per_call": cost.get("nfe_per_call")}
+    if cost.get("macs"):
+        out["gflops_achieved"] = 2 * cost["macs"] * cfg.batch / (stats["p50_ms"] / 1e3) / 1e9
+        if runner.device == "cpu" and peak:
+            out["fraction_of_matmul_peak"] = out["gflops_achieved"] / peak
+    if runner.device == "cuda":
+        import torch
+
+        out["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True, record: bool = True) -> dict:
+    """Benchmark each target (artifact on a runtime) side by side; ratios are against the first target."""
+    from contextlib import ExitStack
+
+    from rich.progress import Progress
+
+    from .evaluation import write_metrics
+
+    if not targets:
+        raise ConfigError("nothing to benchmark")
+    with ExitStack() as stack:
+        runners = _open_all(stack, targets, cfg)
+        peak = matmul_peak_gflops(cfg.threads) if any(r.device == "cpu" for r in runners) else None
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("bench", total=len(runners) * (cfg.rounds + cfg.image_reps))
+            per_call, per_image = _timers(runners, cfg, bar, task)
+        rows = [_result(r, cfg, c, im, r.static_batch() or 1, peak) for r, c, im in zip(runners, per_call, per_image)]
+    rss = _peak_rss_mb()
+    for row, t in zip(rows, targets):
+        row["peak_mem_mb"] = rss  # process peak RSS: with several targets, they share it
+        row["label"] = t.label
+        row["speedup_vs_first"] = rows[0]["p50_ms"] / row["p50_ms"]
+        row["image_speedup_vs_first"] = rows[0]["image_latency_ms"] / row["image_latency_ms"]
+    result = {"results": rows, "machine": _machine(cfg.threads), "matmul_peak_gflops": peak,
+              "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    if record:
+        for row in rows:
+            from .artifact import Artifact
+
+            write_metrics(Artifact.load(row["artifact"], verify=False),
+                          f"bench:{row['runtime']}:b{cfg.batch}", row)
+    return result
+
+
+def format_bench(result: dict) -> str:
+    """A table of the targets with ratios to the first one."""
+    head = f"{'target':34} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'img/s':>8} {'image ms':>9} {'GFLOP/s':>8} {'x first':>8}"
+    lines = [head]
+    for r in result["results"]:
+        gf = f"{r['gflops_achieved']:8.2f}" if "gflops_achieved" in r else f"{'-':>8}"
+        lines.append(f"{r['label'][:34]:34} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} {r['p99_ms']:8.3f} "
+                     f"{r['images_per_s']:8.1f} {r['image_latency_ms']:9.1f} {gf} {r['speedup_vs_first']:8.2f}")
+    first = result["results"][0]
+    lines.append(f"batch {first['batch']}; image = {first['sampler']} x{first['sampler_steps']} sampler steps; "
+                 f"peak RSS {first['peak_mem_mb']:.0f} MB")
+    if result["matmul_peak_gflops"]:
+        lines.append(f"CPU fp32 matmul peak here: {result['matmul_peak_gflops']:.1f} GFLOP/s "
+                     f"({result['machine']['torch_threads']} threads)")
+    return "\n".join(lines)

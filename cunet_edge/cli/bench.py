@@ -1,0 +1,47 @@
+"""`cunet-edge bench`: latency per call and per image of artifacts on their runtimes, side by side."""
+
+import click
+
+from ._common import JSON_OPTION, write_json
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--runtime", help="torch, onnxruntime, tensorrt or torch-tensorrt (default: from the artifact's kind).")
+@click.option("--compare", multiple=True, metavar="PATH[@RUNTIME]", help="More targets timed side by side (repeat).")
+@click.option("--batch", default=1, show_default=True, help="Batch size per network call.")
+@click.option("--provider", default="cpu", show_default=True, help="onnxruntime: cpu, cuda or tensorrt.")
+@click.option("--precision", default="fp32", show_default=True, help="torch: fp32 or fp16 (CUDA).")
+@click.option("--device", default="auto", show_default=True, help="torch: auto, cpu or cuda.")
+@click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: replay one captured CUDA graph per call.")
+@click.option("--threads", type=int, help="CPU threads for torch and onnxruntime.")
+@click.option("--sampler-steps", default=50, show_default=True, help="Sampler steps for the per-image latency.")
+@click.option("--sampler", default="ddim", show_default=True, help="ddim or ddpm for the per-image latency.")
+@click.option("--min-iters", default=50, show_default=True, help="At least this many timed calls per target.")
+@click.option("--min-seconds", default=2.0, show_default=True, help="And at least this long per target.")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds over the targets.")
+@click.option("--solver", help="Expected solver method: refused if the artifact has another one baked in.")
+@click.option("--solver-steps", type=int, help="Expected solver steps: refused if the artifact has others baked in.")
+@JSON_OPTION
+def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_graphs, threads, sampler_steps,
+          sampler, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
+    """Benchmark ARTIFACT (and --compare targets) on this machine; also stored in each artifact's metrics.json."""
+    from ..benchmark import BenchConfig, format_bench, parse_target
+    from ..benchmark import bench as run_bench
+    from ..unrolling import check_solver_request
+    from ._common import check_file_output
+
+    cfg = BenchConfig(batch=batch, provider=provider, precision=precision, device=device, cuda_graphs=cuda_graphs,
+                      threads=threads, sampler_steps=sampler_steps, sampler=sampler, min_iters=min_iters,
+                      min_seconds=min_seconds, rounds=rounds)
+    if json_path not in (None, "-"):
+        check_file_output(json_path)
+    targets = [parse_target(artifact, runtime)] + [parse_target(spec) for spec in compare]
+    if solver or solver_steps:
+        from ..artifact import Artifact
+
+        for t in targets:
+            check_solver_request(Artifact.load(t.path, verify=False).manifest, t.path, solver, solver_steps)
+    result = run_bench(targets, cfg)
+    click.echo(format_bench(result))
+    write_json(json_path, result)

@@ -1,0 +1,56 @@
+"""`cunet-edge export`: an unrolled model to ONNX, an ONNX model to a TensorRT engine, or torch-tensorrt."""
+
+import click
+
+from ._common import JSON_OPTION, write_json
+
+FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, tensorrt or torch-tensorrt.")
+@click.option("--out", required=True, type=click.Path(), help="Directory of the exported artifact.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="onnx / torch-tensorrt: fp32 or fp16 (a typed FP16 graph). Engines take the ONNX's.")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Batch dimension of the inputs.")
+@click.option("--batch", default=1, show_default=True, help="Static batch size (or the typical one when dynamic).")
+@click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18).")
+@click.option("--tolerance", type=float, help="Max relative error vs PyTorch (default 1e-4 fp32, 2e-2 fp16).")
+@click.option("--workspace-mb", default=1024, show_default=True, help="tensorrt: builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="tensorrt: timing cache file to reuse.")
+@click.option("--dla-core", type=int, help="tensorrt: DLA core (GPU fallback on).")
+@JSON_OPTION
+def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance, workspace_mb, timing_cache,
+           dla_core, json_path):
+    """Export ARTIFACT (unrolled model → onnx / torch-tensorrt; onnx → tensorrt engine)."""
+    from ..artifact import check_output_path
+    from ..config import check_choice
+
+    check_choice("format", fmt, FORMATS)
+    check_output_path(out)
+    if fmt == "onnx":
+        from ..export.onnx import OnnxExportConfig, export_onnx
+
+        cfg = OnnxExportConfig(precision=precision, dynamic_batch=dynamic_batch, batch=batch, opset=opset,
+                               tolerance=tolerance)
+        art = export_onnx(artifact, cfg, out)
+        v = art.manifest["verification"]
+        summary = (f"onnx {precision}, {art.manifest['nodes']['simplified']} nodes, vs PyTorch: rel err "
+                   f"{v['rel_err']:.2e}, max abs {v['max_abs_err']:.2e}")
+    elif fmt == "tensorrt":
+        from ..export.tensorrt import EngineConfig, build_engine
+
+        art = build_engine(artifact, EngineConfig(workspace_mb=workspace_mb, timing_cache=timing_cache,
+                                                  dla_core=dla_core), out)
+        summary = (f"TensorRT {art.manifest['tensorrt_version']} engine for {art.manifest['gpu_name']} "
+                   f"(sm {art.manifest['compute_capability']}); trtexec equivalent in {art.path}/trtexec.sh")
+    else:
+        from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
+
+        art = compile_torch_tensorrt(artifact, TorchTensorRTConfig(precision=precision, batch=batch,
+                                                                   dynamic_batch=dynamic_batch), out)
+        summary = f"torch-tensorrt ExportedProgram ({precision})"
+    click.echo(f"{art.path}  {summary}")
+    write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "kind": art.kind,
+                           **{k: art.manifest.get(k) for k in ("precision", "verification", "model_cost")}})

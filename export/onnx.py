@@ -1,0 +1,200 @@
+"""ONNX export of an unrolled model: dynamo exporter, checked, simplified, verified against PyTorch.
+
+The graph is simplified with ONNX Runtime's offline optimizer at its *basic* level: the
+semantics-preserving rewrites (constant folding, redundant-node removal) that emit only
+standard ONNX ops, so the file stays portable to TensorRT's parser and other runtimes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import check_choice, check_positive, to_dict
+from ..errors import BackendMissingError, ConfigError, CunetEdgeError
+
+__all__ = ["OnnxExportConfig", "export_onnx", "EXPORTABLE_KINDS", "ExportVerificationError", "ONNX_FILE"]
+
+EXPORTABLE_KINDS = ("unrolled", "pruned")
+PRECISIONS = ("fp32", "fp16")
+ONNX_FILE = "model.onnx"
+# Relative-error tolerance of the verification, per precision (fp16 has a ~1e-3 unit roundoff).
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+
+
+class ExportVerificationError(CunetEdgeError):
+    """The exported model's outputs differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class OnnxExportConfig:
+    """ONNX export settings: precision, batch (static, or dynamic with `batch` as the typical size), checks."""
+
+    precision: str = "fp32"
+    dynamic_batch: bool = True
+    batch: int = 1
+    opset: int = 18
+    simplify: bool = True
+    verify_n: int = 8
+    tolerance: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("precision", self.precision, PRECISIONS)
+        check_positive("batch", self.batch)
+        check_positive("verify_n", self.verify_n)
+        if self.opset < 18:
+            raise ConfigError(f"opset must be >= 18 (the dynamo exporter's minimum), got {self.opset}")
+        if self.tolerance is not None:
+            check_positive("tolerance", self.tolerance)
+
+    @property
+    def rel_tolerance(self) -> float:
+        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.precision]
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BackendMissingError("onnx/onnxruntime", "pip install 'cunet-edge[onnx]'") from None
+
+
+def _signature(model_cfg, cfg: OnnxExportConfig) -> dict:
+    b = "batch" if cfg.dynamic_batch else cfg.batch
+    dtype = "float16" if cfg.precision == "fp16" else "float32"
+    shape = [b, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size]
+    return {"inputs": {"x": {"shape": shape, "dtype": dtype}, "t": {"shape": [b], "dtype": "int64"}},
+            "outputs": {"eps": {"shape": shape, "dtype": dtype}}}
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs a warning per missing optional op library (torchvision); keep the terminal clean."""
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # x and t share one batch dim; the exporter says so once per export.
+            warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _torch_export(model, model_cfg, cfg: OnnxExportConfig, path: Path) -> None:
+    """torch.onnx.export with the dynamo exporter (the default one): x (B, C, H, W), t (B,) → eps."""
+    import torch
+
+    dtype = torch.float16 if cfg.precision == "fp16" else torch.float32
+    b = max(cfg.batch, 2) if cfg.dynamic_batch else cfg.batch  # a batch of 1 would be specialized away
+    x = torch.randn(b, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size, dtype=dtype)
+    t = torch.arange(b, dtype=torch.long)
+    dyn = None
+    if cfg.dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dyn = {"x": {0: batch}, "t": {0: batch}}
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(model.to(dtype), (x, t), dynamo=True, opset_version=cfg.opset,
+                                    input_names=["x", "t"], output_names=["eps"], dynamic_shapes=dyn,
+                                    verbose=False)
+        program.save(str(path))
+
+
+def _simplify(path: Path) -> None:
+    """Rewrite `path` with ONNX Runtime's basic-level offline optimizations (standard ops only)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_suffix(".opt.onnx")
+    opts.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    tmp.replace(path)
+
+
+def _op_histogram(model) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                               for n in model.graph.node).items()))
+
+
+def verify_onnx(path: Path, reference, model_cfg, diffusion_cfg, cfg: OnnxExportConfig) -> dict:
+    """ONNX Runtime vs the fp32 PyTorch model on seeded inputs whose timesteps span the whole schedule."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = cfg.verify_n
+    x = torch.randn(n, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size, generator=g)
+    t = torch.as_tensor(np.round(np.linspace(0, diffusion_cfg.timesteps - 1, n)).astype(np.int64))
+    with torch.no_grad():
+        ref = reference(x, t).numpy().astype(np.float64)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dtype = np.float16 if cfg.precision == "fp16" else np.float32
+    step = n if cfg.dynamic_batch else cfg.batch
+    outs = []
+    for i in range(0, n, step):
+        xb, tb = x[i:i + step].numpy(), t[i:i + step].numpy()
+        if xb.shape[0] < step:  # a static batch: pad the last chunk, drop the padding's outputs
+            k = xb.shape[0]
+            xb, tb = np.resize(xb, (step, *xb.shape[1:])), np.resize(tb, (step,))
+            outs.append(sess.run(None, {"x": xb.astype(dtype), "t": tb})[0][:k])
+        else:
+            outs.append(sess.run(None, {"x": xb.astype(dtype), "t": tb})[0])
+    out = np.concatenate(outs).astype(np.float64)
+    diff = np.abs(out - ref)
+    return {"n": n, "timesteps": t.tolist(), "max_abs_err": float(diff.max()),
+            "max_rel_err": float(diff.max() / np.abs(ref).max()),
+            "rel_err": float(np.linalg.norm(out - ref) / np.linalg.norm(ref)),
+            "tolerance": cfg.rel_tolerance, "reference": "pytorch fp32"}
+
+
+def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
+    """Stage: an unrolled (or pruned) model artifact → an `onnx` artifact, verified against PyTorch."""
+    import onnx
+
+    from ..artifact import ArtifactWriter
+    from ..checkpoint import CONFIG, load_checkpoint
+    from ..models import profile_model
+
+    _require_onnx()
+    ckpt = load_checkpoint(src, kinds=EXPORTABLE_KINDS)
+    model_cfg = ckpt.config.model
+    cost = profile_model(ckpt.model, model_cfg)
+    with ArtifactWriter(out, kind="onnx", stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:
+        path = w.dir / ONNX_FILE
+        _torch_export(copy.deepcopy(ckpt.model), model_cfg, cfg, path)
+        onnx.checker.check_model(str(path), full_check=True)
+        nodes_exported = len(onnx.load(str(path)).graph.node)
+        if cfg.simplify:
+            _simplify(path)
+            onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(str(path))
+        check = verify_onnx(path, ckpt.model, model_cfg, ckpt.config.diffusion, cfg)
+        if not check["rel_err"] <= cfg.rel_tolerance:
+            raise ExportVerificationError(
+                f"ONNX Runtime's output differs from PyTorch's: relative error {check['rel_err']:.3g} > tolerance "
+                f"{cfg.rel_tolerance:g} ({cfg.precision}); nothing was written")
+        from .trt_compat import check_tensorrt_compat
+
+        compat = check_tensorrt_compat(proto)
+        (w.dir / CONFIG).write_text(json.dumps(to_dict(ckpt.config), indent=2) + "\n")
+        w.manifest.update(
+            precision=cfg.precision, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, batch=cfg.batch,
+            signature=_signature(model_cfg, cfg), solver=ckpt.artifact.manifest.get("solver"),
+            model_cost={k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")},
+            verification=check, nodes={"exported": nodes_exported, "simplified": len(proto.graph.node)},
+            ops=_op_histogram(proto),
+            tensorrt_compat={k: compat[k] for k in ("ok", "problems", "source")},
+        )
+    return w.artifact

@@ -1,0 +1,59 @@
+"""OnnxRuntimeRunner: an ONNX artifact on ONNX Runtime, with the CPU, CUDA or TensorRT execution provider."""
+
+from __future__ import annotations
+
+from ..config import check_choice
+from ..errors import BackendMissingError, ConfigError
+from .base import Runner
+
+__all__ = ["OnnxRuntimeRunner", "PROVIDERS"]
+
+# --provider name -> ONNX Runtime providers in priority order (CPU always last, as fallback).
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class OnnxRuntimeRunner(Runner):
+    """ONNX Runtime with all graph optimizations; `threads` sets intra-op threads (0 = ORT's default)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifact, *, provider: str = "cpu", threads: int | None = None):
+        super().__init__(artifact)
+        check_choice("provider", provider, PROVIDERS)
+        self.provider, self.threads = provider, threads
+        self.precision = artifact.manifest.get("precision", "fp32")
+        self.device = "cpu" if provider == "cpu" else "cuda"
+        self.session = None
+
+    def _open(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendMissingError("onnxruntime", "pip install 'cunet-edge[onnx]' (onnxruntime-gpu for CUDA)") from None
+        wanted = PROVIDERS[self.provider][0]
+        if wanted not in ort.get_available_providers():
+            raise ConfigError(f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
+                              f"install onnxruntime-gpu for --provider {self.provider}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.artifact.file("model.onnx")), opts,
+                                            providers=PROVIDERS[self.provider])
+
+    def close(self) -> None:
+        self.session = None
+
+    def _infer(self, feed):
+        return {"eps": self.session.run(["eps"], feed)[0]}
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return super().describe() | {"onnxruntime": ort.__version__, "provider": self.provider,
+                                     "providers": self.session.get_providers() if self.session else None}

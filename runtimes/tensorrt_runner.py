@@ -1,0 +1,98 @@
+"""TensorRTRunner: a `tensorrt-engine` artifact through TensorRT's I/O-tensor API (TensorRT 8.5 and newer).
+
+Buffers are torch CUDA tensors and work is queued on a torch CUDA stream, so no pycuda is
+needed. The engine is refused before it is deserialized when it was built for another GPU
+architecture or TensorRT version (check_engine_location).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ArtifactError, ConfigError
+from .base import Runner
+
+__all__ = ["TensorRTRunner"]
+
+
+def _torch_dtype(trt, torch, trt_dtype):
+    """The torch dtype of a TensorRT tensor type (through numpy, which both map)."""
+    return torch.from_numpy(np.zeros(0, dtype=trt.nptype(trt_dtype))).dtype
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT engine on this machine's GPU; inputs are cast to the engine's I/O types."""
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, artifact):
+        super().__init__(artifact)
+        self.precision = artifact.manifest.get("precision", "fp32")
+        self.engine = self.context = self.stream = None
+        self._buffers: dict = {}
+
+    def _open(self) -> None:
+        from ..export import tensorrt as build
+
+        trt = build.import_tensorrt()
+        build.check_engine_location(self.artifact.manifest, build.current_platform(), path=self.artifact.path)
+        import torch
+
+        self._trt, self._torch = trt, torch
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(self.artifact.file(build.ENGINE_FILE).read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"TensorRT could not deserialize {self.artifact.file(build.ENGINE_FILE)}")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: _torch_dtype(trt, torch, self.engine.get_tensor_dtype(n)) for n in names}
+
+    def close(self) -> None:
+        self._buffers = {}
+        self.context = self.engine = self.stream = None
+
+    def _stage(self, feed) -> None:
+        """Copy inputs to the GPU, fix the input shapes, allocate outputs and bind every address."""
+        torch = self._torch
+        bufs = {}
+        for name in self.inputs:
+            bufs[name] = torch.from_numpy(np.ascontiguousarray(feed[name])).to("cuda", self.dtypes[name])
+            self.context.set_input_shape(name, tuple(bufs[name].shape))
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
+        for name, buf in bufs.items():
+            self.context.set_tensor_address(name, buf.data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream())  # the copies above ran on the current stream
+        self._buffers = bufs
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise ConfigError(f"TensorRT failed to run {self.artifact.path} (its log above says why)")
+
+    def _infer(self, feed):
+        self._stage(feed)
+        self._execute()
+        self.stream.synchronize()
+        return {name: self._buffers[name].cpu().numpy() for name in self.outputs}
+
+    def bind(self, feed) -> Callable[[], None]:
+        """Inputs and outputs stay on the GPU; each call only enqueues the engine (synchronize() waits)."""
+        super().bind(feed)
+        self._stage(feed)
+        return self._execute
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def describe(self) -> dict:
+        m = self.artifact.manifest
+        return super().describe() | {"tensorrt": m.get("tensorrt_version"), "gpu": m.get("gpu_name"),
+                                     "dla_core": m.get("dla_core"), "strongly_typed": m.get("strongly_typed")}

@@ -1,0 +1,56 @@
+"""`bench`: the protocol's figures, side-by-side targets with ratios, metrics.json, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import assert_one_line_error, cli_subprocess, run
+
+from cunet_edge.benchmark import BenchConfig, bench, parse_target
+from cunet_edge.errors import ConfigError
+
+QUICK = ["--min-iters", 3, "--min-seconds", 0.05, "--rounds", 2, "--sampler-steps", 2, "--threads", 1]
+
+
+def test_bench_compares_torch_and_onnxruntime(tiny_unrolled, tiny_onnx, tmp_path):
+    out = tmp_path / "b.json"
+    res = run("bench", tiny_unrolled, "--compare", tiny_onnx, "--compare", f"{tiny_unrolled}@torch", "--batch", 2,
+              *QUICK, "--json", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert [r["runtime"] for r in rows] == ["torch", "onnxruntime", "torch"]
+    for r in rows:
+        for key in ("runtime", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s",
+                    "peak_mem_mb", "image_latency_ms", "sampler_steps", "gflops_achieved", "fraction_of_matmul_peak"):
+            assert key in r, key
+        assert r["batch"] == 2 and r["sampler_steps"] == 2 and r["iters"] >= 3
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["peak_mem_mb"] > 10
+        assert r["images_per_s"] == pytest.approx(2 / (r["mean_ms"] / 1e3))
+        assert r["solver"]["method"] == "rk4" and r["macs_per_call"] == rows[0]["macs_per_call"] > 0
+    assert rows[0]["speedup_vs_first"] == 1.0
+    assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["p50_ms"] / rows[1]["p50_ms"])
+    assert data["matmul_peak_gflops"] > 0.1 and data["machine"]["cpu_count"] >= 1
+    assert "x first" in res.output and "onnxruntime" in res.output
+    metrics = json.loads((tiny_onnx / "metrics.json").read_text())
+    assert metrics["bench:onnxruntime:b2"]["p50_ms"] == rows[1]["p50_ms"]
+
+
+def test_image_latency_counts_every_sampler_step(tiny_onnx):
+    cfg = dict(min_iters=3, min_seconds=0.05, rounds=1, image_reps=2, threads=1)
+    few = bench([parse_target(str(tiny_onnx))], BenchConfig(sampler_steps=2, **cfg), progress=False, record=False)
+    many = bench([parse_target(str(tiny_onnx))], BenchConfig(sampler_steps=40, **cfg), progress=False, record=False)
+    assert many["results"][0]["image_latency_ms"] > 5 * few["results"][0]["image_latency_ms"]
+
+
+def test_bench_bad_input(tiny_unrolled, tiny_onnx, tmp_path):
+    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--batch", 0), "batch must be")
+    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--runtime", "tensorrt"),
+                          "kind 'onnx'; runtime 'tensorrt' runs tensorrt-engine (use --runtime onnxruntime)")
+    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--provider", "cuda", *QUICK), "CUDAExecutionProvider")
+    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--solver", "euler"),
+                          "solver baked in at unroll time (rk4 x2); it cannot run euler x2")
+    assert_one_line_error(cli_subprocess("bench", tmp_path / "nothing"), "nothing")
+    with pytest.raises(ConfigError, match="rounds"):
+        BenchConfig(rounds=0)

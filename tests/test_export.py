@@ -1,0 +1,80 @@
+"""ONNX export of unrolled models: signature, checks, verification against PyTorch, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from cli_helpers import assert_one_line_error, cli_subprocess
+from cunet_edge.export.onnx import (
+    ExportVerificationError,
+    OnnxExportConfig,
+    export_onnx,
+)
+
+from cunet_edge.errors import ArtifactError, ConfigError
+
+
+def test_onnx_artifact_is_checked_verified_and_carries_the_solver(tiny_onnx, tiny_unrolled):
+    man = json.loads((tiny_onnx / "manifest.json").read_text())
+    assert man["kind"] == "onnx" and man["parent"]["kind"] == "unrolled"
+    assert man["solver"] == json.loads((tiny_unrolled / "manifest.json").read_text())["solver"]
+    assert man["signature"]["inputs"]["x"]["shape"] == ["batch", 1, 8, 8]
+    v = man["verification"]
+    assert v["rel_err"] <= 1e-4 and v["timesteps"][0] == 0 and v["timesteps"][-1] == 999
+    model = onnx.load(str(tiny_onnx / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 18
+    assert not {"Loop", "If", "Scan", "ScatterND"} & {n.op_type for n in model.graph.node}
+    assert [i.name for i in model.graph.input] == ["x", "t"] and [o.name for o in model.graph.output] == ["eps"]
+    assert man["model_cost"]["nfe_per_call"] == man["solver"]["nfe_per_call"]
+    assert man["tensorrt_compat"]["ok"] and not man["tensorrt_compat"]["problems"]
+
+
+def test_fp16_export_is_typed_fp16_and_static_batch_is_static(tiny_unrolled, tmp_path):
+    art = export_onnx(tiny_unrolled, OnnxExportConfig(precision="fp16", dynamic_batch=False, batch=3, verify_n=5),
+                      tmp_path / "h")
+    model = onnx.load(str(art.file("model.onnx")))
+    x = model.graph.input[0].type.tensor_type
+    assert x.elem_type == onnx.TensorProto.FLOAT16
+    assert [d.dim_value for d in x.shape.dim] == [3, 1, 8, 8]
+    n_fp16 = sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert n_fp16 > len(model.graph.initializer) // 2
+    assert 1e-7 < art.manifest["verification"]["rel_err"] <= 2e-2
+
+
+def test_verification_failure_writes_nothing(tiny_unrolled, tmp_path):
+    # fp16 cannot meet an fp32-sized tolerance: the export must fail and leave no artifact.
+    with pytest.raises(ExportVerificationError, match="relative error .* > tolerance 1e-09"):
+        export_onnx(tiny_unrolled, OnnxExportConfig(precision="fp16", tolerance=1e-9), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())
+
+
+def test_export_config_and_kind_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="opset must be >= 18"):
+        OnnxExportConfig(opset=17)
+    with pytest.raises(ConfigError, match="precision"):
+        OnnxExportConfig(precision="int4")
+    with pytest.raises(ArtifactError, match="of kind 'checkpoint'; this command needs one of: unrolled, pruned"):
+        export_onnx(tiny_checkpoint, OnnxExportConfig(), tmp_path / "x")
+
+
+def test_export_cli_bad_input(tiny_checkpoint, tiny_unrolled, tmp_path):
+    assert_one_line_error(cli_subprocess("export", tiny_checkpoint, "--out", tmp_path / "a"), "of kind 'checkpoint'")
+    assert_one_line_error(cli_subprocess("export", tiny_unrolled, "--format", "coreml", "--out", tmp_path / "b"),
+                          "format 'coreml' is not one of: onnx, tensorrt, torch-tensorrt")
+    assert_one_line_error(cli_subprocess("export", tiny_unrolled, "--batch", 0, "--out", tmp_path / "c"), "batch")
+    assert not any(tmp_path.iterdir())
+
+
+def test_onnxruntime_matches_torch_across_batches(tiny_onnx, tiny_unrolled):
+    from cunet_edge.runtimes.base import open_runner
+
+    rng = np.random.default_rng(1)
+    with open_runner(tiny_onnx, "onnxruntime") as ort_run, open_runner(tiny_unrolled, "torch", device="cpu") as pt:
+        for b in (1, 4):
+            feed = {"x": rng.standard_normal((b, 1, 8, 8)).astype(np.float32), "t": rng.integers(0, 1000, b)}
+            a, r = ort_run.infer(feed)["eps"], pt.infer(feed)["eps"]
+            assert np.linalg.norm(a - r) / np.linalg.norm(r) <= 1e-4
