@@ -338,21 +338,33 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig) -> dict:
     }
 
 
-def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False) -> dict:
-    """Sample a checkpoint with `sample_cfg` and score the images; also saved as its metrics.json."""
-    from .checkpoint import load_checkpoint
-    from .config import to_dict as plain
-    from .sampling import generate
+def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: str | None = None,
+                        **runner_options) -> dict:
+    """Sample an artifact with `sample_cfg` and score the images; also saved as its metrics.json.
 
-    ckpt = load_checkpoint(path)
-    images = generate(ckpt, sample_cfg, progress=progress)
-    metrics = evaluate_images(images, ckpt.config.data)
+    Model artifacts run in PyTorch by default; any artifact runs on a named runtime (ONNX
+    Runtime, TensorRT, ...) through the numpy sampler, fed the same seeded noise.
+    """
+    from .artifact import Artifact
+    from .checkpoint import MODEL_KINDS, load_checkpoint, read_train_config
+    from .config import to_dict as plain
+    from .sampling import generate, generate_with_runner, open_for_sampling
+
+    art = Artifact.load(path)
+    if runtime in (None, "torch") and art.kind in MODEL_KINDS and not runner_options:
+        ckpt = load_checkpoint(path)
+        images, runtime = generate(ckpt, sample_cfg, progress=progress), "torch"
+    else:
+        with open_for_sampling(path, sample_cfg, runtime, **runner_options) as runner:
+            images, runtime = generate_with_runner(runner, sample_cfg, progress=progress), runner.name
+    data_cfg = read_train_config(art).data
+    metrics = evaluate_images(images, data_cfg)
     metrics.update(
         sampler=sample_cfg.sampler, sampler_steps=sample_cfg.steps, eta=sample_cfg.eta, seed=sample_cfg.seed,
-        artifact=str(ckpt.artifact.path), artifact_id=ckpt.artifact.manifest.get("id"),
-        dataset=plain(ckpt.config.data),
+        artifact=str(art.path), artifact_id=art.manifest.get("id"), dataset=plain(data_cfg), runtime=runtime,
+        solver=art.manifest.get("solver"),
     )
-    write_metrics(ckpt.artifact, "evaluate", metrics)
+    write_metrics(art, "evaluate", metrics)
     return metrics
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .config import check_choice, check_positive
 from .errors import ConfigError
 
-__all__ = ["SampleConfig", "generate", "write_sample_grid"]
+__all__ = ["SampleConfig", "generate", "generate_with_runner", "open_for_sampling", "write_sample_grid"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,65 @@ def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):
                       progress=lambda b: bar.update(task, advance=b))
 
 
-def write_sample_grid(artifact_path: str | Path, out: str | Path, cfg: SampleConfig, *, progress: bool = False) -> Path:
-    """Load a checkpoint, draw cfg.n images and save them as a PNG grid at `out`."""
-    from .checkpoint import load_checkpoint
+def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
+    """Draw cfg.n images through any runner with the numpy sampler, from the torch sampler's seeded noise.
+
+    The noise comes from the same torch generator, in the same order, as `generate`, so an
+    exported model and its PyTorch parent are compared on identical noise: the images differ
+    only by what export, quantization or the runtime changed.
+    """
+    import numpy as np
+    import torch
+    from rich.progress import Progress
+
+    from .diffusion import alphas_cumprod
+    from .runtimes.numpy_sampler import SAMPLERS
+
+    tc = runner.train_config()
+    m = tc.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    abar = alphas_cumprod(tc.diffusion)
+    g = torch.Generator().manual_seed(cfg.seed)
+    fixed = runner.static_batch()
+    size = fixed or cfg.batch_size
+    kwargs = {} if cfg.eta is None else {"eta": cfg.eta}
+    eps, out = runner.eps_fn(), []
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(f"sample {cfg.sampler} x{cfg.steps} ({runner.name})", total=cfg.n)
+        for start in range(0, cfg.n, size):
+            b = min(size, cfg.n - start)
+
+            def draw(s, b=b):  # a static-batch model gets zero rows as padding; they use no randomness
+                z = torch.randn((b, *s[1:]), generator=g).numpy()
+                return np.concatenate([z, np.zeros((s[0] - b, *s[1:]), np.float32)]) if s[0] > b else z
+
+            x = SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, cfg.steps, noise=draw,
+                                      clip=tc.diffusion.clip_denoised, **kwargs)
+            out.append(torch.from_numpy(np.clip(x[:b], -1, 1)))
+            bar.update(task, advance=b)
+    return torch.cat(out)
+
+
+def open_for_sampling(path, cfg: SampleConfig, runtime: str | None = None, **options):
+    """A runner for `path` on `runtime` (default: the one that runs its kind), checked against cfg's solver."""
+    from .benchmark import parse_target
+    from .runtimes.base import open_runner
+
+    target = parse_target(str(path), runtime)
+    return open_runner(target.path, target.runtime, solver=cfg.solver, solver_steps=cfg.solver_steps, **options)
+
+
+def write_sample_grid(artifact_path: str | Path, out: str | Path, cfg: SampleConfig, *, progress: bool = False,
+                      runtime: str | None = None) -> Path:
+    """Draw cfg.n images from an artifact (PyTorch, or any runtime) and save them as a PNG grid at `out`."""
+    from .artifact import Artifact
+    from .checkpoint import MODEL_KINDS, load_checkpoint
     from .data import save_image_grid
 
-    ckpt = load_checkpoint(artifact_path)
-    images = generate(ckpt, cfg, progress=progress)
+    if runtime in (None, "torch") and Artifact.load(artifact_path).kind in MODEL_KINDS:
+        images = generate(load_checkpoint(artifact_path), cfg, progress=progress)
+    else:
+        with open_for_sampling(artifact_path, cfg, runtime) as runner:
+            images = generate_with_runner(runner, cfg, progress=progress)
     save_image_grid(images, Path(out))
     return Path(out)

@@ -47,7 +47,8 @@ class TensorRTRunner(Runner):
         if self.engine is None:
             raise ArtifactError(f"TensorRT could not deserialize {self.artifact.file(build.ENGINE_FILE)}")
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        # The current stream, so that CUDA events recorded around a call (bench) time the engine's work.
+        self.stream = torch.cuda.current_stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
@@ -69,7 +70,6 @@ class TensorRTRunner(Runner):
             bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
         for name, buf in bufs.items():
             self.context.set_tensor_address(name, buf.data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream())  # the copies above ran on the current stream
         self._buffers = bufs
 
     def _execute(self) -> None:

@@ -43,6 +43,17 @@ def test_fp16_export_is_typed_fp16_and_static_batch_is_static(tiny_unrolled, tmp
     n_fp16 = sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     assert n_fp16 > len(model.graph.initializer) // 2
     assert 1e-7 < art.manifest["verification"]["rel_err"] <= 2e-2
+    # Sampling pads the last batch of a static-batch model and still draws the parent's images.
+    from cunet_edge.checkpoint import load_checkpoint
+    from cunet_edge.runtimes.base import open_runner
+    from cunet_edge.sampling import SampleConfig, generate, generate_with_runner
+
+    cfg = SampleConfig(n=4, steps=3, seed=1)
+    with open_runner(art.path, "onnxruntime") as r:
+        assert r.static_batch() == 3
+        images = generate_with_runner(r, cfg)
+    ref = generate(load_checkpoint(tiny_unrolled), cfg)
+    assert images.shape == (4, 1, 8, 8) and float((images - ref).abs().max()) < 5e-2
 
 
 def test_verification_failure_writes_nothing(tiny_unrolled, tmp_path):

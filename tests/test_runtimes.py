@@ -89,3 +89,30 @@ def test_numpy_sample_is_seeded_and_batched(tiny_onnx):
         c = sample(r.eps_fn(), 5, (1, 8, 8), abar, steps=3, seed=2, batch_size=2)
     assert a.shape == (5, 1, 8, 8) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.min() >= -1 and a.max() <= 1
+
+
+def test_sampling_through_a_runner_uses_the_torch_samplers_noise(tiny_onnx, tiny_unrolled):
+    """An exported model sampled on its runtime draws the images its PyTorch parent draws from the same seed."""
+    from cunet_edge.checkpoint import load_checkpoint
+    from cunet_edge.sampling import SampleConfig, generate, generate_with_runner
+
+    cfg = SampleConfig(n=5, steps=4, seed=7, batch_size=2, sampler="ddpm")
+    ref = generate(load_checkpoint(tiny_unrolled), cfg)
+    with open_runner(tiny_onnx, "onnxruntime") as r:
+        ours = generate_with_runner(r, cfg)
+    assert ours.shape == ref.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=2e-4)
+
+
+def test_evaluate_an_onnx_artifact_on_onnxruntime(tiny_onnx, tiny_unrolled, tmp_path):
+    import json
+
+    from cli_helpers import run
+
+    for art, name in ((tiny_onnx, "o.json"), (tiny_unrolled, "u.json")):
+        res = run("evaluate", art, "--n", 20, "--steps", 3, "--json", tmp_path / name)
+        assert res.exit_code == 0, res.output
+    o, u = (json.loads((tmp_path / n).read_text()) for n in ("o.json", "u.json"))
+    assert o["runtime"] == "onnxruntime" and u["runtime"] == "torch"
+    assert o["fid"] == pytest.approx(u["fid"], rel=1e-3)
+    assert json.loads((tiny_onnx / "metrics.json").read_text())["evaluate"]["fid"] == o["fid"]

@@ -7,8 +7,10 @@ from ._common import JSON_OPTION, sampler_options, write_json
 
 @click.command()
 @sampler_options(n_default=1000)
+@click.option("--runtime", help="torch, onnxruntime, tensorrt, torch-tensorrt (default: from the artifact's kind).")
+@click.option("--provider", help="onnxruntime: cpu, cuda or tensorrt.")
 @JSON_OPTION
-def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, json_path):
+def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, runtime, provider, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
     from ..evaluation import evaluate_checkpoint
     from ..sampling import SampleConfig
@@ -18,11 +20,12 @@ def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, json_
                        solver_steps=solver_steps)
     if json_path not in (None, "-"):
         check_file_output(json_path)
-    m = evaluate_checkpoint(artifact, cfg, progress=True)
+    options = {"provider": provider} if provider else {}
+    m = evaluate_checkpoint(artifact, cfg, progress=True, runtime=runtime, **options)
     click.echo(
         f"FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}, ratio {m['fid_ratio']:.2f}), "
         f"at n={m['n_reference']}: ratio {m['fid_ratio_at_reference_n']:.2f}; KID {m['kid_mean']:.2f}; "
         f"confident {100 * m['frac_confident']:.1f}% (real {100 * m['frac_confident_real_reference']:.1f}%)"
-        f"  [{n} samples, {sampler} {steps}]"
+        f"  [{n} samples, {sampler} {steps}, {m['runtime']}]"
     )
     write_json(json_path, m)
