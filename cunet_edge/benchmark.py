@@ -18,7 +18,8 @@ from typing import Any
 from .config import check_choice, check_positive
 from .errors import ConfigError
 
-__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops"]
+__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops", "example_feed",
+           "image_call"]
 
 KIND_RUNTIME = {"checkpoint": "torch", "unrolled": "torch", "pruned": "torch", "onnx": "onnxruntime",
                 "onnx-int8": "onnxruntime", "tensorrt-engine": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
@@ -111,7 +112,7 @@ def matmul_peak_gflops(threads: int | None = None, n: int = 1024, seconds: float
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 
-def _feed(runner, batch: int, seed: int = 0) -> dict:
+def example_feed(runner, batch: int, seed: int = 0) -> dict:
     import numpy as np
 
     sig = runner.signature["inputs"]
@@ -123,7 +124,7 @@ def _feed(runner, batch: int, seed: int = 0) -> dict:
     return {"x": rng.standard_normal(shape).astype(sig["x"]["dtype"]), "t": np.full((batch,), 500, dtype=np.int64)}
 
 
-def _image_call(runner, cfg: BenchConfig, abar, shape):
+def image_call(runner, cfg: BenchConfig, abar, shape):
     """One image (or one static batch) through the numpy sampler with `sampler_steps` network calls."""
     import numpy as np
 
@@ -180,10 +181,10 @@ def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], li
     calls, images = [], []
     for r in runners:
         measure = _cuda_event_ms if r.device == "cuda" else wall_clock_ms
-        calls.append((r.bind(_feed(r, cfg.batch)), measure))
+        calls.append((r.bind(example_feed(r, cfg.batch)), measure))
         tc = r.train_config()
         shape = tuple(r.signature["inputs"]["x"]["shape"][1:])
-        images.append(_image_call(r, cfg, alphas_cumprod(tc.diffusion), shape))
+        images.append(image_call(r, cfg, alphas_cumprod(tc.diffusion), shape))
     per_call: list[list[float]] = [[] for _ in runners]
     per_image: list[list[float]] = [[] for _ in runners]
     for k in range(cfg.rounds):

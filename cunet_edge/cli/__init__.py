@@ -23,6 +23,8 @@ COMMANDS = {
     "unroll": "cunet_edge.cli.unroll:unroll",
     "export": "cunet_edge.cli.export:export",
     "bench": "cunet_edge.cli.bench:bench",
+    "quantize": "cunet_edge.cli.quantize:quantize",
+    "devices": "cunet_edge.cli.devices:devices",
 }
 
 _SUMMARIES = {
@@ -33,6 +35,8 @@ _SUMMARIES = {
     "unroll": "Unroll each ODE block's solver into fixed explicit steps.",
     "export": "Export to ONNX (fp32/fp16), a TensorRT engine, or torch-tensorrt.",
     "bench": "Latency per call and per image on a runtime, side by side.",
+    "quantize": "INT8 (Q/DQ) from an FP32 ONNX model, calibrated on the diffusion process.",
+    "devices": "Device profiles (Jetson/desktop/datacenter GPUs) and what each can run.",
 }
 
 

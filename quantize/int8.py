@@ -1,0 +1,342 @@
+"""The quantize stage: an FP32 ONNX artifact → an INT8 Q/DQ artifact, with accuracy-aware fallback.
+
+1. Calibration set from the diffusion process (the FP32 model's own sampling runs).
+2. Activation ranges per tensor (min-max, percentile or entropy).
+3. Sensitivity: the ε error each quantizable layer causes when it alone is quantized.
+4. Fallback: the most sensitive layers stay in float, more of them until the ε relative error
+   against the FP32 model is within the tolerance; among the passing configurations, the
+   fastest measured one is kept (`select="fastest"`), or the one with the fewest float layers
+   (`select="fewest-float"`, deterministic, and the only choice for TensorRT, which cannot be
+   timed on a machine without it).
+5. Drift against the parent (ε error by timestep, sample PSNR from the same seeds) recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import check_choice, check_positive, to_dict
+from ..errors import ArtifactError, ConfigError
+from .calibration import CalibrationConfig
+
+__all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance"]
+
+FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Target format, calibration, tolerance and how the passing configuration is chosen."""
+
+    target: str = "tensorrt"
+    calibration: CalibrationConfig = CalibrationConfig()
+    tolerance: float = 0.03
+    fid_tolerance: float | None = None
+    fid_n: int = 500
+    max_float_layers: int = 32
+    select: str | None = None  # default: fastest for cpu, fewest-float for tensorrt
+    val_n: int = 64
+    bench_batch: int = 16
+    drift_samples: int = 16
+
+    def __post_init__(self):
+        check_choice("target", self.target, ("tensorrt", "cpu"))
+        check_positive("tolerance", self.tolerance)
+        if self.fid_tolerance is not None:
+            check_positive("fid_tolerance", self.fid_tolerance)
+        check_positive("max_float_layers", self.max_float_layers, allow_zero=True)
+        check_positive("val_n", self.val_n)
+        check_positive("bench_batch", self.bench_batch)
+        if self.select is not None:
+            check_choice("select", self.select, ("fastest", "fewest-float"))
+        if self.target == "tensorrt" and self.select == "fastest":
+            raise ConfigError("select 'fastest' needs TensorRT to time the candidates; use fewest-float for tensorrt")
+
+    @property
+    def selection(self) -> str:
+        return self.select or ("fastest" if self.target == "cpu" else "fewest-float")
+
+
+def parse_tolerance(text: str) -> tuple[float, float | None]:
+    """'0.03' → (0.03, None); 'eps=0.03,fid=0.1' → (0.03, 0.1): ε relative error, and relative FID increase."""
+    text = str(text).strip()
+    try:
+        if "=" not in text:
+            return float(text), None
+        parts = dict(p.split("=", 1) for p in text.split(","))
+        unknown = set(parts) - {"eps", "fid"}
+        if unknown:
+            raise ConfigError(f"tolerance {text!r}: unknown key {sorted(unknown)[0]!r}; keys are eps and fid")
+        fid = parts.get("fid")
+        return float(parts.get("eps", 0.03)), (float(fid) if fid is not None else None)
+    except ValueError:
+        raise ConfigError(f"tolerance {text!r} cannot be parsed: give a number (0.03) or eps=0.03,fid=0.1") from None
+
+
+def _session(model_or_path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    data = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+class _Validator:
+    """ε of a candidate vs the FP32 model on held-out inputs from the diffusion process (another seed)."""
+
+    def __init__(self, fp32_path: Path, val: dict):
+        self.val = val
+        self.ref = _session(fp32_path).run(["eps"], val)[0]
+
+    def error(self, model) -> float:
+        return _rel(_session(model).run(["eps"], self.val)[0], self.ref)
+
+    def error_by_timestep(self, model, bins: int = 10) -> list[dict]:
+        out = _session(model).run(["eps"], self.val)[0]
+        t = self.val["t"]
+        edges = np.linspace(0, max(int(t.max()) + 1, 1), bins + 1)
+        rows = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = (t >= lo) & (t < hi)
+            if sel.any():
+                rows.append({"t_from": int(lo), "t_to": int(hi) - 1, "n": int(sel.sum()),
+                             "eps_rel_err": _rel(out[sel], self.ref[sel])})
+        return rows
+
+
+def _sensitivity(model, ranges, scheme, validator: _Validator) -> list[tuple[float, str]]:
+    """The ε error of quantizing each layer alone, most harmful first."""
+    from .qdq import insert_qdq, quantizable_nodes
+
+    nodes = quantizable_nodes(model, scheme)
+    errs = [(validator.error(insert_qdq(model, ranges, scheme, float_nodes=set(nodes) - {n})), n) for n in nodes]
+    return sorted(errs, key=lambda e: (-e[0], e[1]))
+
+
+def _latency_ms(model, val: dict, batch: int) -> float:
+    from ..timing import time_call
+
+    sess = _session(model)
+    feed = {"x": np.ascontiguousarray(val["x"][:batch]), "t": val["t"][:batch]}
+    return time_call(lambda: sess.run(["eps"], feed), warmup=3, min_iters=10, min_seconds=0.5)["p50_ms"]
+
+
+def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, bar=None) -> dict:
+    """Try 0, 1, 2, ... most sensitive layers in float; stop two steps after the first that passes."""
+    from .qdq import insert_qdq
+
+    sens = _sensitivity(model, ranges, scheme, validator)
+    order = [n for _, n in sens]
+    tried, passed_at = [], None
+    for k in [k for k in FALLBACK_STEPS if k <= min(cfg.max_float_layers, len(order))]:
+        q = insert_qdq(model, ranges, scheme, float_nodes=set(order[:k]))
+        err = validator.error(q)
+        tried.append({"float_layers": k, "float_nodes": order[:k], "eps_rel_err": err,
+                      "passes": err <= cfg.tolerance, "model": q})
+        if bar is not None:
+            bar()
+        if err <= cfg.tolerance and passed_at is None:
+            passed_at = len(tried) - 1
+        if passed_at is not None and len(tried) - passed_at > 2:
+            break
+    return {"sensitivity": [{"node": n, "eps_rel_err": e} for e, n in sens], "tried": tried}
+
+
+def _choose(tried: list[dict], val: dict, cfg: QuantizeConfig) -> dict:
+    """Among passing candidates: the fastest measured, or the fewest float layers; else the least error."""
+    ok = [c for c in tried if c["passes"]]
+    if not ok:
+        return min(tried, key=lambda c: c["eps_rel_err"])
+    if cfg.selection == "fewest-float" or len(ok) == 1:
+        return ok[0]
+    # Timed in turn, twice, so that one noisy moment does not decide.
+    for c in ok:
+        c["latency_ms"] = []
+    for _ in range(2):
+        for c in ok:
+            c["latency_ms"].append(_latency_ms(c["model"], val, cfg.bench_batch))
+    for c in ok:
+        c["latency_ms"] = float(np.median(c["latency_ms"]))
+    return min(ok, key=lambda c: c["latency_ms"])
+
+
+class _SessionRunner:
+    """Just enough of a runner (eps_fn, static_batch, train_config) to sample an in-memory ONNX model."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, art):
+        self.sess, self.art = _session(model), art
+
+    def eps_fn(self):
+        return lambda x, t: self.sess.run(["eps"], {"x": x.astype(np.float32), "t": t.astype(np.int64)})[0]
+
+    def static_batch(self):
+        b = self.art.manifest["signature"]["inputs"]["x"]["shape"][0]
+        return b if isinstance(b, int) else None
+
+    def train_config(self):
+        from ..checkpoint import read_train_config
+
+        return read_train_config(self.art)
+
+
+def _fid(model, art, n: int) -> float:
+    from ..evaluation import evaluate_images
+    from ..sampling import SampleConfig, generate_with_runner
+
+    runner = _SessionRunner(model, art)
+    return evaluate_images(generate_with_runner(runner, SampleConfig(n=n)), runner.train_config().data)["fid"]
+
+
+def _fid_gate(best: dict, tried: list[dict], art, cfg: QuantizeConfig) -> tuple[dict, dict | None]:
+    """With a FID tolerance: the first passing layout (chosen one first, then more float layers) whose FID holds."""
+    if cfg.fid_tolerance is None:
+        return best, None
+    ref = _fid(art.file("model.onnx"), art, cfg.fid_n)
+    order = [best] + sorted((c for c in tried if c["passes"] and c is not best), key=lambda c: c["float_layers"])
+    for c in order:
+        c["fid"] = _fid(c["model"], art, cfg.fid_n)
+        if c["fid"] <= (1 + cfg.fid_tolerance) * ref:
+            return c, {"fid_fp32": ref, "fid_int8": c["fid"], "n": cfg.fid_n, "passes": True}
+    c = min(order, key=lambda c: c["fid"])
+    c["passes"] = False
+    return c, {"fid_fp32": ref, "fid_int8": c["fid"], "n": cfg.fid_n, "passes": False}
+
+
+def _validation_set(runner, cfg: QuantizeConfig) -> dict:
+    """Held-out denoiser inputs from sampling runs with another seed, spread over the whole schedule."""
+    import dataclasses
+
+    from .calibration import capture_calibration_set
+
+    c = cfg.calibration
+    held = capture_calibration_set(runner, dataclasses.replace(c, seed=c.seed + 1, n_images=max(4, c.n_images // 4)))
+    idx = np.linspace(0, held["x"].shape[0] - 1, min(cfg.val_n, held["x"].shape[0])).round().astype(int)
+    return {"x": np.ascontiguousarray(held["x"][idx]), "t": held["t"][idx]}
+
+
+def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> float:
+    """PSNR of the quantized model's samples against the FP32 model's, from the same seeded noise."""
+    from ..diffusion import alphas_cumprod
+    from ..runtimes.numpy_sampler import sample
+
+    m = train_cfg.model
+    shape, abar = (m.in_channels, m.image_size, m.image_size), alphas_cumprod(train_cfg.diffusion)
+    imgs = []
+    for sess in (_session(fp32_path), _session(model)):
+        imgs.append(sample(lambda x, t, s=sess: s.run(["eps"], {"x": x, "t": t})[0], n, shape, abar, steps=steps,
+                           seed=0, batch_size=n))
+    mse = float(np.mean((imgs[0] - imgs[1]) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+
+
+def _sizes(fp32_path: Path, model) -> dict:
+    from onnx import numpy_helper
+
+    by_type: dict[str, int] = {}
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        by_type[str(a.dtype)] = by_type.get(str(a.dtype), 0) + a.nbytes
+    size = len(model.SerializeToString())
+    return {"fp32_bytes": fp32_path.stat().st_size, "int8_model_bytes": size,
+            "ratio": size / fp32_path.stat().st_size, "initializer_bytes_by_dtype": by_type}
+
+
+def _check_source(src):
+    from ..artifact import Artifact
+
+    art = Artifact.load(src)
+    if art.kind == "onnx-int8":
+        raise ConfigError(f"{src} is already quantized (kind onnx-int8); quantize its FP32 parent instead")
+    if art.kind != "onnx":
+        raise ArtifactError(f"{src} is an artifact of kind {art.kind!r}; quantize needs an ONNX artifact "
+                            f"(cunet-edge export --format onnx)")
+    if art.manifest.get("precision") != "fp32":
+        raise ConfigError(f"{src} is a {art.manifest.get('precision')} ONNX model; quantize an fp32 export")
+    return art
+
+
+def _calibrate(art, cfg: QuantizeConfig):
+    """Calibration and validation sets from the FP32 model's own sampling, and activation ranges."""
+    from ..runtimes.base import open_runner
+    from .calibration import activation_ranges, capture_calibration_set
+
+    with open_runner(art.path, "onnxruntime", threads=1) as r:
+        calib = capture_calibration_set(r, cfg.calibration)
+        val = _validation_set(r, cfg)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        ranges = activation_ranges(art.file("model.onnx"), calib, cfg.calibration, Path(tmp))
+    return calib, val, ranges
+
+
+def _record(art, cfg: QuantizeConfig, scheme, calib, search, best, drift, sizes, lint) -> dict:
+    m = art.manifest
+    tried = [{k: v for k, v in c.items() if k != "model"} for c in search["tried"]]
+    return dict(
+        precision="int8", target=cfg.target, scheme=to_dict(scheme), signature=m["signature"],
+        solver=m.get("solver"), model_cost=m.get("model_cost"), dynamic_batch=m.get("dynamic_batch"),
+        batch=m.get("batch"), calibration={"inputs": int(calib["x"].shape[0]), "files": ["calibration/x.npy",
+                                                                                       "calibration/t.npy"]},
+        sensitivity=search["sensitivity"], tried=tried, float_nodes=best["float_nodes"],
+        passed=bool(best["passes"]), tolerance=cfg.tolerance, selection=cfg.selection, drift=drift, size=sizes,
+        tensorrt_lint=lint,
+    )
+
+
+def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
+    """Stage: FP32 `onnx` artifact → `onnx-int8` artifact (Q/DQ), within cfg.tolerance if any layout is."""
+    import onnx
+    from rich.progress import Progress
+
+    from ..artifact import ArtifactWriter, check_output_path
+    from ..checkpoint import CONFIG, read_train_config
+    from .qdq import SCHEMES
+
+    check_output_path(out)
+    art = _check_source(src)
+    scheme = SCHEMES[cfg.target]
+    fp32 = art.file("model.onnx")
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("calibrate", total=None)
+        calib, val, ranges = _calibrate(art, cfg)
+        bar.update(task, description="sensitivity and fallback search")
+        model = onnx.load(str(fp32))
+        validator = _Validator(fp32, val)
+        search = _search(model, ranges, scheme, validator, cfg)
+        best = _choose(search["tried"], val, cfg)
+        bar.update(task, description="FID check" if cfg.fid_tolerance else "drift")
+        best, fid = _fid_gate(best, search["tried"], art, cfg)
+    lint = _lint(best, cfg)
+    drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
+             "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), cfg.drift_samples),
+             "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
+    with ArtifactWriter(out, kind="onnx-int8", stage="quantize", config=to_dict(cfg), parent=art) as w:
+        onnx.save(best["model"], str(w.dir / "model.onnx"))
+        (w.dir / "calibration").mkdir()
+        np.save(w.dir / "calibration" / "x.npy", calib["x"])
+        np.save(w.dir / "calibration" / "t.npy", calib["t"])
+        (w.dir / CONFIG).write_text(art.file(CONFIG).read_text())
+        w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
+    return w.artifact
+
+
+def _lint(best: dict, cfg: QuantizeConfig) -> dict | None:
+    """TensorRT's Q/DQ rules checked on the chosen model; a violation is a bug here, so it fails loudly."""
+    if cfg.target != "tensorrt":
+        return None
+    from .lint import assert_tensorrt_qdq
+
+    report = assert_tensorrt_qdq(best["model"], float_nodes=set(best["float_nodes"]))
+    return {k: report[k] for k in ("ok", "stats") if k in report}

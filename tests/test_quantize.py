@@ -1,0 +1,111 @@
+"""INT8 quantization: calibration from the diffusion process, shared weights stored once, fallback, drift."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from cli_helpers import assert_one_line_error, cli_subprocess
+from onnx import numpy_helper
+
+from cunet_edge.errors import ConfigError
+from cunet_edge.quantize.calibration import CalibrationConfig
+from cunet_edge.quantize.int8 import QuantizeConfig, parse_tolerance, quantize_int8
+
+CAL = CalibrationConfig(n_images=4, sampler_steps=16, method="minmax")
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_cpu(tiny_onnx, tmp_path_factory):
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, select="fewest-float", val_n=16, drift_samples=4)
+    return quantize_int8(tiny_onnx, cfg, tmp_path_factory.mktemp("q") / "cpu", progress=False)
+
+
+def test_weights_are_quantized_once_and_activations_per_use(tiny_int8_cpu, tiny_onnx):
+    model = onnx.load(str(tiny_int8_cpu.file("model.onnx")))
+    fp32 = onnx.load(str(tiny_onnx / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    int8 = [n for n, a in inits.items() if a.dtype == np.int8 and a.ndim == 4]
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8]
+    assert len(weight_dq) == len(int8) == len(set(int8)) > 0  # one INT8 initializer and one DQ per weight
+    dq_weights = {n.output[0] for n in weight_dq}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in dq_weights]
+    assert len(convs) > len(int8)  # the same DQ'd weight feeds several solver stages
+    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len({n.input[1] for n in act_q}) == len(act_q)  # every activation Q has a scale of its own
+    quantized = {n.rsplit("__q", 1)[0].removesuffix("_int8") for n in int8}
+    assert not quantized & set(inits)  # no float copy of a quantized weight is left
+    fp32_conv_weights = {n.input[1] for n in fp32.graph.node if n.op_type == "Conv"}
+    assert quantized <= fp32_conv_weights
+
+
+def test_manifest_records_calibration_fallback_and_drift(tiny_int8_cpu, tiny_onnx):
+    m = tiny_int8_cpu.manifest
+    assert m["kind"] == "onnx-int8" and m["precision"] == "int8" and m["parent"]["kind"] == "onnx"
+    assert m["solver"] == json.loads((tiny_onnx / "manifest.json").read_text())["solver"]
+    t = np.load(tiny_int8_cpu.file("calibration/t.npy"))
+    assert m["calibration"]["inputs"] == len(t) == 4 * 16 and t.max() == 999 and t.min() == 0
+    d = m["drift"]
+    assert d["eps_rel_err"] == m["tried"][[c["float_nodes"] for c in m["tried"]].index(m["float_nodes"])]["eps_rel_err"]
+    assert len(d["eps_rel_err_by_timestep"]) > 1 and d["sample_psnr_vs_parent"] > 0
+    assert [s["eps_rel_err"] for s in m["sensitivity"]] == sorted((s["eps_rel_err"] for s in m["sensitivity"]),
+                                                                   reverse=True)
+    assert m["passed"] == (d["eps_rel_err"] <= 0.5)
+
+
+def test_same_seed_same_bytes_and_the_model_runs(tiny_onnx, tiny_int8_cpu, tmp_path):
+    from cunet_edge.runtimes.base import open_runner
+
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, select="fewest-float", val_n=16, drift_samples=4)
+    again = quantize_int8(tiny_onnx, cfg, tmp_path / "again", progress=False)
+    assert again.file("model.onnx").read_bytes() == tiny_int8_cpu.file("model.onnx").read_bytes()
+    with open_runner(tiny_int8_cpu.path, "onnxruntime") as r, open_runner(tiny_onnx, "onnxruntime") as f:
+        feed = {"x": np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32),
+                "t": np.array([10, 900])}
+        a, b = r.infer(feed)["eps"], f.infer(feed)["eps"]
+    assert a.shape == b.shape and 0 < np.linalg.norm(a - b) / np.linalg.norm(b) < 1
+
+
+def test_impossible_tolerance_saves_the_best_attempt_marked_failing(tiny_onnx, tmp_path):
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=1e-9, max_float_layers=2, val_n=16, drift_samples=4)
+    art = quantize_int8(tiny_onnx, cfg, tmp_path / "fail", progress=False)
+    m = art.manifest
+    assert m["passed"] is False and not any(c["passes"] for c in m["tried"])
+    assert m["drift"]["eps_rel_err"] == min(c["eps_rel_err"] for c in m["tried"])
+    assert [c["float_layers"] for c in m["tried"]] == [0, 1, 2]
+
+
+def test_tensorrt_target_passes_the_lint(tiny_onnx, tmp_path):
+    from cunet_edge.quantize.lint import lint_tensorrt_qdq
+
+    cfg = QuantizeConfig(target="tensorrt", calibration=CAL, tolerance=0.5, val_n=16, drift_samples=4)
+    art = quantize_int8(tiny_onnx, cfg, tmp_path / "trt", progress=False)
+    assert art.manifest["tensorrt_lint"]["ok"]
+    report = lint_tensorrt_qdq(str(art.file("model.onnx")), float_nodes=set(art.manifest["float_nodes"]))
+    assert report["ok"], report["problems"]
+    zps = [numpy_helper.to_array(t) for t in onnx.load(str(art.file("model.onnx"))).graph.initializer
+           if t.name.endswith("_zp") or "_zp__q" in t.name]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+
+
+def test_tolerance_parsing():
+    assert parse_tolerance("0.03") == (0.03, None)
+    assert parse_tolerance("eps=0.02,fid=0.1") == (0.02, 0.1)
+    for bad in ("abc", "eps=x", "psnr=3"):
+        with pytest.raises(ConfigError):
+            parse_tolerance(bad)
+
+
+def test_quantize_bad_input(tiny_unrolled, tiny_onnx, tiny_int8_cpu, tmp_path):
+    assert_one_line_error(cli_subprocess("quantize", tiny_unrolled, "--out", tmp_path / "a"),
+                          "quantize needs an ONNX artifact")
+    assert_one_line_error(cli_subprocess("quantize", tiny_int8_cpu.path, "--out", tmp_path / "b"), "already quantized")
+    assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--calibration-images", 2, "--calibration-steps", 4,
+                                         "--out", tmp_path / "c"), "too few calibration samples")
+    assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--tolerance", "abc", "--out", tmp_path / "d"),
+                          "tolerance 'abc' cannot be parsed")
+    assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--target", "tpu", "--out", tmp_path / "e"),
+                          "target 'tpu' is not one of: tensorrt, cpu")
+    assert not any(tmp_path.iterdir())
