@@ -30,6 +30,9 @@ def _parse(argv):
     p.add_argument("--fid-tolerance", type=float, default=0.10, help="allowed relative FID increase")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime")
     p.add_argument("--image-reps", type=int, default=3, help="timed images per configuration")
+    p.add_argument("--paper-checkpoint", help="a model trained with the paper's solver (rk4 x1), timed as the "
+                                               "paper's recipe too (default: only CHECKPOINT through torchdiffeq)")
+    p.add_argument("--fids-from", help="reuse fid_by_steps from an earlier result JSON of this script")
     return p.parse_args(argv)
 
 
@@ -40,7 +43,7 @@ def _artifacts(args) -> tuple[Path, Path]:
     from cunet_edge.unrolling import UnrollConfig, unroll
 
     solver = load_checkpoint(args.checkpoint).config.model.solver
-    cfg = UnrollConfig(method=args.method or solver.method, steps=args.solver_steps or solver.steps)
+    cfg = UnrollConfig(method=args.method, steps=args.solver_steps).resolve(solver)
     work = Path(args.work)
     unrolled, onnx = work / f"unrolled-{cfg.method}x{cfg.steps}", work / f"onnx-{cfg.method}x{cfg.steps}"
     if not (unrolled / "manifest.json").is_file():
@@ -81,6 +84,8 @@ def _timings(args, targets: dict, steps_fast: int) -> dict:
         abar = alphas_cumprod(runners["onnxruntime"].train_config().diffusion)
         shape = tuple(runners["onnxruntime"].signature["inputs"]["x"]["shape"][1:])
         recipes = {"paper": ("torchdiffeq", args.reference_steps), "ours": ("onnxruntime", steps_fast)}
+        if "paper_model" in runners:
+            recipes["paper_model"] = ("paper_model", args.reference_steps)
         images = {k: image_call(runners[r], BenchConfig(sampler_steps=s), abar, shape)[0]
                   for k, (r, s) in recipes.items()}
         per_image = {k: [] for k in images}
@@ -97,12 +102,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     unrolled, onnx = _artifacts(args)
     steps_list = sorted({int(s) for s in args.steps_list.split(",")} | {args.reference_steps}, reverse=True)
-    fids = _fids(onnx, steps_list, args)
+    if args.fids_from:
+        fids = {int(k): v for k, v in json.loads(Path(args.fids_from).read_text())["fid_by_steps"].items()}
+    else:
+        fids = _fids(onnx, steps_list, args)
     ref = fids[args.reference_steps]["fid"]
     ok = [s for s in steps_list if fids[s]["fid"] <= (1 + args.fid_tolerance) * ref]
     fast = min(ok)
     targets = {"torchdiffeq": (args.checkpoint, "torch"), "unrolled": (unrolled, "torch"),
                "onnxruntime": (onnx, "onnxruntime")}
+    if args.paper_checkpoint:
+        targets["paper_model"] = (args.paper_checkpoint, "torch")
     t = _timings(args, targets, fast)
     c = t["per_call_ms"]
     factors = {"sampler_steps": args.reference_steps / fast, "solver_unrolled_vs_torchdiffeq": c["torchdiffeq"] / c["unrolled"],
@@ -112,10 +122,15 @@ def main(argv=None) -> int:
               "reference_steps": args.reference_steps, "fewest_steps_within_tolerance": fast,
               "fid_tolerance": args.fid_tolerance, **t, "factors": factors,
               "end_to_end_speedup": t["per_image_ms"]["paper"] / t["per_image_ms"]["ours"], "threads": args.threads}
+    if args.paper_checkpoint:
+        result["end_to_end_speedup_vs_paper_model"] = t["per_image_ms"]["paper_model"] / t["per_image_ms"]["ours"]
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"paper recipe (torchdiffeq, eager, DDIM {args.reference_steps}): {t['per_image_ms']['paper']:.0f} ms/image; "
           f"ours (unrolled, ONNX Runtime, DDIM {fast}): {t['per_image_ms']['ours']:.0f} ms/image; "
           f"{result['end_to_end_speedup']:.1f}x")
+    if args.paper_checkpoint:
+        print(f"the paper's model ({args.paper_checkpoint}, torchdiffeq, DDIM {args.reference_steps}): "
+              f"{t['per_image_ms']['paper_model']:.0f} ms/image; {result['end_to_end_speedup_vs_paper_model']:.1f}x")
     print("per call, batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in c.items()))
     print("factors: " + ", ".join(f"{k} {v:.2f}x" for k, v in factors.items()))
     return 0

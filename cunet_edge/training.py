@@ -19,7 +19,7 @@ from .diffusion import DiffusionConfig
 from .errors import ArtifactError, ConfigError
 from .models import CUNetConfig, ModelConfig, model_config_from_dict
 
-__all__ = ["TrainConfig", "train_config_from_dict", "train", "CHECKPOINT_KIND"]
+__all__ = ["TrainConfig", "train_config_from_dict", "train", "CHECKPOINT_KIND", "launch_data_parallel"]
 
 CHECKPOINT_KIND = "checkpoint"
 LR_SCHEDULES = ("cosine", "constant")
@@ -32,7 +32,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=CUNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    steps: int = 1800
+    steps: int = 2800
     batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: str = "cosine"
@@ -304,3 +304,15 @@ def train_config_from_options(config_file: str | None = None, *, dataset: str | 
     if "in_channels" not in model:
         model["in_channels"] = image_channels(data_cfg)
     return train_config_from_dict(d)
+
+
+def launch_data_parallel(procs: int, train_args: list[str]) -> int:
+    """Run `cunet-edge train` in `procs` processes through torchrun (standalone, one machine); its exit status."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+           "-m", "cunet_edge", "train", *train_args]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the point of using processes
+    return subprocess.run(cmd, env=env).returncode

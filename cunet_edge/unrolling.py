@@ -64,15 +64,24 @@ def integrate_unrolled(field: Callable[[tuple], tuple], state: tuple, method: st
 
 @dataclass(frozen=True)
 class UnrollConfig:
-    """Which fixed-step method, and how many steps over [0, 1], each ODE block gets."""
+    """Which fixed-step method, and how many steps over [0, 1], each ODE block gets (None: as trained)."""
 
-    method: str = "rk4"
-    steps: int = 1
+    method: str | None = None
+    steps: int | None = None
 
     def __post_init__(self):
-        check_choice("method", self.method, UNROLLABLE)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if self.method is not None:
+            check_choice("method", self.method, UNROLLABLE)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
             raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+
+    def resolve(self, trained) -> "UnrollConfig":
+        """Fill what is left as None from the solver the model was trained with (if it can be unrolled)."""
+        method = self.method or trained.method
+        if method not in UNROLLABLE:
+            raise ConfigError(f"the model was trained with {trained.method!r}, which cannot be unrolled; "
+                              f"pass --method (one of: {', '.join(UNROLLABLE)})")
+        return UnrollConfig(method=method, steps=self.steps or (trained.steps if method == trained.method else 1))
 
 
 def solver_record(solver, ode_blocks: int) -> dict:
@@ -109,6 +118,7 @@ def unroll(src, cfg: UnrollConfig, out: str | Path):
     model_cfg = ckpt.config.model
     if model_cfg.arch != "cunet":
         raise ConfigError(f"{src} is a {model_cfg.arch!r} model; only continuous U-Nets (cunet) have ODE blocks to unroll")
+    cfg = cfg.resolve(model_cfg.solver)
     solver = dataclasses.replace(model_cfg.solver, method=cfg.method, steps=cfg.steps, adjoint=False, unrolled=True)
     train_cfg = dataclasses.replace(ckpt.config, model=dataclasses.replace(model_cfg, solver=solver))
     blocks = ckpt.model.num_ode_blocks

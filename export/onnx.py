@@ -143,6 +143,18 @@ def _op_histogram(model) -> dict[str, int]:
                                for n in model.graph.node).items()))
 
 
+def _graph_macs(model, batch: int) -> int:
+    """MACs per call at batch 1 of the Conv/MatMul/Gemm nodes left in the exported graph.
+
+    Lower than PyTorch's count when the exporter drops solver evaluations that never reach the
+    output (the last stage of a one-step solver only updates the velocity, which is not output).
+    """
+    from ..devices.estimate import graph_costs
+
+    flops = sum(c.flops for c in graph_costs(model, batch, "fp32") if c.op in ("Conv", "MatMul", "Gemm"))
+    return flops // (2 * batch)
+
+
 def verify_onnx(path: Path, reference, model_cfg, diffusion_cfg, cfg: OnnxExportConfig) -> dict:
     """ONNX Runtime vs the fp32 PyTorch model on seeded inputs whose timesteps span the whole schedule."""
     import numpy as np
@@ -209,7 +221,8 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
         w.manifest.update(
             precision=cfg.precision, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, batch=cfg.batch,
             signature=_signature(model_cfg, cfg), solver=ckpt.artifact.manifest.get("solver"),
-            model_cost={k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")},
+            model_cost={k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")}
+            | {"graph_macs": _graph_macs(proto, 1 if cfg.dynamic_batch else cfg.batch)},
             verification=check, nodes={"exported": nodes_exported, "simplified": len(proto.graph.node)},
             ops=_op_histogram(proto),
             tensorrt_compat={k: compat[k] for k in ("ok", "problems", "source")},

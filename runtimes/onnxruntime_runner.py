@@ -45,6 +45,17 @@ class OnnxRuntimeRunner(Runner):
             opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.artifact.file("model.onnx")), opts,
                                             providers=PROVIDERS[self.provider])
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        """The graph's inputs and outputs must be the ones the manifest promises (names, element types)."""
+        types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+        got = {i.name: types.get(i.type, i.type) for i in self.session.get_inputs()}
+        want = {n: spec["dtype"] for n, spec in self.signature["inputs"].items()}
+        outs = [o.name for o in self.session.get_outputs()]
+        if got != want or outs != list(self.signature["outputs"]):
+            raise ConfigError(f"{self.artifact.path}/model.onnx has inputs {got} and outputs {outs}; its manifest "
+                              f"promises inputs {want} and outputs {list(self.signature['outputs'])}")
 
     def close(self) -> None:
         self.session = None

@@ -31,6 +31,8 @@ def test_onnx_artifact_is_checked_verified_and_carries_the_solver(tiny_onnx, tin
     assert [i.name for i in model.graph.input] == ["x", "t"] and [o.name for o in model.graph.output] == ["eps"]
     assert man["model_cost"]["nfe_per_call"] == man["solver"]["nfe_per_call"]
     assert man["tensorrt_compat"]["ok"] and not man["tensorrt_compat"]["problems"]
+    # The last stage's function evaluation only moves the velocity, which no output reads: pruned.
+    assert 0 < man["model_cost"]["graph_macs"] < man["model_cost"]["macs"]
 
 
 def test_fp16_export_is_typed_fp16_and_static_batch_is_static(tiny_unrolled, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from cunet_edge.runtimes.base import open_runner
@@ -116,3 +117,39 @@ def test_evaluate_an_onnx_artifact_on_onnxruntime(tiny_onnx, tiny_unrolled, tmp_
     assert o["runtime"] == "onnxruntime" and u["runtime"] == "torch"
     assert o["fid"] == pytest.approx(u["fid"], rel=1e-3)
     assert json.loads((tiny_onnx / "metrics.json").read_text())["evaluate"]["fid"] == o["fid"]
+
+
+def test_onnx_with_an_unexpected_signature_is_refused(tiny_onnx, tmp_path):
+    """A well-formed artifact whose graph does not take (x, t) → eps: one clear error, before any run."""
+    import shutil
+
+    from cunet_edge.artifact import Artifact, ArtifactWriter
+
+    src = Artifact.load(tiny_onnx)
+    model = onnx.load(str(src.file("model.onnx")))
+    model.graph.input[1].name = "timestep"
+    for node in model.graph.node:
+        node.input[:] = ["timestep" if i == "t" else i for i in node.input]
+    with ArtifactWriter(tmp_path / "renamed", kind="onnx", stage="export", config={}) as w:
+        onnx.save(model, str(w.dir / "model.onnx"))
+        shutil.copy(src.file("config.json"), w.dir / "config.json")
+        w.manifest.update({k: src.manifest[k] for k in ("signature", "precision", "solver")})
+    with pytest.raises(ConfigError, match="has inputs .*'timestep'.* its manifest promises inputs"):
+        with open_runner(tmp_path / "renamed", "onnxruntime"):
+            pass
+
+
+@pytest.mark.gpu
+def test_torch_runner_on_cuda_fp16_and_cuda_graphs(tiny_unrolled):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    feed = _feed(4)
+    with open_runner(tiny_unrolled, "torch", device="cpu") as ref:
+        want = ref.infer(feed)["eps"]
+    for opts in ({"precision": "fp32"}, {"precision": "fp16"}, {"precision": "fp32", "cuda_graphs": True}):
+        with open_runner(tiny_unrolled, "torch", device="cuda", **opts) as r:
+            got = r.infer(feed)["eps"]
+            r.bind(feed)()
+            r.synchronize()
+        tol = 2e-2 if opts["precision"] == "fp16" else 1e-4
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= tol, opts

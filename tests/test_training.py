@@ -80,18 +80,21 @@ def test_config_from_options_layers_cli_over_file(tiny_config_file):
 
 
 def test_ddp_two_cpu_processes(tiny_config_file, tmp_path):
+    """`train --procs 2` launches torchrun itself: two gloo processes, one checkpoint."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "cunet_edge", "train", "--config", str(tiny_config_file), "--steps", "3", "--no-progress",
-         "--out", str(out)],
+        [sys.executable, "-m", "cunet_edge", "train", "--procs", "2", "--config", str(tiny_config_file),
+         "--steps", "3", "--no-progress", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_step"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary dirs left
+    bad = subprocess.run([sys.executable, "-m", "cunet_edge", "train", "--procs", "0", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == ["error: procs must be > 0, got 0"]
 
 
 def test_baseline_unet_trains_by_the_same_code(tmp_path):

@@ -65,6 +65,16 @@ def test_unrolled_model_equals_trained_model(method, steps, monkeypatch):
     assert prof["nfe_per_call"] == nfe_per_step(method) * steps * prof["ode_blocks"]
 
 
+def test_unroll_defaults_to_the_trained_solver():
+    from cunet_edge.unrolling import UnrollConfig
+
+    assert UnrollConfig().resolve(SolverConfig(method="midpoint", steps=2)) == UnrollConfig("midpoint", 2)
+    assert UnrollConfig(method="rk4").resolve(SolverConfig(method="midpoint", steps=2)) == UnrollConfig("rk4", 1)
+    assert UnrollConfig(steps=3).resolve(SolverConfig(method="euler")) == UnrollConfig("euler", 3)
+    with pytest.raises(ConfigError, match="trained with 'dopri5', which cannot be unrolled; pass --method"):
+        UnrollConfig().resolve(SolverConfig(method="dopri5"))
+
+
 def test_unroll_config_errors():
     with pytest.raises(ConfigError, match="cannot be unrolled; unrollable methods: euler, midpoint"):
         SolverConfig(method="dopri5", unrolled=True)

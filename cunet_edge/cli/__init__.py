@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": "cunet_edge.cli.bench:bench",
     "quantize": "cunet_edge.cli.quantize:quantize",
     "devices": "cunet_edge.cli.devices:devices",
+    "estimate": "cunet_edge.cli.estimate:estimate",
 }
 
 _SUMMARIES = {
@@ -37,6 +38,7 @@ _SUMMARIES = {
     "bench": "Latency per call and per image on a runtime, side by side.",
     "quantize": "INT8 (Q/DQ) from an FP32 ONNX model, calibrated on the diffusion process.",
     "devices": "Device profiles (Jetson/desktop/datacenter GPUs) and what each can run.",
+    "estimate": "Roofline latency of an ONNX artifact on a device profile (or calibrated on this CPU).",
 }
 
 

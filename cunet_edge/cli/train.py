@@ -1,5 +1,7 @@
 """`cunet-edge train`: train a diffusion model and write a checkpoint artifact."""
 
+import os
+
 import click
 
 from ._common import JSON_OPTION, write_json
@@ -22,11 +24,13 @@ from ._common import JSON_OPTION, write_json
 @click.option("--adjoint/--no-adjoint", default=None, help="Adjoint backprop through the ODE blocks (less memory).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or JSON training config.")
 @click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--procs", default=1, show_default=True,
+              help="Data-parallel processes on this machine (launched through torchrun; gloo on CPU, nccl on GPUs).")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (re-run to resume).")
 @JSON_OPTION
 def train(dataset, data_root, download, image_size, arch, steps, batch_size, lr, seed, method, solver_steps,
-          rtol, atol, adjoint, config_file, threads, progress, out, json_path):
+          rtol, atol, adjoint, config_file, threads, procs, progress, out, json_path):
     """Train on a dataset; re-running with the same --out resumes from the last save."""
     from ..training import train as run_training
     from ..training import train_config_from_options
@@ -35,7 +39,31 @@ def train(dataset, data_root, download, image_size, arch, steps, batch_size, lr,
     cfg = train_config_from_options(config_file, dataset=dataset, data_root=data_root, download=download,
                                     image_size=image_size, arch=arch, solver=solver, steps=steps,
                                     batch_size=batch_size, lr=lr, seed=seed)
+    if procs != 1:
+        from ..config import check_positive
+        from ..training import launch_data_parallel
+
+        check_positive("procs", procs)
+        if "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it, with the same options
+            raise SystemExit(launch_data_parallel(procs, _forwarded_args(click.get_current_context())))
     art = run_training(cfg, out, progress=progress, threads=threads)
     if art is not None:
         click.echo(f"{art.path}  checkpoint ({cfg.model.arch}, {art.manifest['train_step']} steps)")
         write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "steps": art.manifest["train_step"]})
+
+
+def _forwarded_args(ctx) -> list[str]:
+    """This command's options as given (all but --procs), for the torchrun workers."""
+    args = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "procs" or value is None or not isinstance(param, click.Option):
+            continue
+        if param.is_flag and param.secondary_opts:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            if value:
+                args.append(param.opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args

@@ -7,9 +7,9 @@ from ._common import JSON_OPTION, write_json
 
 @click.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--method", default="rk4", show_default=True,
-              help="euler, midpoint, heun2, heun3 or rk4 (torchdiffeq's names; rk4 is the 3/8 rule).")
-@click.option("--steps", default=1, show_default=True, help="Solver steps over ODE time [0, 1] per block.")
+@click.option("--method", help="euler, midpoint, heun2, heun3 or rk4 (torchdiffeq's names; rk4 is the 3/8 rule); "
+                               "default: the one the model was trained with.")
+@click.option("--steps", type=int, help="Solver steps over ODE time [0, 1] per block (default: as trained).")
 @click.option("--out", type=click.Path(), help="Directory of the unrolled artifact.")
 @click.option("--sweep", is_flag=True, help="Measure every method x steps 1..--max-steps instead of unrolling.")
 @click.option("--max-steps", default=8, show_default=True, help="Largest step count in the sweep.")

@@ -66,7 +66,9 @@ class SolverConfig:
     explicit loop of `cunet_edge.unrolling` (same coefficients, a static graph).
     """
 
-    method: str = "rk4"
+    # One midpoint step per block by default: measured on digits, it gives the best FID for the
+    # 10-minute CPU budget (the paper's one 3/8-rule rk4 step costs twice the evaluations). See README.
+    method: str = "midpoint"
     steps: int = 1
     rtol: float = 1e-3
     atol: float = 1e-3
