@@ -38,10 +38,11 @@ class QuantScheme:
     quantize_outputs: bool
     int32_bias: bool
     op_types: tuple[str, ...] = ("Conv",)
+    split_concat: bool = False
 
 
 SCHEMES = {
-    "tensorrt": QuantScheme("tensorrt", "int8", True, False, False, ("Conv", "MatMul")),
+    "tensorrt": QuantScheme("tensorrt", "int8", True, False, False, ("Conv", "MatMul"), split_concat=True),
     "cpu": QuantScheme("cpu", "uint8", False, True, True, ("Conv",)),
 }
 
@@ -187,6 +188,64 @@ def _quantize_node(b: _Builder, node, weights: dict, after: dict) -> None:
         _qdq_output(b, node, after)
 
 
+# A 1x1 Conv over a skip concatenation is split when its inputs' ranges differ by more than this.
+SPLIT_RANGE_RATIO = 2.0
+
+
+def _amax(rng) -> float:
+    return max(abs(rng[0]), abs(rng[1]), 1e-12)
+
+
+def _split_parts(node, producer: dict, weights: dict, channels: dict, ranges: dict) -> list[tuple[str, int]] | None:
+    """(input, channels) of the concat under a 1x1 Conv, if splitting it gives each part a better scale."""
+    w = weights.get(node.input[1])
+    cat = producer.get(node.input[0])
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if w is None or w.shape[2:] != (1, 1) or group != 1 or cat is None or cat.op_type != "Concat":
+        return None
+    if next((a.i for a in cat.attribute if a.name == "axis"), None) not in (1, -3):
+        return None
+    parts = [(i, channels.get(i)) for i in cat.input]
+    if any(c is None or i not in ranges for i, c in parts) or sum(c for _, c in parts) != w.shape[1]:
+        return None
+    amax = [_amax(ranges[i]) for i, _ in parts]
+    return parts if max(amax) / min(amax) > SPLIT_RANGE_RATIO else None
+
+
+def _split_conv(b: _Builder, node, parts, weights: dict) -> list:
+    """Conv(concat(a, b), W) as Conv(a, W[:, :Ca]) + Conv(b, W[:, Ca:]): each part its own scale (Q-Diffusion)."""
+    from onnx import helper
+
+    w, off, convs = weights[node.input[1]], 0, []
+    for k, (inp, c) in enumerate(parts):
+        wname = b.name(f"{node.input[1]}_part{k}")
+        weights[wname] = np.ascontiguousarray(w[:, off:off + c])
+        off += c
+        ins = [inp, wname] + ([node.input[2]] if k == 0 and len(node.input) > 2 else [])
+        conv = helper.make_node("Conv", ins, [b.name(f"{node.output[0]}_part{k}")], name=b.name(f"{node.name}_part{k}"))
+        conv.attribute.extend(node.attribute)
+        convs.append(conv)
+    adds, acc = [], convs[0].output[0]
+    for k, conv in enumerate(convs[1:], 1):
+        out = node.output[0] if k == len(convs) - 1 else b.name(f"{node.output[0]}_sum")
+        adds.append(helper.make_node("Add", [acc, conv.output[0]], [out], name=b.name(f"{node.name}_sum")))
+        acc = out
+    return convs + adds
+
+
+def _channels(model) -> dict:
+    """Channel count (dim 1) of every tensor whose shape inference knows it."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) > 1 and dims[1].HasField("dim_value"):
+            out[vi.name] = dims[1].dim_value
+    return out
+
+
 def insert_qdq(model, ranges: dict, scheme: QuantScheme, float_nodes=frozenset()):
     """A copy of `model` with the scheme's Q/DQ inserted on every quantizable node not in `float_nodes`."""
     import copy
@@ -199,14 +258,25 @@ def insert_qdq(model, ranges: dict, scheme: QuantScheme, float_nodes=frozenset()
         if not n.name:
             n.name = f"{n.op_type}_{i}"
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    b, after = _Builder(model, scheme, ranges), {}
+    b, after, replaced = _Builder(model, scheme, ranges), {}, {}
     targets = set(quantizable_nodes(model, scheme)) - set(float_nodes)
-    for node in graph.node:
-        if node.name in targets:
+    producer = {o: n for n in graph.node for o in n.output}
+    channels = _channels(model) if scheme.split_concat else {}
+    for node in list(graph.node):
+        if node.name not in targets:
+            continue
+        parts = _split_parts(node, producer, weights, channels, ranges) if scheme.split_concat else None
+        if parts is None:
             _quantize_node(b, node, weights, after)
+            continue
+        replaced[node.name] = _split_conv(b, node, parts, weights)
+        for conv in replaced[node.name]:
+            if conv.op_type == "Conv":
+                _quantize_node(b, conv, weights, after)
     ordered = []
     for node in graph.node:
-        ordered += b.nodes_before.get(node.name, []) + [node] + after.get(node.name, [])
+        for n in replaced.get(node.name, [node]):
+            ordered += b.nodes_before.get(n.name, []) + [n] + after.get(n.name, [])
     del graph.node[:]
     graph.node.extend(ordered)
     used = {i for n in graph.node for i in n.input}

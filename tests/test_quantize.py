@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -109,3 +110,43 @@ def test_quantize_bad_input(tiny_unrolled, tiny_onnx, tiny_int8_cpu, tmp_path):
     assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--target", "tpu", "--out", tmp_path / "e"),
                           "target 'tpu' is not one of: tensorrt, cpu")
     assert not any(tmp_path.iterdir())
+
+
+def test_skip_concat_with_different_ranges_is_split_for_tensorrt():
+    """Q-Diffusion's split: Conv1x1(concat(a, b)) → Conv(a) + Conv(b), each input with a scale of its own."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from cunet_edge.quantize.lint import lint_tensorrt_qdq
+    from cunet_edge.quantize.qdq import SCHEMES, insert_qdq
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 5, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["a", "b"], ["cat"], axis=1, name="cat"),
+         helper.make_node("Conv", ["cat", "w", "bias"], ["y"], name="merge")],
+        "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 2, 4, 4]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 4, 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(4, np.float32), "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    a = rng.uniform(-0.1, 0.1, (2, 2, 4, 4)).astype(np.float32)
+    b = rng.uniform(-20, 20, (2, 3, 4, 4)).astype(np.float32)
+    ranges = {"a": (-0.1, 0.1), "b": (-20.0, 20.0), "cat": (-20.0, 20.0), "y": (-100.0, 100.0)}
+    split = insert_qdq(model, ranges, SCHEMES["tensorrt"])
+    whole = insert_qdq(model, ranges, SCHEMES["cpu"])  # the cpu scheme does not split
+    assert [n.op_type for n in split.graph.node].count("Conv") == 2 and "Add" in [n.op_type for n in split.graph.node]
+    assert [n.op_type for n in whole.graph.node].count("Conv") == 1
+    assert lint_tensorrt_qdq(split)["ok"]
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"a": a, "b": b})[0]
+
+    # With b = 0, what is left is a's contribution: a shared scale (20/127) rounds a (|a| <= 0.1) to zero,
+    # the split keeps it.
+    b[:] = 0
+    ref = run(model)
+    shared = insert_qdq(model, ranges, dataclasses.replace(SCHEMES["tensorrt"], split_concat=False))
+    err_split, err_shared = np.abs(run(split) - ref).max(), np.abs(run(shared) - ref).max()
+    assert err_shared > 0.05 and err_split < 0.1 * err_shared

@@ -1,0 +1,30 @@
+"""`cunet-edge deploy`: a self-contained bundle of an ONNX artifact for one board, optionally run there over ssh."""
+
+import click
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--device", required=True, help="Device profile name (see `cunet-edge devices`).")
+@click.option("--out", required=True, type=click.Path(), help="Directory of the bundle.")
+@click.option("--host", help="USER@HOST: copy the bundle there over ssh, build the engine, selfcheck and bench.")
+@click.option("--tarball/--no-tarball", default=True, show_default=True, help="Also write OUT.tar.gz.")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Trust a host key seen for the first time (default: only keys already in known_hosts).")
+@click.option("--bench-batch", default=1, show_default=True, help="Batch of the remote bench.")
+def deploy(artifact, device, out, host, tarball, accept_new_host_key, bench_batch):
+    """Bundle ARTIFACT (an ONNX or INT8 ONNX export) for a board: model, sampler, run.py, build_engine.py."""
+    from ..devices.deploy import DeployConfig, check_host, run_remote
+    from ..devices.deploy import deploy as deploy_bundle
+
+    if host is not None:
+        check_host(host)
+    art = deploy_bundle(artifact, DeployConfig(device=device, tarball=tarball), out)
+    m = art.manifest
+    extra = f" + {art.path}.tar.gz" if tarball else ""
+    click.echo(f"{art.path}{extra}  {m['precision']} bundle for {m['device']}: selfcheck tolerance "
+               f"{m['tolerance']:g}; on the board run build_engine.py, run.py selfcheck, run.py bench")
+    if host is not None:
+        results = run_remote(art.path, host, accept_new_host_key=accept_new_host_key, bench_batch=bench_batch,
+                             echo=lambda line: click.echo(line, err=True))
+        click.echo(f"{results}  bench results from {host}")

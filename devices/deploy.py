@@ -1,0 +1,291 @@
+"""Deploy bundles: an ONNX artifact made self-contained for one board, optionally pushed and run over ssh.
+
+A bundle is an artifact (kind "deploy-bundle") that needs only Python >= 3.8, numpy and
+TensorRT (+ cuda-python) or ONNX Runtime on the board: the model, the diffusion schedule, a
+verbatim copy of the numpy sampler, `run.py` (selfcheck / sample / bench), `build_engine.py`
+(TensorRT Python API) with `build_engine.sh` (the same build through trtexec), and seeded
+self-check inputs with the outputs ONNX Runtime gives on this CPU. The board-side scripts are
+static files in `bundle/`; everything device-specific goes into `bundle.json`.
+
+Self-check tolerances (relative error ||eps - eps_ref|| / ||eps_ref|| of the board's engine
+against ONNX Runtime CPU at deploy time) are the drift a correct engine shows: fp32 1e-3 (the
+fp32 build turns TF32 off), fp16 2e-2 (half-precision accumulation), int8 5e-2 (TensorRT's own
+INT8 kernels and layer fusions differ from ORT's reference Q/DQ arithmetic).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from ..artifact import MANIFEST, Artifact, ArtifactWriter, check_output_path
+from ..config import check_positive, to_dict
+from ..errors import BackendMissingError, ConfigError, CunetEdgeError, OutputPathError
+
+__all__ = ["BUNDLE_KIND", "TOLERANCES", "DeployConfig", "deploy", "check_host", "remote_commands", "run_remote",
+           "tarball_path"]
+
+BUNDLE_KIND = "deploy-bundle"
+ONNX_KINDS = ("onnx", "onnx-int8")
+TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
+TEMPLATE_DIR = Path(__file__).parent / "bundle"
+SCRIPTS = ("run.py", "build_engine.py")
+MIN_PYTHON = (3, 8)
+# USER@HOST: a POSIX user name and a DNS name or IPv4 address (an ~/.ssh/config alias is a DNS-like name).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_.-]{{0,31}}@{_LABEL}(?:\.{_LABEL})*")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+REMOTE_ROOT = "cunet-edge-bundles"
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """What goes into a bundle. `selfcheck_n` seeded inputs, timesteps spread over the schedule."""
+
+    device: str
+    tarball: bool = True
+    selfcheck_n: int = 8
+    seed: int = 0
+    workspace_mb: int = 1024
+    max_batch: int = 16
+
+    def __post_init__(self):
+        for name in ("selfcheck_n", "workspace_mb", "max_batch"):
+            check_positive(name, getattr(self, name))
+
+
+def tarball_path(out: str | Path) -> Path:
+    """The .tar.gz written beside bundle directory `out`."""
+    out = Path(out)
+    return out.with_name(out.name + ".tar.gz")
+
+
+def _check_device(profile, art: Artifact) -> str:
+    """Refuse what the board cannot run, before any work; return the artifact's precision."""
+    from .profiles import check_request
+
+    precision = art.manifest.get("precision", "fp32")
+    check_request(profile, precision=precision, model_bytes=art.file("model.onnx").stat().st_size)
+    if profile.python and tuple(int(p) for p in profile.python.split(".")[:2]) < MIN_PYTHON:
+        raise ConfigError(f"{profile.display_name} ({profile.name}) ships Python {profile.python}; the bundle's "
+                          f"run.py needs Python >= {'.'.join(map(str, MIN_PYTHON))} (JetPack 5 or later)")
+    if precision not in TOLERANCES:
+        raise ConfigError(f"precision {precision!r} of {art.path} has no self-check tolerance "
+                          f"(known: {', '.join(TOLERANCES)})")
+    return precision
+
+
+def _image_spec(art: Artifact) -> tuple[list[int], int | None]:
+    """(image shape C,H,W; static batch or None) from the signature, which must be x, t -> eps."""
+    sig = art.manifest.get("signature") or {}
+    if set(sig.get("inputs", {})) != {"x", "t"} or "eps" not in sig.get("outputs", {}):
+        raise ConfigError(f"{art.path} is not a denoiser export (signature must be x, t -> eps)")
+    shape = sig["inputs"]["x"]["shape"]
+    if not all(isinstance(d, int) for d in shape[1:]):
+        raise ConfigError(f"{art.path}: input x has dynamic dims other than the batch: {shape}")
+    return list(shape[1:]), shape[0] if isinstance(shape[0], int) else None
+
+
+def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) -> list[list[str]]:
+    """trtexec builds matching build_engine.py: the GPU build, and a DLA one when the board has DLA."""
+    from ..export.tensorrt import EngineConfig, trtexec_command
+
+    version = profile.tensorrt or "10.0"  # desktop profiles list none: assume a current TensorRT
+    batch = art.manifest.get("batch", 1)
+    kw = dict(precision=precision, signature=art.manifest["signature"], tensorrt_version=version,
+              engine_file="model.plan", batch=batch)
+    ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch))
+    cmds = [trtexec_command("model.onnx", ecfg, **kw) + (["--noTF32"] if precision == "fp32" else [])]
+    if profile.dla_count:
+        dla = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=ecfg.max_batch, dla_core=0,
+                           builder_precision="fp16" if precision == "fp32" else "auto")
+        cmds.append(trtexec_command("model.onnx", dla, **kw))
+    return cmds
+
+
+def _build_script(cmds: list[list[str]], profile) -> str:
+    lines = ["#!/bin/sh", "# The trtexec build of model.plan, for when the tensorrt Python module is missing.",
+             f"# Generated for {profile.display_name}: TensorRT {profile.tensorrt or '>= 10 (assumed)'}.",
+             "# On JetPack trtexec is /usr/src/tensorrt/bin/trtexec.", "set -e", 'cd "$(dirname "$0")"',
+             'PATH="$PATH:/usr/src/tensorrt/bin"', shlex.join(cmds[0]) + ' "$@"']
+    if len(cmds) > 1:
+        lines += ["# DLA core 0 instead (FP16/INT8 layers on the DLA, the rest on the GPU):",
+                  "# " + shlex.join(cmds[1])]
+    return "\n".join(lines) + "\n"
+
+
+def _selfcheck(path: Path, onnx_file: Path, sig: dict, shape: list[int], timesteps: int, static: int | None,
+               cfg: DeployConfig) -> None:
+    """Seeded inputs (t spread over the schedule) and the eps ONNX Runtime computes for them on CPU."""
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendMissingError("onnxruntime", "pip install 'cunet-edge[onnx]'") from None
+
+    n = -(-cfg.selfcheck_n // static) * static if static else cfg.selfcheck_n
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.standard_normal((n, *shape)).astype(np.float32)
+    t = np.round(np.linspace(0, timesteps - 1, n)).astype(np.int64)
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    b = static or n
+    eps = np.concatenate([sess.run(["eps"], {"x": x[i:i + b].astype(sig["inputs"]["x"]["dtype"]),
+                                             "t": t[i:i + b].astype(sig["inputs"]["t"]["dtype"])})[0]
+                          for i in range(0, n, b)]).astype(np.float32)
+    np.savez(path, x=x, t=t, eps=eps)
+
+
+def _bundle_json(art: Artifact, profile, precision: str, shape, static, diffusion, cmds, cfg) -> dict:
+    return {
+        "format": 1, "device": profile.name, "precision": precision, "tolerance": TOLERANCES[precision],
+        "tolerance_metric": "||eps - eps_ref|| / ||eps_ref|| vs ONNX Runtime CPU at deploy time",
+        "image_shape": shape, "static_batch": static, "batch": art.manifest.get("batch", 1),
+        "clip_denoised": bool(diffusion.clip_denoised), "timesteps": diffusion.timesteps,
+        "schedule": {"file": "schedule.npy", "what": "alphas_cumprod (float64)", "kind": diffusion.schedule},
+        "signature": art.manifest["signature"], "solver": art.manifest.get("solver"),
+        "model_cost": art.manifest.get("model_cost"), "source_id": art.manifest.get("id"),
+        "tensorrt_version": profile.tensorrt, "jetpack": profile.jetpack, "python_min": "3.8",
+        "engine": {"workspace_mb": cfg.workspace_mb, "min_batch": 1, "max_batch": max(cfg.max_batch, 1)},
+        "trtexec": cmds[0],
+    }
+
+
+def _readme(info: dict, profile) -> str:
+    text = (TEMPLATE_DIR / "README.txt").read_text()
+    return Template(text).substitute(
+        display_name=profile.display_name, device=profile.name, precision=info["precision"],
+        image_shape="x".join(map(str, info["image_shape"])), source_id=info["source_id"],
+        jetpack=profile.jetpack or "-", tensorrt=profile.tensorrt or "-", tolerance=f"{info['tolerance']:g}")
+
+
+def _copy_sources(d: Path, art: Artifact, profile) -> None:
+    from importlib import resources
+
+    shutil.copy2(art.file("model.onnx"), d / "model.onnx")
+    shutil.copy2(art.file(MANIFEST), d / "source_manifest.json")
+    (d / "device.json").write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+    sampler = resources.files("cunet_edge.runtimes").joinpath("numpy_sampler.py")
+    (d / "sampler.py").write_bytes(sampler.read_bytes())  # verbatim: the tests run it as the board would
+    for name in SCRIPTS:
+        shutil.copy2(TEMPLATE_DIR / name, d / name)
+
+
+def deploy(artifact: str | Path, cfg: DeployConfig, out: str | Path) -> Artifact:
+    """Stage: ONNX artifact -> deploy-bundle artifact for `cfg.device` (plus `<out>.tar.gz` if cfg.tarball)."""
+    import numpy as np
+
+    from ..checkpoint import read_train_config
+    from ..diffusion import alphas_cumprod
+    from .profiles import load_profile
+
+    profile = load_profile(cfg.device)
+    art = Artifact.load(artifact, kinds=ONNX_KINDS)
+    precision = _check_device(profile, art)
+    shape, static = _image_spec(art)
+    cmds = _engine_commands(profile, art, precision, cfg)
+    out = check_output_path(out)
+    if cfg.tarball and tarball_path(out).exists():
+        raise OutputPathError(f"output {tarball_path(out)} already exists; choose a new path or remove it")
+    diffusion = read_train_config(art).diffusion
+    abar = alphas_cumprod(diffusion)
+    with ArtifactWriter(out, kind=BUNDLE_KIND, stage="deploy", config=to_dict(cfg), parent=art) as w:
+        _copy_sources(w.dir, art, profile)
+        np.save(w.dir / "schedule.npy", abar)
+        _selfcheck(w.dir / "selfcheck.npz", art.file("model.onnx"), art.manifest["signature"], shape,
+                   len(abar), static, cfg)
+        info = _bundle_json(art, profile, precision, shape, static, diffusion, cmds, cfg)
+        (w.dir / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
+        (w.dir / "build_engine.sh").write_text(_build_script(cmds, profile))
+        (w.dir / "README.txt").write_text(_readme(info, profile))
+        w.manifest.update(device=profile.name, precision=precision, tolerance=info["tolerance"],
+                          signature=art.manifest["signature"], entry_points=["run.py", "build_engine.py"])
+    if cfg.tarball:
+        _write_tarball(w.artifact.path)
+    return w.artifact
+
+
+def _write_tarball(bundle: Path) -> Path:
+    """`<bundle>.tar.gz` holding the folder (under its own name), written to a temporary name then renamed."""
+    target = tarball_path(bundle)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(bundle, arcname=bundle.name)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def check_host(host: str) -> str:
+    """Accept only USER@HOST: a plain user and a DNS name or IPv4 address (nothing a shell or ssh reads as options)."""
+    if not isinstance(host, str) or not HOST_RE.fullmatch(host):
+        raise ConfigError(f"host {host!r} is not USER@HOST (user [A-Za-z0-9_.-], host a DNS name or IPv4 address)")
+    return host
+
+
+def _ssh_options(accept_new_host_key: bool) -> list[str]:
+    policy = "accept-new" if accept_new_host_key else "yes"
+    return ["-o", f"StrictHostKeyChecking={policy}", "-o", "BatchMode=yes"]
+
+
+def remote_commands(bundle_dir: str | Path, host: str, *, accept_new_host_key: bool = False,
+                    rsync: bool = True, bench_batch: int = 1) -> list[list[str]]:
+    """The argument lists that copy a bundle to `host`, build and check the engine there, bench, fetch results.
+
+    The remote folder is ~/cunet-edge-bundles/<bundle name>; results come back as `<bundle>.results.json`
+    beside the bundle. The engine is built before selfcheck: boards with only TensorRT need it to check.
+    """
+    check_host(host)
+    bundle_dir = Path(bundle_dir)
+    name = bundle_dir.name
+    if not NAME_RE.fullmatch(name):
+        raise ConfigError(f"bundle folder name {name!r} must match {NAME_RE.pattern} to be copied to a host")
+    opts = _ssh_options(accept_new_host_key)
+    rdir = f"{REMOTE_ROOT}/{name}"
+    ssh = ["ssh", *opts, host]
+    if rsync:
+        copy = ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), str(bundle_dir.resolve()),
+                f"{host}:{REMOTE_ROOT}/"]
+    else:
+        copy = ["scp", *opts, "-r", "-q", str(bundle_dir.resolve()), f"{host}:{REMOTE_ROOT}/"]
+    return [
+        ssh + ["mkdir", "-p", REMOTE_ROOT],
+        copy,
+        ssh + ["python3", f"{rdir}/build_engine.py"],
+        ssh + ["python3", f"{rdir}/run.py", "selfcheck"],
+        ssh + ["python3", f"{rdir}/run.py", "bench", "--batch", str(int(bench_batch)), "--json",
+               f"{rdir}/results.json"],
+        ["scp", *opts, "-q", f"{host}:{rdir}/results.json", str(results_path(bundle_dir).resolve())],
+    ]
+
+
+def results_path(bundle_dir: str | Path) -> Path:
+    bundle_dir = Path(bundle_dir)
+    return bundle_dir.with_name(bundle_dir.name + ".results.json")
+
+
+def run_remote(bundle_dir: str | Path, host: str, *, accept_new_host_key: bool = False, bench_batch: int = 1,
+               runner=subprocess.run, echo=print) -> Path:
+    """Run remote_commands one by one (no shell); the first failure is a one-line error naming the step."""
+    missing = [tool for tool in ("ssh", "scp") if shutil.which(tool) is None]
+    if missing:
+        raise BackendMissingError(missing[0], "install the OpenSSH client (apt install openssh-client)")
+    if results_path(bundle_dir).exists():
+        raise OutputPathError(f"output {results_path(bundle_dir)} already exists; remove it first")
+    cmds = remote_commands(bundle_dir, host, accept_new_host_key=accept_new_host_key,
+                           rsync=shutil.which("rsync") is not None, bench_batch=bench_batch)
+    for cmd in cmds:
+        echo("$ " + shlex.join(cmd))
+        proc = runner(cmd, check=False)
+        if proc.returncode != 0:
+            raise CunetEdgeError(f"step failed on {host} (exit {proc.returncode}): {shlex.join(cmd)}")
+    return results_path(bundle_dir)

@@ -1,0 +1,467 @@
+"""Deploy bundles: contents, tarball, board-side scripts without torch or cunet_edge, ssh commands, bad input."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import py_compile
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import run
+from cunet_edge.artifact import Artifact
+from cunet_edge.errors import ArtifactError, ConfigError, CunetEdgeError, OutputPathError
+
+DEVICE = "jetson-orin-nano-8gb"
+BENCH_KEYS = {"runtime", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "peak_mem_mb",
+              "image_latency_ms", "sampler_steps"}
+# The board has neither torch nor cunet_edge: importing either inside the scripts must fail.
+BOARD = ("import sys; sys.modules['torch'] = None; sys.modules['cunet_edge'] = None; import runpy; "
+         "sys.argv = [{0!r}] + sys.argv[1:]; runpy.run_path({0!r}, run_name='__main__')")
+PY38 = Path.home() / ".pyenv/versions/3.8.18/bin/python"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_onnx, tmp_path_factory):
+    from cunet_edge.devices.deploy import DeployConfig, deploy
+
+    return deploy(tiny_onnx, DeployConfig(device=DEVICE, selfcheck_n=6), tmp_path_factory.mktemp("dep") / "b").path
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """The real CLI group with `deploy` registered (registration itself lives in cunet_edge/cli/__init__.py)."""
+    from cunet_edge import cli as cli_mod
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "deploy", "cunet_edge.cli.deploy:deploy")
+    monkeypatch.setitem(cli_mod._SUMMARIES, "deploy", "Bundle an ONNX artifact for a board.")
+    return run
+
+
+def board(bundle_dir, script, *args, env=None):
+    return subprocess.run([sys.executable, "-c", BOARD.format(script), *map(str, args)], cwd=bundle_dir,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_onnx):
+    from cunet_edge.checkpoint import read_train_config
+    from cunet_edge.devices.profiles import load_profile
+    from cunet_edge.diffusion import alphas_cumprod
+    from cunet_edge.runtimes import numpy_sampler
+
+    src = Artifact.load(tiny_onnx)
+    art = Artifact.load(bundle, kinds=["deploy-bundle"])  # verifies every file's hash
+    assert set(art.manifest["files"]) == {
+        "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
+        "build_engine.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
+    assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
+    assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
+    assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
+    assert json.loads((bundle / "device.json").read_text()) == load_profile(DEVICE).to_dict()
+    assert (bundle / "sampler.py").read_bytes() == Path(numpy_sampler.__file__).read_bytes()
+    diffusion = read_train_config(src).diffusion
+    np.testing.assert_array_equal(np.load(bundle / "schedule.npy"), alphas_cumprod(diffusion))
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["image_shape"] == [1, 8, 8] and info["clip_denoised"] is diffusion.clip_denoised
+    assert info["precision"] == "fp32" and info["tolerance"] == 1e-3 and info["static_batch"] is None
+    check = np.load(bundle / "selfcheck.npz")
+    assert check["x"].shape == (6, 1, 8, 8) and check["t"].min() == 0 and check["t"].max() == 999
+    script = (bundle / "build_engine.sh").read_text()
+    assert "trtexec --onnx=model.onnx --saveEngine=model.plan --stronglyTyped" in script and "--noTF32" in script
+    for cmd in ("build_engine.py", "run.py selfcheck", "run.py bench"):
+        assert cmd in (bundle / "README.txt").read_text()
+
+
+def test_tarball_holds_the_same_files(bundle):
+    with tarfile.open(bundle.with_name(bundle.name + ".tar.gz")) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    on_disk = {f"{bundle.name}/{p.relative_to(bundle).as_posix()}": p.read_bytes() for p in bundle.rglob("*")
+               if p.is_file()}
+    assert members == on_disk
+
+
+def test_selfcheck_passes_on_onnxruntime_without_torch_or_cunet_edge(bundle):
+    proc = board(bundle, "run.py", "selfcheck", "--backend", "onnxruntime")
+    assert proc.returncode == 0, proc.stderr
+    assert "selfcheck passed" in proc.stdout
+
+
+def test_bench_writes_the_bench_keys(bundle, tmp_path):
+    out = tmp_path / "results.json"
+    proc = board(bundle, "run.py", "bench", "--batch", 2, "--json", out, "--backend", "onnxruntime", "--warmup", 1,
+                 "--min-iters", 5, "--min-seconds", 0, "--steps", 2, "--image-reps", 1)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert BENCH_KEYS <= set(result)
+    assert result["runtime"] == "onnxruntime" and result["batch"] == 2 and result["sampler_steps"] == 2
+    assert result["p50_ms"] > 0 and result["power"] == {"source": "not available"}
+
+
+def test_sample_draws_images_in_range(bundle, tmp_path):
+    out = tmp_path / "s.npy"
+    proc = board(bundle, "run.py", "sample", "--n", 3, "--steps", 2, "--out", out, "--backend", "onnxruntime")
+    assert proc.returncode == 0, proc.stderr
+    images = np.load(out)
+    assert images.shape == (3, 1, 8, 8) and np.abs(images).max() <= 1.0
+    assert (tmp_path / "s.png").is_file()  # Pillow is installed here
+
+
+def test_selfcheck_fails_when_expected_outputs_are_tampered(bundle, tmp_path):
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    data = dict(np.load(copy / "selfcheck.npz"))
+    data["eps"] = data["eps"] * 1.01
+    np.savez(copy / "selfcheck.npz", **data)
+    proc = board(copy, "run.py", "selfcheck", "--backend", "onnxruntime")
+    assert proc.returncode != 0 and "differ from manifest.json" in proc.stderr and "selfcheck.npz" in proc.stderr
+    proc = board(copy, "run.py", "selfcheck", "--backend", "onnxruntime", "--no-verify")
+    assert proc.returncode == 1 and "selfcheck FAILED" in proc.stdout
+
+
+def test_missing_tensorrt_is_one_line(bundle):
+    proc = board(bundle, "run.py", "selfcheck", "--backend", "tensorrt")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "tensorrt" in proc.stderr
+    proc = board(bundle, "build_engine.py")
+    assert proc.returncode == 2 and "build_engine.sh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py"])
+def test_board_scripts_are_python38(bundle, name, tmp_path):
+    src = (bundle / name).read_text()
+    ast.parse(src, feature_version=(3, 8))
+    py_compile.compile(str(bundle / name), cfile=str(tmp_path / "c.pyc"), doraise=True)
+    if PY38.exists():  # the real interpreter catches what feature_version does not
+        proc = subprocess.run([str(PY38), "-m", "py_compile", str(bundle / name)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)})
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_tegrastats_lines_parse_loosely():
+    ns = _run_py_namespace()
+    jp6 = ("RAM 2185/7620MB (lfb 1x4MB) SWAP 0/3810MB CPU [1%@729,2%@729] EMC_FREQ 3%@2133 GR3D_FREQ 45%@[305] "
+           "cpu@47.5C VDD_IN 4647mW/4647mW VDD_CPU_GPU_CV 483mW/483mW VDD_SOC 1449mW/1449mW")
+    got = ns["parse_tegrastats"](jp6)
+    assert got == {"power_mw.VDD_IN": 4647, "power_mw.VDD_CPU_GPU_CV": 483, "power_mw.VDD_SOC": 1449,
+                   "GR3D_FREQ.percent": 45, "GR3D_FREQ.mhz": 305, "EMC_FREQ.percent": 3, "EMC_FREQ.mhz": 2133}
+    old = "RAM 1234/3964MB SWAP 0/1982MB GR3D_FREQ 0%@76 POM_5V_IN 3125/3125 POM_5V_GPU 0/0"
+    assert ns["parse_tegrastats"](old) == {"power_mw.POM_5V_IN": 3125, "power_mw.POM_5V_GPU": 0,
+                                           "GR3D_FREQ.percent": 0, "GR3D_FREQ.mhz": 76}
+    assert ns["parse_tegrastats"]("garbage") == {}
+
+
+def test_bench_records_power_from_tegrastats_when_present(bundle, tmp_path):
+    fake = tmp_path / "bin" / "tegrastats"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nwhile true; do echo 'GR3D_FREQ 50%@[600] VDD_IN 5000mW/5000mW'; sleep 0.02; done\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    out = tmp_path / "r.json"
+    proc = board(bundle, "run.py", "bench", "--json", out, "--backend", "onnxruntime", "--warmup", 1, "--min-iters", 3,
+                 "--min-seconds", 0.3, "--steps", 2, "--image-reps", 1, "--power-interval-ms", 20, env=env)
+    assert proc.returncode == 0, proc.stderr
+    power = json.loads(out.read_text())["power"]
+    assert power["source"] == "tegrastats" and power["mean"]["power_mw.VDD_IN"] == 5000
+
+
+def _run_py_namespace():
+    import runpy
+
+    from cunet_edge.devices.deploy import TEMPLATE_DIR
+
+    return runpy.run_path(str(TEMPLATE_DIR / "run.py"), run_name="run_py")
+
+
+# ---------------------------------------------------------------- ssh
+
+def test_remote_commands_are_argument_lists_with_strict_host_keys(tmp_path):
+    from cunet_edge.devices.deploy import remote_commands
+
+    cmds = remote_commands(tmp_path / "b1", "nvidia@orin.local")
+    assert all(isinstance(c, list) and all(isinstance(a, str) for a in c) for c in cmds)
+    assert [c[0] for c in cmds] == ["ssh", "rsync", "ssh", "ssh", "ssh", "scp"]
+    for c in cmds:
+        joined = " ".join(c)
+        assert "StrictHostKeyChecking=yes" in joined and "accept-new" not in joined
+    ssh = [c for c in cmds if c[0] == "ssh"]
+    assert all(c[c.index("nvidia@orin.local") + 1:][0] in ("mkdir", "python3") for c in ssh)
+    steps = [c[c.index("nvidia@orin.local") + 1:] for c in ssh]
+    assert steps[1:] == [["python3", "cunet-edge-bundles/b1/build_engine.py"],
+                         ["python3", "cunet-edge-bundles/b1/run.py", "selfcheck"],
+                         ["python3", "cunet-edge-bundles/b1/run.py", "bench", "--batch", "1", "--json",
+                          "cunet-edge-bundles/b1/results.json"]]
+    assert cmds[1][-2:] == [str((tmp_path / "b1").resolve()), "nvidia@orin.local:cunet-edge-bundles/"]
+    assert cmds[-1][-2:] == ["nvidia@orin.local:cunet-edge-bundles/b1/results.json",
+                             str((tmp_path / "b1.results.json").resolve())]
+    scp = remote_commands(tmp_path / "b1", "me@10.0.0.7", accept_new_host_key=True, rsync=False)
+    assert scp[1][0] == "scp" and "-r" in scp[1]
+    assert all("StrictHostKeyChecking=accept-new" in c for c in scp)
+
+
+@pytest.mark.parametrize("host", ["a; rm -rf /", "-oProxyCommand=sh@x", "user@host name", "user@", "@host",
+                                  "user@host:22", "u$(id)@h", "user@-h", "user@h;ls", "user@h\nls"])
+def test_bad_hosts_are_refused(host, tmp_path):
+    from cunet_edge.devices.deploy import check_host, remote_commands
+
+    with pytest.raises(ConfigError, match="is not USER@HOST"):
+        check_host(host)
+    with pytest.raises(ConfigError):
+        remote_commands(tmp_path / "b", host)
+
+
+def test_run_remote_runs_each_step_without_a_shell_and_names_a_failing_one(tmp_path):
+    from cunet_edge.devices.deploy import remote_commands, run_remote
+
+    calls = []
+
+    def ok(cmd, check):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    run_remote(tmp_path / "b", "me@board", runner=ok, echo=lambda line: None)
+    want = remote_commands(tmp_path / "b", "me@board", rsync=shutil.which("rsync") is not None)
+    assert calls == want
+
+    def fail_selfcheck(cmd, check):
+        return subprocess.CompletedProcess(cmd, 1 if "selfcheck" in cmd else 0)
+
+    with pytest.raises(CunetEdgeError, match="exit 1.*selfcheck"):
+        run_remote(tmp_path / "b", "me@board", runner=fail_selfcheck, echo=lambda line: None)
+
+
+# ---------------------------------------------------------------- bad input, through the CLI
+
+def _int8_copy(tiny_onnx, tmp_path):
+    """The tiny export relabelled as an INT8 artifact (only the manifest matters to the device check)."""
+    copy = Path(shutil.copytree(tiny_onnx, tmp_path / "int8"))
+    m = json.loads((copy / "manifest.json").read_text())
+    m.update(kind="onnx-int8", precision="int8")
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return copy
+
+
+def _one_line_error(result, match):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("case, match", [
+    ("unknown-device", "unknown device 'jetson-nope'"),
+    ("int8-nano", "INT8 is not supported"),
+    ("fp32-nano", "ships Python 3.6"),
+    ("not-onnx", "of kind 'unrolled'"),
+    ("bad-host", "is not USER@HOST"),
+    ("existing-out", "already exists"),
+])
+def test_bad_input_is_one_line_error(cli, case, match, tiny_onnx, tiny_unrolled, tmp_path):
+    art, device, extra = tiny_onnx, DEVICE, []
+    out = tmp_path / "bundle"
+    if case == "unknown-device":
+        device = "jetson-nope"
+    elif case == "int8-nano":
+        art, device = _int8_copy(tiny_onnx, tmp_path), "jetson-nano"
+    elif case == "fp32-nano":
+        device = "jetson-nano"
+    elif case == "not-onnx":
+        art = tiny_unrolled
+    elif case == "bad-host":
+        extra = ["--host", "a; rm -rf /"]
+    else:
+        out.mkdir()
+    _one_line_error(cli("deploy", art, "--device", device, "--out", out, *extra), match)
+    if case != "existing-out":
+        assert not out.exists() and not (tmp_path / "bundle.tar.gz").exists()
+
+
+def test_cli_no_tarball_and_summary(cli, tiny_onnx, tmp_path):
+    result = cli("deploy", tiny_onnx, "--device", "jetson-agx-orin-64gb", "--out", tmp_path / "b", "--no-tarball")
+    assert result.exit_code == 0, result.output
+    assert "fp32 bundle for jetson-agx-orin-64gb" in result.stdout
+    assert (tmp_path / "b" / "run.py").is_file() and not (tmp_path / "b.tar.gz").exists()
+    script = (tmp_path / "b" / "build_engine.sh").read_text()
+    assert "# trtexec" in script and "--useDLACore=0" in script  # AGX Orin has DLAs: the DLA build is offered
+
+
+def test_library_errors_before_any_work(tiny_onnx, tiny_unrolled, tmp_path):
+    from cunet_edge.devices.deploy import DeployConfig, deploy
+
+    with pytest.raises(ArtifactError):
+        deploy(tiny_unrolled, DeployConfig(device=DEVICE), tmp_path / "x")
+    (tmp_path / "y.tar.gz").write_text("")
+    with pytest.raises(OutputPathError, match="y.tar.gz"):
+        deploy(tiny_onnx, DeployConfig(device=DEVICE), tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(ConfigError):
+        DeployConfig(device=DEVICE, selfcheck_n=0)
+
+
+def test_importing_deploy_stays_light():
+    code = ("import sys, cunet_edge.devices.deploy, cunet_edge.cli.deploy; "
+            "print(sorted(m for m in ('onnxruntime', 'tensorrt', 'onnx') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+# ---------------------------------------------------------------- build_engine.py against a recording fake TensorRT
+
+FAKE_TRT = '''
+"""A recording stand-in for the tensorrt module: enough API for build_engine.py, no GPU."""
+import atexit, json, os, types
+__version__ = os.environ["FAKE_TRT_VERSION"]
+LOG = {"config_set": [], "config_clear": []}
+atexit.register(lambda: open(os.environ["FAKE_TRT_LOG"], "w").write(json.dumps(LOG)))
+
+class _Names:
+    def __init__(self, kind): self.kind = kind
+    def __getattr__(self, name): return name
+
+NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+BuilderFlag, MemoryPoolType, DeviceType = _Names("flag"), _Names("pool"), _Names("device")
+
+class Logger:
+    WARNING, INFO = 1, 2
+    def __init__(self, level): pass
+
+class _Input:
+    def __init__(self, name, shape): self.name, self.shape = name, shape
+
+class _Network:
+    num_inputs = 2
+    def get_input(self, i): return [_Input("x", (-1, 1, 8, 8)), _Input("t", (-1,))][i]
+
+class _Profile:
+    def set_shape(self, name, lo, opt, hi): LOG.setdefault("profile", {})[name] = [lo, opt, hi]
+
+class _Config:
+    def set_memory_pool_limit(self, pool, size): LOG["workspace"] = size
+    def set_flag(self, f): LOG["config_set"].append(f)
+    def clear_flag(self, f): LOG["config_clear"].append(f)
+    def add_optimization_profile(self, p): pass
+    def __setattr__(self, k, v): LOG[k] = v
+
+class Builder:
+    num_DLA_cores = 2
+    def __init__(self, logger): pass
+    def create_network(self, flags): LOG["network_flags"] = flags; return _Network()
+    def create_builder_config(self): return _Config()
+    def create_optimization_profile(self): return _Profile()
+    def build_serialized_network(self, network, config): return b"PLAN"
+
+class OnnxParser:
+    num_errors = 0
+    def __init__(self, network, logger): pass
+    def parse_from_file(self, path): LOG["onnx"] = os.path.basename(path); return True
+'''
+
+
+@pytest.mark.parametrize("version, extra, strong, flags", [
+    ("8.5.2", [], False, []),
+    ("10.3.0", [], True, []),
+    ("10.3.0", ["--dla-core", "1"], False, ["FP16", "GPU_FALLBACK"]),
+])
+def test_build_engine_picks_typing_and_flags_by_tensorrt_version(bundle, tmp_path, version, extra, strong, flags):
+    work = Path(shutil.copytree(bundle, tmp_path / "b"))
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "tensorrt.py").write_text(FAKE_TRT)
+    log = tmp_path / "log.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "FAKE_TRT_VERSION": version, "FAKE_TRT_LOG": str(log)}
+    proc = board(work, "build_engine.py", *extra, env=env)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(log.read_text())
+    explicit_batch = 1 if version.startswith("8.") else 0
+    assert got["network_flags"] == explicit_batch | ((1 << 1) if strong else 0)
+    assert got["config_set"] == flags and got["config_clear"] == ["TF32"]  # fp32 bundle: TF32 off
+    assert got["profile"]["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [16, 1, 8, 8]] and got["workspace"] == 1024 << 20
+    if extra:
+        assert got["default_device_type"] == "DLA" and got["DLA_core"] == 1
+    assert (work / "model.plan").read_bytes() == b"PLAN"
+    assert json.loads((work / "engine.json").read_text())["strongly_typed"] is strong
+
+
+# ---------------------------------------------------------------- run.py's TensorRT path against fakes (no GPU here)
+
+FAKE_RUNTIME = '''
+import ctypes
+import numpy as np
+__version__ = "8.5.2"
+class Logger:
+    WARNING = 1
+    def __init__(self, level): pass
+class TensorIOMode:
+    INPUT, OUTPUT = "in", "out"
+def nptype(dtype): return dtype
+class _Context:
+    def __init__(self): self.shapes, self.addr = {}, {}
+    def set_input_shape(self, name, shape): self.shapes[name] = tuple(shape)
+    def get_tensor_shape(self, name): return self.shapes["x"]
+    def set_tensor_address(self, name, ptr): self.addr[name] = ptr
+    def execute_async_v3(self, stream):
+        n, b = int(np.prod(self.shapes["x"])), self.shapes["t"][0]
+        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["x"]))
+        t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(self.addr["t"]))  # int32, as TensorRT 8.5 has it
+        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["eps"]))
+        out[:] = (x.reshape(b, -1) * 0.5 + t[:, None] * 1e-3).ravel()
+        return True
+class _Engine:
+    num_io_tensors = 3
+    def get_tensor_name(self, i): return ["x", "t", "eps"][i]
+    def get_tensor_mode(self, name): return "out" if name == "eps" else "in"
+    def get_tensor_dtype(self, name): return np.int32 if name == "t" else np.float32
+    def create_execution_context(self): return _Context()
+class Runtime:
+    def __init__(self, logger): pass
+    def deserialize_cuda_engine(self, data): return _Engine() if data == b"PLAN" else None
+'''
+
+FAKE_CUDART = '''
+import ctypes
+_live = {}
+class cudaMemcpyKind:
+    cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+def cudaMalloc(n):
+    buf = ctypes.create_string_buffer(n)
+    _live[ctypes.addressof(buf)] = buf
+    return (0, ctypes.addressof(buf))
+def cudaFree(ptr): _live.pop(ptr, None); return (0,)
+def cudaMemcpy(dst, src, n, kind): ctypes.memmove(dst, src, n); return (0,)
+def cudaStreamCreate(): return (0, 7)
+def cudaStreamSynchronize(stream): return (0,)
+'''
+
+
+def _module(name, source):
+    import types
+
+    mod = types.ModuleType(name)
+    exec(compile(source, name, "exec"), mod.__dict__)
+    return mod
+
+
+def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monkeypatch):
+    import runpy
+
+    work = Path(shutil.copytree(bundle, tmp_path / "b"))
+    (work / "model.plan").write_bytes(b"PLAN")
+    cuda = _module("cuda", "")
+    cuda.cudart = _module("cuda.cudart", FAKE_CUDART)
+    for name, mod in (("tensorrt", _module("tensorrt", FAKE_RUNTIME)), ("cuda", cuda), ("cuda.cudart", cuda.cudart)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    ns = runpy.run_path(str(work / "run.py"), run_name="run_py")
+    info = json.loads((work / "bundle.json").read_text())
+    backend = ns["open_backend"]("auto", info)
+    assert backend.name == "tensorrt"
+    rng = np.random.default_rng(0)
+    for b in (2, 5, 1):  # growing and shrinking batches reuse or regrow the device buffers
+        x = rng.standard_normal((b, 1, 8, 8)).astype(np.float32)
+        t = np.arange(b, dtype=np.int64) * 100
+        np.testing.assert_allclose(backend(x, t), x * 0.5 + t[:, None, None, None] * 1e-3, rtol=1e-6)
+    backend.close()
+    (work / "engine.json").write_text(json.dumps({"tensorrt": "10.3.0"}))
+    with pytest.raises(ns["BundleError"], match="built with TensorRT 10.3.0, this is 8.5.2"):
+        ns["TensorRTBackend"](info)
