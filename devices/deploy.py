@@ -29,8 +29,16 @@ from ..artifact import MANIFEST, Artifact, ArtifactWriter, check_output_path
 from ..config import check_positive, to_dict
 from ..errors import BackendMissingError, ConfigError, CunetEdgeError, OutputPathError
 
-__all__ = ["BUNDLE_KIND", "TOLERANCES", "DeployConfig", "deploy", "check_host", "remote_commands", "run_remote",
-           "tarball_path"]
+__all__ = [
+    "BUNDLE_KIND",
+    "TOLERANCES",
+    "DeployConfig",
+    "check_host",
+    "deploy",
+    "remote_commands",
+    "run_remote",
+    "tarball_path",
+]
 
 BUNDLE_KIND = "deploy-bundle"
 ONNX_KINDS = ("onnx", "onnx-int8")
@@ -99,8 +107,8 @@ def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) 
 
     version = profile.tensorrt or "10.0"  # desktop profiles list none: assume a current TensorRT
     batch = art.manifest.get("batch", 1)
-    kw = dict(precision=precision, signature=art.manifest["signature"], tensorrt_version=version,
-              engine_file="model.plan", batch=batch)
+    kw = {"precision": precision, "signature": art.manifest["signature"], "tensorrt_version": version,
+          "engine_file": "model.plan", "batch": batch}
     ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch))
     cmds = [trtexec_command("model.onnx", ecfg, **kw) + (["--noTF32"] if precision == "fp32" else [])]
     if profile.dla_count:

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_helpers import run
+
 from cunet_edge.artifact import Artifact
-from cunet_edge.errors import ArtifactError, ConfigError, CunetEdgeError, OutputPathError
+from cunet_edge.errors import (
+    ArtifactError,
+    ConfigError,
+    CunetEdgeError,
+    OutputPathError,
+)
 
 DEVICE = "jetson-orin-nano-8gb"
 BENCH_KEYS = {"runtime", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "peak_mem_mb",
@@ -47,14 +52,15 @@ def cli(monkeypatch):
 
 def board(bundle_dir, script, *args, env=None):
     return subprocess.run([sys.executable, "-c", BOARD.format(script), *map(str, args)], cwd=bundle_dir,
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
 def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_onnx):
-    from cunet_edge.checkpoint import read_train_config
     from cunet_edge.devices.profiles import load_profile
-    from cunet_edge.diffusion import alphas_cumprod
     from cunet_edge.runtimes import numpy_sampler
+
+    from cunet_edge.checkpoint import read_train_config
+    from cunet_edge.diffusion import alphas_cumprod
 
     src = Artifact.load(tiny_onnx)
     art = Artifact.load(bundle, kinds=["deploy-bundle"])  # verifies every file's hash
@@ -138,11 +144,13 @@ def test_board_scripts_are_python38(bundle, name, tmp_path):
     py_compile.compile(str(bundle / name), cfile=str(tmp_path / "c.pyc"), doraise=True)
     if PY38.exists():  # the real interpreter catches what feature_version does not
         proc = subprocess.run([str(PY38), "-m", "py_compile", str(bundle / name)], capture_output=True, text=True,
+                              check=False,
                               env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)})
         assert proc.returncode == 0, proc.stderr
 
 
-def test_tegrastats_lines_parse_loosely():
+def test_tegrastats_lines_parse_loosely(monkeypatch):
+    monkeypatch.setattr(sys, "path", sys.path[:])  # run.py puts its own folder first on sys.path
     ns = _run_py_namespace()
     jp6 = ("RAM 2185/7620MB (lfb 1x4MB) SWAP 0/3810MB CPU [1%@729,2%@729] EMC_FREQ 3%@2133 GR3D_FREQ 45%@[305] "
            "cpu@47.5C VDD_IN 4647mW/4647mW VDD_CPU_GPU_CV 483mW/483mW VDD_SOC 1449mW/1449mW")
@@ -304,7 +312,7 @@ def test_library_errors_before_any_work(tiny_onnx, tiny_unrolled, tmp_path):
 def test_importing_deploy_stays_light():
     code = ("import sys, cunet_edge.devices.deploy, cunet_edge.cli.deploy; "
             "print(sorted(m for m in ('onnxruntime', 'tensorrt', 'onnx') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
@@ -435,22 +443,28 @@ def cudaStreamSynchronize(stream): return (0,)
 '''
 
 
-def _module(name, source):
-    import types
+def _module(name, source, folder):
+    """A fake module loaded from a file; the test puts it in sys.modules (monkeypatch restores them)."""
+    import importlib.util
 
-    mod = types.ModuleType(name)
-    exec(compile(source, name, "exec"), mod.__dict__)
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
     return mod
 
 
 def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monkeypatch):
     import runpy
 
+    monkeypatch.setattr(sys, "path", sys.path[:])  # run.py puts its own folder first on sys.path
     work = Path(shutil.copytree(bundle, tmp_path / "b"))
     (work / "model.plan").write_bytes(b"PLAN")
-    cuda = _module("cuda", "")
-    cuda.cudart = _module("cuda.cudart", FAKE_CUDART)
-    for name, mod in (("tensorrt", _module("tensorrt", FAKE_RUNTIME)), ("cuda", cuda), ("cuda.cudart", cuda.cudart)):
+    cuda = _module("cuda", "", tmp_path)
+    cuda.cudart = _module("cudart", FAKE_CUDART, tmp_path)
+    trt = _module("tensorrt", FAKE_RUNTIME, tmp_path)
+    for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.cudart", cuda.cudart)):
         monkeypatch.setitem(sys.modules, name, mod)
     ns = runpy.run_path(str(work / "run.py"), run_name="run_py")
     info = json.loads((work / "bundle.json").read_text())

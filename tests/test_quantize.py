@@ -150,3 +150,10 @@ def test_skip_concat_with_different_ranges_is_split_for_tensorrt():
     shared = insert_qdq(model, ranges, dataclasses.replace(SCHEMES["tensorrt"], split_concat=False))
     err_split, err_shared = np.abs(run(split) - ref).max(), np.abs(run(shared) - ref).max()
     assert err_shared > 0.05 and err_split < 0.1 * err_shared
+
+
+def test_fid_tolerance_gates_the_choice(tiny_onnx, tmp_path):
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, fid_tolerance=10.0, fid_n=20,
+                         select="fewest-float", val_n=16, drift_samples=4)
+    fid = quantize_int8(tiny_onnx, cfg, tmp_path / "fid", progress=False).manifest["drift"]["fid"]
+    assert fid["n"] == 20 and fid["passes"] and 0 < fid["fid_int8"] <= 11 * fid["fid_fp32"]

@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def fail(msg):
-    sys.stderr.write("error: %s\n" % msg)
+    sys.stderr.write(f"error: {msg}\n")
     sys.exit(2)
 
 
@@ -42,7 +42,7 @@ def parse_onnx(trt, network, logger, path):
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(path):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        fail("TensorRT could not parse %s: %s" % (path, "; ".join(errors) or "no detail"))
+        fail("TensorRT could not parse {}: {}".format(path, "; ".join(errors) or "no detail"))
     return parser
 
 
@@ -87,7 +87,7 @@ def build(args, bundle):
              "build with trtexec instead: sh build_engine.sh")
     v = version(trt.__version__)
     if v < (8, 5):
-        fail("TensorRT %s is too old: this bundle needs TensorRT 8.5 or newer (JetPack 5 or later)" % trt.__version__)
+        fail(f"TensorRT {trt.__version__} is too old: this bundle needs TensorRT 8.5 or newer (JetPack 5 or later)")
     strong = v >= (11, 0) or (v >= (10, 0) and args.dla_core is None)
     logger = trt.Logger(trt.Logger.INFO if args.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -103,7 +103,7 @@ def build(args, bundle):
     info = {"tensorrt": trt.__version__, "precision": bundle["precision"], "strongly_typed": strong,
             "dla_core": args.dla_core, "tf32": bool(args.tf32), "plan": os.path.basename(args.out)}
     write_atomic(os.path.join(HERE, "engine.json"), (json.dumps(info, indent=2) + "\n").encode())
-    print("engine -> %s (TensorRT %s, %s, %s)" % (args.out, trt.__version__, bundle["precision"],
+    print("engine -> {} (TensorRT {}, {}, {})".format(args.out, trt.__version__, bundle["precision"],
                                                   "strongly typed" if strong else "builder flags"))
 
 

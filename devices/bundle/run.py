@@ -49,7 +49,7 @@ def load_bundle():
 
 # ---------------------------------------------------------------- backends
 
-class OnnxRuntimeBackend(object):
+class OnnxRuntimeBackend:
     """model.onnx on ONNX Runtime (CUDA provider when this build has it, else CPU)."""
 
     name = "onnxruntime"
@@ -92,11 +92,11 @@ def _ck(result):
     """cuda-python calls return (error, value...): raise on error, return the value."""
     err = result[0]
     if int(err) != 0:
-        raise BundleError("CUDA call failed: %s" % (err,))
+        raise BundleError(f"CUDA call failed: {err}")
     return result[1] if len(result) == 2 else result[1:]
 
 
-class TensorRTBackend(object):
+class TensorRTBackend:
     """model.plan through TensorRT's I/O-tensor API (8.5 to 10.x), buffers from cuda-python."""
 
     name = "tensorrt"
@@ -107,19 +107,19 @@ class TensorRTBackend(object):
         except ImportError:
             raise BundleError("tensorrt is not importable: on Jetson it comes with JetPack (python3-libnvinfer)")
         if not os.path.exists(here(PLAN)):
-            raise BundleError("no %s yet: build it on this board with python3 build_engine.py" % PLAN)
+            raise BundleError(f"no {PLAN} yet: build it on this board with python3 build_engine.py")
         _check_engine_info(trt.__version__)
         self.cudart, self.trt, self.version = _cudart(), trt, trt.__version__
         with open(here(PLAN), "rb") as fh:
             self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(fh.read())
         if self.engine is None:
-            raise BundleError("TensorRT could not load %s: rebuild it with python3 build_engine.py" % PLAN)
+            raise BundleError(f"TensorRT could not load {PLAN}: rebuild it with python3 build_engine.py")
         self.context = self.engine.create_execution_context()
         self.stream = _ck(self.cudart.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        self.dtypes = dict((n, np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))) for n in names)
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.buffers = {}  # name -> (device pointer, bytes)
 
     def _device(self, name, nbytes):
@@ -166,8 +166,8 @@ def _check_engine_info(version):
     with open(here(ENGINE_INFO)) as fh:
         built = json.load(fh).get("tensorrt")
     if built and built != version:
-        raise BundleError("%s was built with TensorRT %s, this is %s: rebuild with python3 build_engine.py"
-                          % (PLAN, built, version))
+        raise BundleError(f"{PLAN} was built with TensorRT {built}, this is {version}: "
+                          "rebuild with python3 build_engine.py")
 
 
 def open_backend(name, bundle):
@@ -239,8 +239,9 @@ def cmd_selfcheck(args, bundle):
     want = data["eps"].astype(np.float32)
     err = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-12))
     ok = bool(np.isfinite(err) and err <= tol)
-    print("selfcheck %s: %s eps relative error %.3g vs ONNX Runtime CPU at deploy time (tolerance %g, %s)"
-          % ("passed" if ok else "FAILED", backend.name, err, tol, bundle["precision"]))
+    status = "passed" if ok else "FAILED"
+    print(f"selfcheck {status}: {backend.name} eps relative error {err:.3g} vs ONNX Runtime CPU at deploy time "
+          f"(tolerance {tol:g}, {bundle['precision']})")
     return 0 if ok else 1
 
 
@@ -293,7 +294,7 @@ def save_png(images, path):
 
 # ---------------------------------------------------------------- power and clocks
 
-class PowerMonitor(object):
+class PowerMonitor:
     """Power rails and clocks while a block runs: jetson-stats (jtop), else tegrastats, else not available."""
 
     def __init__(self, interval_ms=100):
@@ -327,8 +328,8 @@ class PowerMonitor(object):
             with jtop(interval=self.interval_ms / 1000.0) as jetson:
                 while not self._stop.is_set() and jetson.ok():
                     self.samples.append(numeric(jetson.stats))
-        except Exception as exc:  # the jtop service may be down: record why, never fail the bench
-            self.source = "jtop failed: %s" % exc
+        except Exception as exc:  # noqa: BLE001 -- the jtop service may be down: record why, never fail the bench
+            self.source = f"jtop failed: {exc}"
 
     def _poll_tegrastats(self):
         try:
@@ -339,19 +340,19 @@ class PowerMonitor(object):
                 if self._stop.is_set():
                     break
         except OSError as exc:
-            self.source = "tegrastats failed: %s" % exc
+            self.source = f"tegrastats failed: {exc}"
 
     def summary(self):
         if not self.samples:
             return {"source": self.source if self.source != "not available" else "not available"}
-        keys = sorted(set(k for s in self.samples for k in s))
-        mean = dict((k, float(np.mean([s[k] for s in self.samples if k in s]))) for k in keys)
+        keys = sorted({k for s in self.samples for k in s})
+        mean = {k: float(np.mean([s[k] for s in self.samples if k in s])) for k in keys}
         return {"source": self.source, "samples": len(self.samples), "interval_ms": self.interval_ms, "mean": mean}
 
 
 def numeric(stats):
-    return dict((str(k), float(v)) for k, v in dict(stats).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return {str(k): float(v) for k, v in dict(stats).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def parse_tegrastats(line):
@@ -489,7 +490,7 @@ def main(argv=None):
     try:
         return commands[args.command](args, load_bundle())
     except BundleError as exc:
-        sys.stderr.write("error: %s\n" % exc)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
 
 
