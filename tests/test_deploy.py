@@ -149,6 +149,17 @@ def test_board_scripts_are_python38(bundle, name, tmp_path):
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.skipif(not PY38.exists(), reason="needs a Python 3.8 interpreter")
+def test_board_scripts_start_on_python38(bundle, tmp_path):
+    """Module-level code and argparse set-up run on a real 3.8 (numpy stubbed: that interpreter has none)."""
+    (tmp_path / "numpy.py").write_text("ndarray = object\ninteger = int\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONPYCACHEPREFIX": str(tmp_path / "pyc")}
+    for args in (["run.py", "--help"], ["run.py", "bench", "--help"], ["build_engine.py", "--help"],
+                 ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"]):
+        proc = subprocess.run([str(PY38), *args], cwd=bundle, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, (args, proc.stderr)
+
+
 def test_tegrastats_lines_parse_loosely(monkeypatch):
     monkeypatch.setattr(sys, "path", sys.path[:])  # run.py puts its own folder first on sys.path
     ns = _run_py_namespace()

@@ -26,6 +26,7 @@ COMMANDS = {
     "quantize": "cunet_edge.cli.quantize:quantize",
     "devices": "cunet_edge.cli.devices:devices",
     "estimate": "cunet_edge.cli.estimate:estimate",
+    "deploy": "cunet_edge.cli.deploy:deploy",
 }
 
 _SUMMARIES = {
@@ -39,6 +40,7 @@ _SUMMARIES = {
     "quantize": "INT8 (Q/DQ) from an FP32 ONNX model, calibrated on the diffusion process.",
     "devices": "Device profiles (Jetson/desktop/datacenter GPUs) and what each can run.",
     "estimate": "Roofline latency of an ONNX artifact on a device profile (or calibrated on this CPU).",
+    "deploy": "Self-contained bundle of an ONNX artifact for a board; --host runs it over ssh.",
 }
 
 
