@@ -1,6 +1,8 @@
-"""Device profiles and deployment bundles (installed as cunet_edge.devices).
+"""Device profiles, latency estimates and deployment bundles (installed as cunet_edge.devices).
 
-Nothing is exported from here yet: profiles land with the devices issue.
+- `profiles`: `load_profile`, `list_profiles`, `check_request` over `profiles/*.toml`.
+- `estimate`: roofline latency of an ONNX artifact on a profile, calibrated on this CPU.
+- `deploy`: self-contained bundles for a board (`bundle/` holds the board-side scripts).
 """
 
 __all__: list[str] = []
