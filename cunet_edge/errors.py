@@ -8,6 +8,7 @@ __all__ = [
     "ArtifactError",
     "DatasetError",
     "BackendMissingError",
+    "import_backend",
     "OutputPathError",
 ]
 
@@ -41,3 +42,13 @@ class BackendMissingError(CunetEdgeError):
         super().__init__(f"{package} is not installed: {hint}")
         self.package = package
         self.hint = hint
+
+
+def import_backend(module: str, package: str, hint: str):
+    """Import an optional backend module, or raise BackendMissingError(package, hint) in one line."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BackendMissingError(package, hint) from None

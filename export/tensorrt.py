@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..artifact import Artifact, ArtifactWriter, check_output_path
 from ..config import check_choice, check_positive, to_dict
-from ..errors import ArtifactError, BackendMissingError, ConfigError
+from ..errors import ArtifactError, ConfigError, import_backend
 from .trt_compat import check_tensorrt_compat
 
 __all__ = ["ENGINE_FILE", "ONNX_KINDS", "TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags",
@@ -165,20 +165,13 @@ def check_engine_location(manifest: dict, here: dict, *, path=None) -> None:
 
 def import_tensorrt():
     """The tensorrt module, or a one-line BackendMissingError with the install hint."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise BackendMissingError("tensorrt", TRT_HINT) from None
-    return tensorrt
+    return import_backend("tensorrt", "tensorrt", TRT_HINT)
 
 
 def current_platform() -> dict[str, str]:
     """This machine's GPU name, compute capability ("8.7") and TensorRT version, as engines record them."""
     trt = import_tensorrt()
-    try:
-        import torch
-    except ImportError:
-        raise BackendMissingError("torch", "pip install torch (on Jetson: NVIDIA's JetPack wheel)") from None
+    torch = import_backend("torch", "torch", "pip install torch (on Jetson: NVIDIA's JetPack wheel)")
     if not torch.cuda.is_available():
         raise ConfigError("TensorRT needs a CUDA GPU, and PyTorch sees none on this machine")
     major, minor = torch.cuda.get_device_capability()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..artifact import Artifact, ArtifactWriter, check_output_path
 from ..config import check_choice, check_positive, to_dict
-from ..errors import BackendMissingError, ConfigError
+from ..errors import ConfigError, import_backend
 from .tensorrt import current_platform
 
 __all__ = ["PROGRAM_FILE", "SOURCE_KINDS", "TorchTensorRTConfig", "compile_torch_tensorrt", "import_torch_tensorrt"]
@@ -51,11 +51,7 @@ class TorchTensorRTConfig:
 
 def import_torch_tensorrt():
     """The torch_tensorrt module, or a one-line BackendMissingError with the install hint."""
-    try:
-        import torch_tensorrt
-    except ImportError:
-        raise BackendMissingError("torch-tensorrt", HINT) from None
-    return torch_tensorrt
+    return import_backend("torch_tensorrt", "torch-tensorrt", HINT)
 
 
 def _signature(model_cfg, cfg: TorchTensorRTConfig) -> dict:

@@ -76,6 +76,7 @@ class Runner:
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
         self.signature = artifact.manifest["signature"]
+        self.precision = artifact.manifest.get("precision", self.precision)
 
     def __enter__(self) -> "Runner":
         self._open()

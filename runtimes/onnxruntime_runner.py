@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import check_choice
-from ..errors import BackendMissingError, ConfigError
+from ..errors import ConfigError, import_backend
 from .base import Runner
 
 __all__ = ["OnnxRuntimeRunner", "PROVIDERS"]
@@ -25,15 +25,11 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(artifact)
         check_choice("provider", provider, PROVIDERS)
         self.provider, self.threads = provider, threads
-        self.precision = artifact.manifest.get("precision", "fp32")
         self.device = "cpu" if provider == "cpu" else "cuda"
         self.session = None
 
     def _open(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendMissingError("onnxruntime", "pip install 'cunet-edge[onnx]' (onnxruntime-gpu for CUDA)") from None
+        ort = import_backend("onnxruntime", "onnxruntime", "pip install 'cunet-edge[onnx]' (onnxruntime-gpu for CUDA)")
         wanted = PROVIDERS[self.provider][0]
         if wanted not in ort.get_available_providers():
             raise ConfigError(f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "

@@ -30,7 +30,6 @@ class TensorRTRunner(Runner):
 
     def __init__(self, artifact):
         super().__init__(artifact)
-        self.precision = artifact.manifest.get("precision", "fp32")
         self.engine = self.context = self.stream = None
         self._buffers: dict = {}
 

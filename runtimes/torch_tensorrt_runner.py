@@ -19,7 +19,6 @@ class TorchTensorRTRunner(Runner):
 
     def __init__(self, artifact):
         super().__init__(artifact)
-        self.precision = artifact.manifest.get("precision", "fp32")
         self.module = None
 
     def _open(self) -> None:
