@@ -18,8 +18,8 @@ from typing import Any
 from .config import check_choice, check_positive
 from .errors import ConfigError
 
-__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops", "example_feed",
-           "image_call"]
+__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "metrics_section",
+           "matmul_peak_gflops", "example_feed", "image_call"]
 
 KIND_RUNTIME = {"checkpoint": "torch", "unrolled": "torch", "pruned": "torch", "onnx": "onnxruntime",
                 "onnx-int8": "onnxruntime", "tensorrt-engine": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
@@ -53,30 +53,54 @@ class BenchConfig:
             check_positive("threads", self.threads)
 
 
+# Per-target runner options in a target spec (PATH@RUNTIME:OPT,OPT), so that variants of one
+# artifact (fp32 vs fp16, with and without CUDA graphs, CPU vs CUDA provider) are timed side by side.
+TARGET_OPTIONS = {
+    "torch": {"fp32": ("precision", "fp32"), "tf32": ("precision", "tf32"), "fp16": ("precision", "fp16"),
+              "graphs": ("cuda_graphs", True), "cpu": ("device", "cpu"), "cuda": ("device", "cuda")},
+    "onnxruntime": {"cpu": ("provider", "cpu"), "cuda": ("provider", "cuda"), "tensorrt": ("provider", "tensorrt")},
+}
+
+
 @dataclass(frozen=True)
 class BenchTarget:
-    """One artifact on one runtime."""
+    """One artifact on one runtime, with runner options that override the run's (`options`)."""
 
     path: str
     runtime: str
+    options: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        return f"{Path(self.path).name}@{self.runtime}"
+        opts = f":{','.join(self.options)}" if self.options else ""
+        return f"{Path(self.path).name}@{self.runtime}{opts}"
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(TARGET_OPTIONS[self.runtime][o] for o in self.options)
 
 
 def parse_target(spec: str, runtime: str | None = None) -> BenchTarget:
-    """`PATH` or `PATH@RUNTIME`; without a runtime, the one that runs the artifact's kind natively."""
+    """`PATH`, `PATH@RUNTIME` or `PATH@RUNTIME:OPT,OPT`; without a runtime, the one for the artifact's kind.
+
+    Options: torch takes fp32, tf32, fp16, graphs, cpu, cuda; onnxruntime takes cpu, cuda, tensorrt.
+    """
     from .artifact import Artifact
 
-    path, _, rt = spec.partition("@")
+    path, _, rest = spec.partition("@")
+    rt, _, opts = rest.partition(":")
     rt = rt or runtime
     if not rt:
         kind = Artifact.load(path, verify=False).kind
         rt = KIND_RUNTIME.get(kind)
         if rt is None:
             raise ConfigError(f"{path} is an artifact of kind {kind!r}, which no runtime runs")
-    return BenchTarget(path, rt)
+    options = tuple(o for o in opts.split(",") if o) if opts else ()
+    valid = TARGET_OPTIONS.get(rt, {})
+    for o in options:
+        if o not in valid:
+            raise ConfigError(f"unknown option {o!r} for runtime {rt!r} in {spec!r}; valid: "
+                              f"{', '.join(valid) or 'none'}")
+    return BenchTarget(path, rt, options)
 
 
 def _runner_options(runtime: str, cfg: BenchConfig) -> dict[str, Any]:
@@ -168,7 +192,8 @@ def _peak_rss_mb() -> float:
 def _open_all(stack, targets, cfg: BenchConfig) -> list:
     from .runtimes.base import open_runner
 
-    return [stack.enter_context(open_runner(t.path, t.runtime, **_runner_options(t.runtime, cfg))) for t in targets]
+    return [stack.enter_context(open_runner(t.path, t.runtime, **(_runner_options(t.runtime, cfg) | t.overrides())))
+            for t in targets]
 
 
 def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], list[list[float]]]:
@@ -255,18 +280,30 @@ def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True
         for row in rows:
             from .artifact import Artifact
 
-            write_metrics(Artifact.load(row["artifact"], verify=False),
-                          f"bench:{row['runtime']}:b{cfg.batch}", row)
+            write_metrics(Artifact.load(row["artifact"], verify=False), metrics_section(row), row)
     return result
+
+
+def metrics_section(row: dict) -> str:
+    """metrics.json section of a bench row: `bench:RUNTIME:bB`, with the device and non-default options
+    (`bench:torch-cuda-fp16-graphs:b16`) so that variants of one artifact do not overwrite each other."""
+    parts = [row["runtime"]]
+    if row["runtime"] == "torch":
+        parts += [str(row["device"])] if row.get("device") not in (None, "cpu") else []
+        parts += [str(row["precision"])] if row.get("precision") not in (None, "fp32") else []
+        parts += ["graphs"] if row.get("cuda_graphs") else []
+    elif row.get("provider") not in (None, "cpu"):
+        parts.append(str(row["provider"]))
+    return f"bench:{'-'.join(parts)}:b{row['batch']}"
 
 
 def format_bench(result: dict) -> str:
     """A table of the targets with ratios to the first one."""
-    head = f"{'target':34} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'img/s':>8} {'image ms':>9} {'GFLOP/s':>8} {'x first':>8}"
+    head = f"{'target':44} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'img/s':>8} {'image ms':>9} {'GFLOP/s':>8} {'x first':>8}"
     lines = [head]
     for r in result["results"]:
         gf = f"{r['gflops_achieved']:8.2f}" if "gflops_achieved" in r else f"{'-':>8}"
-        lines.append(f"{r['label'][:34]:34} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} {r['p99_ms']:8.3f} "
+        lines.append(f"{r['label'][:44]:44} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} {r['p99_ms']:8.3f} "
                      f"{r['images_per_s']:8.1f} {r['image_latency_ms']:9.1f} {gf} {r['speedup_vs_first']:8.2f}")
     first = result["results"][0]
     lines.append(f"batch {first['batch']}; image = {first['sampler']} x{first['sampler_steps']} sampler steps; "

@@ -307,9 +307,19 @@ def train_config_from_options(config_file: str | None = None, *, dataset: str | 
 
 
 def launch_data_parallel(procs: int, train_args: list[str]) -> int:
-    """Run `cunet-edge train` in `procs` processes through torchrun (standalone, one machine); its exit status."""
+    """Run `cunet-edge train` in `procs` processes through torchrun (standalone, one machine); its exit status.
+
+    With CUDA, nccl needs a GPU per process: more processes than visible GPUs is refused up front.
+    """
     import subprocess
     import sys
+
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and procs > gpus:
+        raise ConfigError(f"--procs {procs} needs {procs} GPUs (nccl runs one process per GPU); this machine has "
+                          f"{gpus}: use --procs {gpus}, or CUDA_VISIBLE_DEVICES= to train on CPU processes")
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
            "-m", "cunet_edge", "train", *train_args]

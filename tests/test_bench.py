@@ -7,7 +7,7 @@ import json
 import pytest
 from cli_helpers import assert_one_line_error, cli_subprocess, run
 
-from cunet_edge.benchmark import BenchConfig, bench, parse_target
+from cunet_edge.benchmark import BenchConfig, bench, metrics_section, parse_target
 from cunet_edge.errors import ConfigError
 
 QUICK = ["--min-iters", 3, "--min-seconds", 0.05, "--rounds", 2, "--sampler-steps", 2, "--threads", 1]
@@ -35,6 +35,23 @@ def test_bench_compares_torch_and_onnxruntime(tiny_unrolled, tiny_onnx, tmp_path
     assert "x first" in res.output and "onnxruntime" in res.output
     metrics = json.loads((tiny_onnx / "metrics.json").read_text())
     assert metrics["bench:onnxruntime:b2"]["p50_ms"] == rows[1]["p50_ms"]
+
+
+def test_target_options_override_the_run_and_keep_their_own_metrics(tiny_unrolled):
+    t = parse_target(f"{tiny_unrolled}@torch:fp32,cpu")
+    assert t.label == f"{tiny_unrolled.name}@torch:fp32,cpu"
+    assert t.overrides() == {"precision": "fp32", "device": "cpu"}
+    assert parse_target(f"{tiny_unrolled}@onnxruntime:cuda").overrides() == {"provider": "cuda"}
+    with pytest.raises(ConfigError, match=r"unknown option 'int8' for runtime 'torch'.*valid: fp32, tf32, fp16"):
+        parse_target(f"{tiny_unrolled}@torch:int8")
+    cfg = BenchConfig(min_iters=3, min_seconds=0.05, rounds=1, image_reps=1, sampler_steps=2, threads=1,
+                      device="cuda")  # the run asks for CUDA; the target's own option puts it on the CPU
+    row = bench([t], cfg, progress=False, record=False)["results"][0]
+    assert row["device"] == "cpu" and row["label"] == t.label
+    assert metrics_section(row) == "bench:torch:b1"
+    gpu_row = {**row, "device": "cuda", "precision": "fp16", "cuda_graphs": True, "batch": 16}
+    assert metrics_section(gpu_row) == "bench:torch-cuda-fp16-graphs:b16"
+    assert metrics_section({"runtime": "onnxruntime", "provider": "cuda", "batch": 1}) == "bench:onnxruntime-cuda:b1"
 
 
 def test_image_latency_counts_every_sampler_step(tiny_onnx):
