@@ -364,7 +364,10 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
         artifact=str(art.path), artifact_id=art.manifest.get("id"), dataset=plain(data_cfg), runtime=runtime,
         solver=art.manifest.get("solver"),
     )
+    # "evaluate" is the latest evaluation; the sampler-specific section keeps one per sampler setting
+    # (a report can then set several sampler step counts of one artifact side by side).
     write_metrics(art, "evaluate", metrics)
+    write_metrics(art, f"evaluate:{sample_cfg.sampler}-{sample_cfg.steps}", metrics)
     return metrics
 
 

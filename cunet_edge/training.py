@@ -272,11 +272,12 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
     return art
 
 
-def train_config_from_options(config_file: str | None = None, *, dataset: str | None = None,
+def train_config_from_options(config_file: str | None = None, *, base: dict[str, Any] | None = None,
+                              dataset: str | None = None,
                               data_root: str | None = None, download: bool | None = None,
                               image_size: int | None = None, arch: str | None = None,
                               solver: dict[str, Any] | None = None, **top: Any) -> TrainConfig:
-    """A TrainConfig from an optional TOML/JSON file with command-line values laid over it.
+    """A TrainConfig from an optional TOML/JSON file (or a `base` table) with command-line values laid over it.
 
     Options left as None keep the file's (or the default) value. The model's input channels
     follow the dataset unless the file sets them.
@@ -284,7 +285,7 @@ def train_config_from_options(config_file: str | None = None, *, dataset: str | 
     from .config import load_config_file
     from .data import image_channels
 
-    d = load_config_file(config_file) if config_file else {}
+    d = load_config_file(config_file) if config_file else dict(base or {})
     data = dict(d.get("data", {}))
     model = dict(d.get("model", {}))
     for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):

@@ -41,8 +41,8 @@ def test_evaluate_writes_json_and_metrics(tiny_checkpoint, tmp_path):
         assert key in m
     assert m["n_samples"] == 40 and m["sampler"] == "ddim" and m["sampler_steps"] == 2
     assert m["fid"] > m["fid_real_reference"] > 0  # a 6-step model is far from the data
-    stored = json.loads((tiny_checkpoint / "metrics.json").read_text())["evaluate"]
-    assert stored["fid"] == m["fid"]
+    stored = json.loads((tiny_checkpoint / "metrics.json").read_text())
+    assert stored["evaluate"]["fid"] == stored["evaluate:ddim-2"]["fid"] == m["fid"]
 
 
 def test_unroll_makes_an_artifact_that_samples_like_its_parent(tiny_checkpoint, tmp_path):

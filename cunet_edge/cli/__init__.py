@@ -27,6 +27,7 @@ COMMANDS = {
     "devices": "cunet_edge.cli.devices:devices",
     "estimate": "cunet_edge.cli.estimate:estimate",
     "deploy": "cunet_edge.cli.deploy:deploy",
+    "pipeline": "cunet_edge.cli.pipeline:pipeline",
 }
 
 _SUMMARIES = {
@@ -41,6 +42,7 @@ _SUMMARIES = {
     "devices": "Device profiles (Jetson/desktop/datacenter GPUs) and what each can run.",
     "estimate": "Roofline latency of an ONNX artifact on a device profile (or calibrated on this CPU).",
     "deploy": "Self-contained bundle of an ONNX artifact for a board; --host runs it over ssh.",
+    "pipeline": "Run a TOML recipe of stages (train → unroll → prune → export → quantize → bench → report).",
 }
 
 

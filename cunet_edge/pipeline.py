@@ -1,0 +1,361 @@
+"""`pipeline`: a TOML recipe of stages (train-or-load → unroll → prune → export → quantize → bench →
+evaluate → report) run in order into one run directory, checked whole before any work.
+
+A recipe is a list of `[[stage]]` tables. Each names its `stage` (the kind of work), a unique
+`name` (its output under the run directory), its `input` (or `inputs`: earlier stages' names;
+default: the stage just before), and the keys of that stage's config dataclass, e.g.::
+
+    [pipeline]
+    threads = 2
+
+    [[stage]]
+    stage = "train"
+    name = "checkpoint"
+    steps = 2800
+    [stage.data]
+    name = "digits"
+
+    [[stage]]
+    stage = "unroll"
+    name = "unrolled"
+
+Resuming: a stage that finished leaves a marker (`.pipeline/NAME.json`) holding the hash of
+its config and of its inputs' artifact ids. Run again, a stage whose marker and output still
+match is skipped; any other is run again from scratch (training resumes from its last save).
+Artifacts are written to a temporary folder and renamed into place, so a run killed at any
+point, SIGKILL included, leaves no artifact that looks valid but is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import check_positive, from_dict, to_dict
+from .errors import ArtifactError, ConfigError
+
+__all__ = ["STAGES", "StageDef", "PlannedStage", "Recipe", "load_recipe", "plan", "run_pipeline", "stage_hash"]
+
+MARKERS = ".pipeline"
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """What a stage takes and makes: its config class, input kinds, output kind (None: measures its
+    inputs in place), whether it takes several inputs, the backends it needs, and its runner."""
+
+    config: str  # "module:Class"
+    run: str  # "module:function"
+    takes: tuple[str, ...] = ()
+    makes: str | None = None
+    many: bool = False
+    backends: tuple[str, ...] = ()
+
+
+_P = "cunet_edge.pipeline_stages"
+MODEL_KINDS = ("checkpoint", "unrolled", "pruned")
+RUNNABLE = MODEL_KINDS + ("onnx", "onnx-int8")
+STAGES: dict[str, StageDef] = {
+    "train": StageDef("cunet_edge.training:TrainConfig", f"{_P}:run_train", makes="checkpoint"),
+    "load": StageDef(f"{_P}:LoadConfig", f"{_P}:run_load", makes="checkpoint"),
+    "unroll": StageDef("cunet_edge.unrolling:UnrollConfig", f"{_P}:run_unroll", ("checkpoint", "pruned"), "unrolled"),
+    "export": StageDef("cunet_edge.export.onnx:OnnxExportConfig", f"{_P}:run_export", ("unrolled", "pruned"), "onnx",
+                       backends=("onnx", "onnxscript", "onnxruntime")),
+    "quantize": StageDef("cunet_edge.quantize.int8:QuantizeConfig", f"{_P}:run_quantize", ("onnx",), "onnx-int8",
+                         backends=("onnx", "onnxruntime")),
+    "bench": StageDef("cunet_edge.benchmark:BenchConfig", f"{_P}:run_bench", RUNNABLE, many=True),
+    "evaluate": StageDef("cunet_edge.sampling:SampleConfig", f"{_P}:run_evaluate", RUNNABLE, many=True),
+}
+for _name, _def in (("prune", StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",),
+                                        "pruned", backends=("torch_pruning",))),
+                    ("report", StageDef("cunet_edge.report:ReportConfig", f"{_P}:run_report", makes="report",
+                                        backends=("matplotlib",)))):
+    if importlib.util.find_spec(_def.config.split(":")[0]) is not None:  # stages whose module has landed
+        STAGES[_name] = _def
+RUNTIME_BACKENDS = {"onnx": ("onnxruntime",), "onnx-int8": ("onnxruntime",)}
+BACKEND_HINTS = {"onnx": 'pip install "cunet-edge[onnx]"', "onnxscript": 'pip install "cunet-edge[onnx]"',
+                 "onnxruntime": 'pip install "cunet-edge[onnx]"', "torch_pruning": 'pip install "cunet-edge[prune]"',
+                 "matplotlib": 'pip install "cunet-edge[report]"'}
+RESERVED = ("stage", "name", "input", "inputs")
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings for the whole run: CPU threads for every stage that takes them."""
+
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One validated stage: its kind, name, input stage names, parsed config and output kind."""
+
+    stage: str
+    name: str
+    inputs: tuple[str, ...]
+    config: Any
+    makes: str | None
+
+    @property
+    def definition(self) -> StageDef:
+        return STAGES[self.stage]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    settings: PipelineConfig
+    stages: tuple[PlannedStage, ...] = field(default=())
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {path} is not TOML: {exc}") from None
+
+
+def _parse_config(spec: dict, definition: StageDef, where: str) -> Any:
+    """The stage's config dataclass from its keys (train keys go through the train command's rules)."""
+    raw = {k: v for k, v in spec.items() if k not in RESERVED}
+    try:
+        if spec["stage"] == "train":
+            from .training import train_config_from_options
+
+            return train_config_from_options(base=raw)
+        return from_dict(_load(definition.config), raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _stage_inputs(spec: dict, where: str, previous: str | None) -> tuple[str, ...]:
+    if "input" in spec and "inputs" in spec:
+        raise ConfigError(f"{where}: give input or inputs, not both")
+    value = spec.get("inputs", spec.get("input", previous))
+    names = [value] if isinstance(value, str) else value
+    if names is None:
+        return ()
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: input(s) must be a stage name or a list of them, got {value!r}")
+    return tuple(names)
+
+
+def _plan_stage(spec: Any, i: int, made: dict[str, str | None], previous: str | None) -> PlannedStage:
+    where = f"stage {i + 1}"
+    if not isinstance(spec, dict) or not isinstance(spec.get("stage"), str):
+        raise ConfigError(f"{where}: each [[stage]] needs stage = \"NAME\" (one of: {', '.join(STAGES)})")
+    kind = spec["stage"]
+    if kind not in STAGES:
+        raise ConfigError(f"{where}: unknown stage {kind!r}; valid stages: {', '.join(STAGES)}")
+    name = spec.get("name", kind)
+    where = f"stage {name!r} ({kind})"
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{where}: name must be a plain folder name, got {name!r}")
+    if name in made:
+        raise ConfigError(f"{where}: name {name!r} is used by an earlier stage")
+    d = STAGES[kind]
+    inputs = _stage_inputs(spec, where, previous) if d.takes else ()
+    if d.takes and not inputs:
+        raise ConfigError(f"{where}: needs an input stage, and none comes before it")
+    if len(inputs) > 1 and not d.many:
+        raise ConfigError(f"{where}: takes one input, got {len(inputs)}")
+    for src in inputs:
+        if src not in made:
+            raise ConfigError(f"{where}: input {src!r} is not an earlier stage")
+        if made[src] not in d.takes:
+            raise ConfigError(f"{where}: input {src!r} makes {made[src] or 'no artifact'}; {kind} takes "
+                              f"{' or '.join(d.takes)}")
+    return PlannedStage(kind, name, inputs, _parse_config(spec, d, where), d.makes)
+
+
+def _check_backends(stages: tuple[PlannedStage, ...], made: dict[str, str | None]) -> None:
+    for s in stages:
+        needs = list(s.definition.backends)
+        if s.stage in ("bench", "evaluate"):
+            needs += [b for src in s.inputs for b in RUNTIME_BACKENDS.get(made[src], ())]
+        for module in needs:
+            if importlib.util.find_spec(module) is None:
+                hint = BACKEND_HINTS.get(module, f"pip install {module}")
+                raise ConfigError(f"stage {s.name!r} ({s.stage}) needs {module}, which is not installed: {hint}")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check a whole recipe: stage names, config keys and types, kinds lining up, backends."""
+    path = Path(path)
+    data = _read_toml(path)
+    unknown = sorted(set(data) - {"pipeline", "stage"})
+    if unknown:
+        raise ConfigError(f"recipe {path}: unknown table {unknown[0]!r}; a recipe has [pipeline] and [[stage]] tables")
+    settings = from_dict(PipelineConfig, data.get("pipeline", {}), "pipeline")
+    specs = data.get("stage")
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError(f"recipe {path} has no stages: add [[stage]] tables")
+    made: dict[str, str | None] = {}
+    stages, previous = [], None
+    for i, spec in enumerate(specs):
+        s = _plan_stage(spec, i, made, previous)
+        if s.stage == "load":
+            made[s.name] = _load_kind(s.config, path)
+        else:
+            made[s.name] = s.makes
+        stages.append(s)
+        previous = s.name if s.makes not in (None, "report") else previous
+    recipe = Recipe(path, settings, tuple(stages))
+    _check_backends(recipe.stages, made)
+    return recipe
+
+
+def _load_kind(cfg, recipe_path: Path) -> str:
+    from .artifact import Artifact
+
+    p = cfg.resolve(recipe_path)
+    try:
+        art = Artifact.load(p, verify=False)
+    except ArtifactError as exc:
+        raise ConfigError(f"stage load: {exc}") from None
+    if art.kind not in MODEL_KINDS:
+        raise ConfigError(f"stage load: {p} is an artifact of kind {art.kind!r}; load takes a model "
+                          f"({', '.join(MODEL_KINDS)})")
+    return art.kind
+
+
+def plan(path: str | Path) -> Recipe:
+    """Alias of load_recipe, for `--dry-run`: everything is checked, nothing is run."""
+    return load_recipe(path)
+
+
+def stage_hash(stage: PlannedStage, input_ids: list[str | None]) -> str:
+    """Hash of what a stage's output depends on: its kind, config and its inputs' artifact ids."""
+    blob = json.dumps({"stage": stage.stage, "config": to_dict(stage.config), "inputs": input_ids}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _marker(run_dir: Path, name: str) -> Path:
+    return run_dir / MARKERS / f"{name}.json"
+
+
+def _read_marker(run_dir: Path, name: str) -> dict | None:
+    try:
+        return json.loads(_marker(run_dir, name).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_marker(run_dir: Path, name: str, record: dict) -> None:
+    path = _marker(run_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _is_done(run_dir: Path, stage: PlannedStage, h: str) -> bool:
+    """A stage is done if its marker has this hash and its output artifact is still intact."""
+    from .artifact import Artifact
+
+    marker = _read_marker(run_dir, stage.name)
+    if not marker or marker.get("hash") != h:
+        return False
+    if stage.stage == "load":
+        return (run_dir / stage.name).is_symlink()
+    if stage.makes in (None, "report"):
+        return True
+    try:
+        return Artifact.load(run_dir / stage.name).manifest.get("id") == marker.get("id")
+    except ArtifactError:
+        return False
+
+
+def _clear_leftovers(run_dir: Path, name: str, *, keep_output: bool) -> None:
+    """Remove what a killed run of this stage left: temporary folders, and a stale output."""
+    for tmp in run_dir.glob(f".{name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in run_dir.glob(f".{name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    out = run_dir / name
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        out.unlink()
+    elif out.exists() and not keep_output:
+        shutil.rmtree(out)
+
+
+@dataclass
+class StageContext:
+    """What a stage's runner gets besides its config: the run folder, its output path, its inputs."""
+
+    run_dir: Path
+    out: Path
+    inputs: list[Any]  # Artifact per input stage
+    settings: PipelineConfig
+    recipe_path: Path
+    progress: bool = True
+
+
+def run_pipeline(path: str | Path, run_dir: str | Path, *, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> dict:
+    """Run a recipe into `run_dir`, skipping stages already done with the same hash; a summary dict."""
+    from .artifact import Artifact, check_output_path
+
+    recipe = load_recipe(path)
+    run_dir = check_output_path(run_dir, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, Any] = {}
+    summary, t_all = [], time.perf_counter()
+    for i, s in enumerate(recipe.stages, 1):
+        inputs = [outputs[n] for n in s.inputs]
+        h = stage_hash(s, [a.manifest.get("id") for a in inputs])
+        label = f"[{i}/{len(recipe.stages)}] {s.name} ({s.stage})"
+        out = run_dir / s.name
+        if _is_done(run_dir, s, h):
+            outputs[s.name] = _stage_output(s, out, recipe.path)
+            echo(f"{label}: done before, same config and inputs ({h}): skipped")
+            summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": True, "seconds": 0.0})
+            continue
+        marker = _read_marker(run_dir, s.name)
+        resumable = s.stage == "train" and (marker is None or marker.get("hash") == h)
+        _clear_leftovers(run_dir, s.name, keep_output=resumable)
+        echo(f"{label}: running")
+        t0 = time.perf_counter()
+        ctx = StageContext(run_dir, out, inputs, recipe.settings, recipe.path, progress)
+        result = _load(s.definition.run)(s.config, ctx)
+        seconds = time.perf_counter() - t0
+        outputs[s.name] = result if isinstance(result, Artifact) else None
+        _write_marker(run_dir, s.name, {"hash": h, "stage": s.stage, "seconds": seconds,
+                                        "id": result.manifest.get("id") if isinstance(result, Artifact) else None,
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        echo(f"{label}: finished in {seconds:.1f} s")
+        summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": False, "seconds": seconds})
+    total = time.perf_counter() - t_all
+    result = {"recipe": str(recipe.path), "run_dir": str(run_dir), "stages": summary, "seconds": total}
+    (run_dir / MARKERS / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _stage_output(stage: PlannedStage, out: Path, recipe_path: Path):
+    from .artifact import Artifact
+
+    if stage.stage == "load":
+        return Artifact.load(stage.config.resolve(recipe_path))
+    if stage.makes in (None, "report"):
+        return None
+    return Artifact.load(out)

@@ -1,0 +1,129 @@
+"""The pipeline's stage runners: each calls the library function its CLI command calls.
+
+A runner takes the stage's parsed config and a `StageContext` (output path, input artifacts,
+run-wide settings) and returns the artifact it wrote, or None for stages that measure their
+inputs in place (bench and evaluate write each input's metrics.json and a result.json of their own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["LoadConfig", "run_train", "run_load", "run_unroll", "run_prune", "run_export", "run_quantize",
+           "run_bench", "run_evaluate", "run_report"]
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """An already trained model to start from instead of training: `path` (relative to the working folder)."""
+
+    path: str = ""
+
+    def __post_init__(self):
+        if not self.path:
+            raise ConfigError("load needs path = \"CHECKPOINT_DIR\"")
+
+    def resolve(self, recipe_path: Path) -> Path:
+        return Path(self.path).expanduser()
+
+
+def _threads(ctx) -> None:
+    if ctx.settings.threads:
+        import torch
+
+        torch.set_num_threads(ctx.settings.threads)
+
+
+def _write_result(ctx, result: dict) -> None:
+    """result.json in the stage's own folder, written whole or not at all."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    tmp = ctx.out / f".result.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, ctx.out / "result.json")
+
+
+def run_train(cfg, ctx):
+    from .training import train
+
+    return train(cfg, ctx.out, progress=ctx.progress, threads=ctx.settings.threads)
+
+
+def run_load(cfg: LoadConfig, ctx):
+    """The model, verified; a link to it in the run folder makes it part of the run (and of its report)."""
+    from .artifact import Artifact
+
+    art = Artifact.load(cfg.resolve(ctx.recipe_path))
+    if ctx.out.is_symlink():
+        ctx.out.unlink()
+    ctx.out.symlink_to(art.path.resolve(), target_is_directory=True)
+    return art
+
+
+def run_unroll(cfg, ctx):
+    from .unrolling import unroll
+
+    _threads(ctx)
+    return unroll(ctx.inputs[0].path, cfg, ctx.out)
+
+
+def run_prune(cfg, ctx):
+    from .pruning import prune
+
+    _threads(ctx)
+    return prune(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
+
+
+def run_export(cfg, ctx):
+    from .export.onnx import export_onnx
+
+    _threads(ctx)
+    return export_onnx(ctx.inputs[0].path, cfg, ctx.out)
+
+
+def run_quantize(cfg, ctx):
+    from .quantize.int8 import quantize_int8
+
+    _threads(ctx)
+    return quantize_int8(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
+
+
+def run_bench(cfg, ctx):
+    """All inputs timed side by side in one bench run, each on its kind's runtime."""
+    from .benchmark import KIND_RUNTIME, BenchTarget, bench, format_bench
+
+    if cfg.threads is None and ctx.settings.threads:
+        cfg = replace(cfg, threads=ctx.settings.threads)
+    targets = [BenchTarget(str(a.path), KIND_RUNTIME[a.kind]) for a in ctx.inputs]
+    result = bench(targets, cfg, progress=ctx.progress)
+    print(format_bench(result))
+    _write_result(ctx, result)
+    return None
+
+
+def run_evaluate(cfg, ctx):
+    """FID/KID of each input's samples (stored in its metrics.json), on its kind's runtime."""
+    from .benchmark import KIND_RUNTIME
+    from .evaluation import evaluate_checkpoint
+
+    _threads(ctx)
+    rows = []
+    for a in ctx.inputs:
+        runtime = KIND_RUNTIME[a.kind]
+        options = {"threads": ctx.settings.threads} if runtime == "onnxruntime" and ctx.settings.threads else {}
+        m = evaluate_checkpoint(a.path, cfg, progress=ctx.progress, runtime=runtime, **options)
+        print(f"  {a.path.name}: FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}), "
+              f"confident {100 * m['frac_confident']:.1f}%  [{runtime}]")
+        rows.append(m)
+    _write_result(ctx, {"results": rows})
+    return None
+
+
+def run_report(cfg, ctx):
+    from .report import write_report
+
+    return write_report(ctx.run_dir, cfg, ctx.out)

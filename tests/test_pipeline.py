@@ -1,0 +1,145 @@
+"""`pipeline`: a recipe runs every stage, resumes after SIGKILL, skips what is done, and checks the
+whole recipe (stages, keys, types, kinds) before any work."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cli_helpers import assert_one_line_error, cli_subprocess
+from conftest import TINY
+
+from cunet_edge.artifact import Artifact
+
+pytest.importorskip("onnxruntime")
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _stage(stage: str, name: str, **keys) -> str:
+    lines = ["[[stage]]", f'stage = "{stage}"', f'name = "{name}"']
+    lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+QUICK_BENCH = dict(min_iters=3, min_seconds=0.05, rounds=1, image_reps=1, sampler_steps=2)
+
+
+def _recipe(tmp_path, bench_batch=1):
+    text = "[pipeline]\nthreads = 1\n\n" + "\n".join([
+        _stage("train", "checkpoint", **TINY),
+        _stage("unroll", "unrolled", method="rk4", steps=1),
+        _stage("export", "onnx", verify_n=4),
+        _stage("bench", "bench", inputs=["unrolled", "onnx"], batch=bench_batch, **QUICK_BENCH),
+        _stage("evaluate", "evaluate", inputs=["onnx"], n=20, steps=2),
+    ])
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def _pipeline(recipe, out, *extra):
+    return subprocess.run([sys.executable, "-m", "cunet_edge", "pipeline", str(recipe), "--out", str(out),
+                           "--no-progress", *extra], capture_output=True, text=True)
+
+
+def _skipped(proc) -> set[str]:
+    return {line.split("] ")[1].split(" ")[0] for line in proc.stdout.splitlines() if line.endswith("skipped")}
+
+
+def test_pipeline_survives_sigkill_and_skips_what_is_done(tmp_path):
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    # Kill the run with SIGKILL while the export stage is writing its artifact.
+    proc = subprocess.Popen([sys.executable, "-m", "cunet_edge", "pipeline", str(recipe), "--out", str(out),
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob(".onnx.tmp-*")):
+        assert proc.poll() is None, "the pipeline ended before its export stage was caught"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "onnx").exists()  # nothing half-written that looks valid
+    assert Artifact.load(out / "unrolled").kind == "unrolled"
+
+    again = _pipeline(recipe, out)
+    assert again.returncode == 0, again.stderr
+    assert _skipped(again) == {"checkpoint", "unrolled"}
+    assert not list(out.glob(".*.tmp-*"))
+    onnx = Artifact.load(out / "onnx")  # verifies every file's hash
+    metrics = json.loads((onnx.path / "metrics.json").read_text())
+    assert "evaluate:ddim-2" in metrics and "bench:onnxruntime:b1" in metrics
+    bench = json.loads((out / "bench" / "result.json").read_text())
+    assert [r["runtime"] for r in bench["results"]] == ["torch", "onnxruntime"]
+
+    third = _pipeline(recipe, out, "--json", tmp_path / "s.json")
+    assert third.returncode == 0 and _skipped(third) == {"checkpoint", "unrolled", "onnx", "bench", "evaluate"}
+    assert all(s["skipped"] for s in json.loads((tmp_path / "s.json").read_text())["stages"])
+
+    changed = _pipeline(_recipe(tmp_path, bench_batch=2), out)  # only the stage whose config changed runs
+    assert changed.returncode == 0 and _skipped(changed) == {"checkpoint", "unrolled", "onnx", "evaluate"}
+    assert "bench:onnxruntime:b2" in json.loads((onnx.path / "metrics.json").read_text())
+
+
+def test_load_stage_links_the_model_into_the_run(tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "model", path=str(tiny_checkpoint)) + _stage("unroll", "unrolled"))
+    res = _pipeline(recipe, tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "run" / "model").resolve() == tiny_checkpoint.resolve()
+    assert Artifact.load(tmp_path / "run" / "unrolled").manifest["parent"]["id"] == \
+        Artifact.load(tiny_checkpoint).manifest["id"]
+
+
+BAD = [
+    ("stage = [", "is not TOML"),
+    ('[[stage]]\nstage = "distill"\n', "stage 1: unknown stage 'distill'; valid stages: train, load"),
+    ('[[stage]]\nstage = "load"\npath = "{ckpt}"\n[[stage]]\nstage = "unroll"\nmethd = "rk4"\n',
+     "stage 'unroll' (unroll): unknown config key methd for UnrollConfig; valid keys: method, steps"),
+    ('[[stage]]\nstage = "load"\npath = "{ckpt}"\n[[stage]]\nstage = "unroll"\n'
+     '[[stage]]\nstage = "bench"\nbatch = "four"\n', "stage 'bench' (bench): batch: expected an integer, got 'four'"),
+    ('[[stage]]\nstage = "load"\npath = "{ckpt}"\n[[stage]]\nstage = "unroll"\n[[stage]]\nstage = "quantize"\n',
+     "stage 'quantize' (quantize): input 'unroll' makes unrolled; quantize takes onnx"),
+    ('[[stage]]\nstage = "unroll"\n', "stage 'unroll' (unroll): needs an input stage, and none comes before it"),
+    ('[[stage]]\nstage = "load"\npath = "{ckpt}"\n[[stage]]\nstage = "export"\ninput = "nowhere"\n',
+     "stage 'export' (export): input 'nowhere' is not an earlier stage"),
+    ('[[stage]]\nstage = "load"\npath = "/no/such/model"\n', "stage load: artifact /no/such/model does not exist"),
+    ('[[stage]]\nstage = "load"\nname = "m"\npath = "{ckpt}"\n[[stage]]\nstage = "load"\nname = "m"\npath = "{ckpt}"\n',
+     "stage 'm' (load): name 'm' is used by an earlier stage"),
+    ('[pipelin]\nthreads = 1\n', "unknown table 'pipelin'"),
+    ('[pipeline]\nthreads = 0\n[[stage]]\nstage = "load"\npath = "{ckpt}"\n', "threads must be > 0"),
+    ("", "has no stages"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m.split(":")[0][:30] for _, m in BAD])
+def test_bad_recipes_are_refused_before_any_work(text, message, tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text.replace("{ckpt}", str(tiny_checkpoint)))
+    for extra in (["--dry-run"], []):
+        assert_one_line_error(cli_subprocess("pipeline", recipe, "--out", tmp_path / "run", *extra), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_lists_the_stages(tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "model", path=str(tiny_checkpoint)) + _stage("unroll", "u")
+                      + _stage("export", "o") + _stage("quantize", "q", target="cpu")
+                      + _stage("bench", "b", inputs=["o", "q"]))
+    res = cli_subprocess("pipeline", recipe, "--out", tmp_path / "run", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "[4/5] q (quantize) <- o -> onnx-int8" in res.stdout and "5 stages, all valid" in res.stdout
+    assert not (tmp_path / "run").exists()
