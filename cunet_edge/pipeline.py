@@ -43,7 +43,7 @@ from typing import Any, Callable
 from .config import check_positive, from_dict, to_dict
 from .errors import ArtifactError, ConfigError
 
-__all__ = ["STAGES", "StageDef", "PlannedStage", "Recipe", "load_recipe", "plan", "run_pipeline", "stage_hash"]
+__all__ = ["STAGES", "StageDef", "PlannedStage", "Recipe", "load_recipe", "run_pipeline", "stage_hash"]
 
 MARKERS = ".pipeline"
 
@@ -59,6 +59,7 @@ class StageDef:
     makes: str | None = None
     many: bool = False
     backends: tuple[str, ...] = ()
+    always: bool = False  # summaries of what is on disk: cheap, and rerun every time
 
 
 _P = "cunet_edge.pipeline_stages"
@@ -74,11 +75,13 @@ STAGES: dict[str, StageDef] = {
                          backends=("onnx", "onnxruntime")),
     "bench": StageDef("cunet_edge.benchmark:BenchConfig", f"{_P}:run_bench", RUNNABLE, many=True),
     "evaluate": StageDef("cunet_edge.sampling:SampleConfig", f"{_P}:run_evaluate", RUNNABLE, many=True),
+    "pareto": StageDef("cunet_edge.search:ParetoConfig", "cunet_edge.search:run_pareto", RUNNABLE, many=True,
+                       always=True),
 }
 for _name, _def in (("prune", StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",),
                                         "pruned", backends=("torch_pruning",))),
                     ("report", StageDef("cunet_edge.report:ReportConfig", f"{_P}:run_report", makes="report",
-                                        backends=("matplotlib",)))):
+                                        backends=("matplotlib",), always=True))):
     if importlib.util.find_spec(_def.config.split(":")[0]) is not None:  # stages whose module has landed
         STAGES[_name] = _def
 RUNTIME_BACKENDS = {"onnx": ("onnxruntime",), "onnx-int8": ("onnxruntime",)}
@@ -199,17 +202,30 @@ def _check_backends(stages: tuple[PlannedStage, ...], made: dict[str, str | None
                 raise ConfigError(f"stage {s.name!r} ({s.stage}) needs {module}, which is not installed: {hint}")
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Parse and check a whole recipe: stage names, config keys and types, kinds lining up, backends."""
+def load_recipe(path: str | Path, *, search: bool = False) -> Recipe:
+    """Parse and check a whole recipe: stage names, config keys and types, kinds lining up, backends.
+
+    With `search`, the recipe's [search] table is expanded into stages (before any report stage).
+    """
+    from .search import SearchConfig, expand_search
+
     path = Path(path)
     data = _read_toml(path)
-    unknown = sorted(set(data) - {"pipeline", "stage"})
+    unknown = sorted(set(data) - {"pipeline", "stage", "search"})
     if unknown:
-        raise ConfigError(f"recipe {path}: unknown table {unknown[0]!r}; a recipe has [pipeline] and [[stage]] tables")
+        raise ConfigError(f"recipe {path}: unknown table {unknown[0]!r}; a recipe has [pipeline], [[stage]] "
+                          f"and [search] tables")
     settings = from_dict(PipelineConfig, data.get("pipeline", {}), "pipeline")
     specs = data.get("stage")
     if not isinstance(specs, list) or not specs:
         raise ConfigError(f"recipe {path} has no stages: add [[stage]] tables")
+    grid = from_dict(SearchConfig, data["search"], "search") if "search" in data else None
+    if search:
+        if grid is None:
+            raise ConfigError(f"recipe {path} has no [search] table to search over")
+        at = next((i for i, sp in enumerate(specs) if isinstance(sp, dict) and sp.get("stage") == "report"),
+                  len(specs))
+        specs = specs[:at] + expand_search(grid) + specs[at:]
     made: dict[str, str | None] = {}
     stages, previous = [], None
     for i, spec in enumerate(specs):
@@ -237,11 +253,6 @@ def _load_kind(cfg, recipe_path: Path) -> str:
         raise ConfigError(f"stage load: {p} is an artifact of kind {art.kind!r}; load takes a model "
                           f"({', '.join(MODEL_KINDS)})")
     return art.kind
-
-
-def plan(path: str | Path) -> Recipe:
-    """Alias of load_recipe, for `--dry-run`: everything is checked, nothing is run."""
-    return load_recipe(path)
 
 
 def stage_hash(stage: PlannedStage, input_ids: list[str | None]) -> str:
@@ -274,7 +285,7 @@ def _is_done(run_dir: Path, stage: PlannedStage, h: str) -> bool:
     from .artifact import Artifact
 
     marker = _read_marker(run_dir, stage.name)
-    if not marker or marker.get("hash") != h:
+    if stage.definition.always or not marker or marker.get("hash") != h:
         return False
     if stage.stage == "load":
         return (run_dir / stage.name).is_symlink()
@@ -311,12 +322,12 @@ class StageContext:
     progress: bool = True
 
 
-def run_pipeline(path: str | Path, run_dir: str | Path, *, progress: bool = True,
+def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False, progress: bool = True,
                  echo: Callable[[str], None] = print) -> dict:
     """Run a recipe into `run_dir`, skipping stages already done with the same hash; a summary dict."""
     from .artifact import Artifact, check_output_path
 
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, search=search)
     run_dir = check_output_path(run_dir, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Any] = {}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cli_helpers import assert_one_line_error, cli_subprocess
@@ -143,3 +144,56 @@ def test_dry_run_lists_the_stages(tiny_checkpoint, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "[4/5] q (quantize) <- o -> onnx-int8" in res.stdout and "5 stages, all valid" in res.stdout
     assert not (tmp_path / "run").exists()
+
+
+SEARCH = """
+[search]
+sampler_steps = [4, 2]
+solver_steps = [1]
+precision = ["fp32", "int8"]
+n = 20
+quality_tolerance = 0.5
+quantize_config = {calibration = {n_images = 4, sampler_steps = 16, method = "minmax"}, tolerance = 0.5, \
+select = "fewest-float", val_n = 16, drift_samples = 4}
+bench_config = {min_iters = 3, min_seconds = 0.05, rounds = 1, image_reps = 1}
+"""
+
+
+def test_search_names_the_pareto_front_and_the_fastest_variant(tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint)) + SEARCH)
+    plain = cli_subprocess("pipeline", recipe, "--out", tmp_path / "plain", "--dry-run")
+    assert plain.returncode == 0 and "1 stages" in plain.stdout  # [search] is only expanded with --search
+    res = _pipeline(recipe, tmp_path / "run", "--search")
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "run" / "search-pareto" / "result.json").read_text())
+    rows = result["rows"]
+    assert len(rows) == 3 * 2  # (checkpoint, fp32 ONNX, INT8 ONNX) x 2 sampler step counts
+    ref = result["reference"]
+    assert ref["variant"] == f"{tiny_checkpoint.name} · ddim 4" and ref["runtime"] == "torch"
+    for r in rows:
+        metrics = json.loads((Path(r["artifact"]) / "metrics.json").read_text())
+        assert r["fid"] == metrics[f"evaluate:ddim-{r['sampler_steps']}"]["fid"]
+        assert r["image_ms"] == pytest.approx(r["call_ms"] * r["sampler_steps"])
+        # on the front exactly when no other row is at least as fast and better
+        beaten = any(o is not r and o["image_ms"] <= r["image_ms"] and o["fid"] < r["fid"] for o in rows)
+        assert r["on_front"] == (not beaten), r["variant"]
+    ok = [r for r in rows if r["fid"] <= ref["fid"] * 1.5]
+    assert result["fastest_within_tolerance"]["image_ms"] == min(r["image_ms"] for r in ok)
+    assert "fastest within FID +50%" in res.stdout
+    again = _pipeline(recipe, tmp_path / "run", "--search")
+    assert again.returncode == 0 and "search-pareto" not in _skipped(again)  # summaries always rerun
+    assert {"search-full-solver1-int8", "search-eval-ddim4", "search-bench"} <= _skipped(again)
+
+
+@pytest.mark.parametrize("search,message", [
+    ("[search]\nprune = [1.5]\n", "search.prune values are fractions of the MACs kept, in (0, 1]; got 1.5"),
+    ("[search]\nprecision = [\"int4\"]\n", "search.precision 'int4' is not one of: fp32, fp16, int8"),
+    ("[search]\nsampler_step = [4]\n", "unknown config key search.sampler_step for SearchConfig"),
+    ("", "has no [search] table to search over"),
+])
+def test_bad_search_tables(search, message, tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint)) + search)
+    assert_one_line_error(cli_subprocess("pipeline", recipe, "--out", tmp_path / "run", "--search", "--dry-run"),
+                          message)

@@ -9,14 +9,15 @@ from ._common import JSON_OPTION, write_json
 @click.argument("recipe", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Run folder (run again to resume).")
 @click.option("--dry-run", is_flag=True, help="Check the whole recipe (stages, keys, types, kinds, backends); run nothing.")
+@click.option("--search", is_flag=True, help="Also explore the recipe's [search] grid and name the Pareto front.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @JSON_OPTION
-def pipeline(recipe, out, dry_run, progress, json_path):
+def pipeline(recipe, out, dry_run, search, progress, json_path):
     """Run RECIPE's stages in order into --out, skipping those already done with the same config and inputs."""
     from ..pipeline import load_recipe, run_pipeline
 
     if dry_run:
-        r = load_recipe(recipe)
+        r = load_recipe(recipe, search=search)
         for i, s in enumerate(r.stages, 1):
             src = f" <- {', '.join(s.inputs)}" if s.inputs else ""
             click.echo(f"[{i}/{len(r.stages)}] {s.name} ({s.stage}){src} -> {s.makes or 'metrics'}")
@@ -25,7 +26,7 @@ def pipeline(recipe, out, dry_run, progress, json_path):
                                "stages": [{"name": s.name, "stage": s.stage, "inputs": list(s.inputs),
                                            "makes": s.makes} for s in r.stages]})
         return
-    result = run_pipeline(recipe, out, progress=progress, echo=click.echo)
+    result = run_pipeline(recipe, out, search=search, progress=progress, echo=click.echo)
     ran = sum(not s["skipped"] for s in result["stages"])
     click.echo(f"{out}  {len(result['stages'])} stages ({ran} run, {len(result['stages']) - ran} skipped) "
                f"in {result['seconds']:.1f} s")

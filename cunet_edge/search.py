@@ -1,0 +1,169 @@
+"""`pipeline --search`: explore sampler steps × solver steps × prune ratio × precision.
+
+The recipe's `[search]` table is expanded into ordinary stages (prune → unroll → export →
+quantize for every variant, then evaluate at every sampler step count and one side-by-side
+bench), so the search resumes and skips like any recipe. A final `pareto` stage reads the
+measurements back, marks the Pareto front (quality vs latency per image) and names the fastest
+variant whose FID stays within `quality_tolerance` of the reference: the trained model run
+as trained (torchdiffeq, PyTorch eager) at the most sampler steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import check_choice, check_positive
+from .errors import ConfigError
+
+__all__ = ["SearchConfig", "ParetoConfig", "expand_search", "pareto_front", "run_pareto"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The grid, the sample count per FID, the quality tolerance, and extra keys for the generated stages."""
+
+    model: str = "checkpoint"  # the recipe stage whose trained model is explored
+    sampler: str = "ddim"
+    sampler_steps: tuple[int, ...] = (50, 32, 16)
+    solver_steps: tuple[int, ...] = (1,)
+    prune: tuple[float, ...] = (1.0,)  # fraction of the MACs kept; 1.0 = not pruned
+    precision: tuple[str, ...] = ("fp32", "int8")
+    quality_tolerance: float = 0.10
+    n: int = 500
+    prune_config: dict = field(default_factory=dict)
+    quantize_config: dict = field(default_factory=dict)
+    bench_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("sampler_steps", "solver_steps", "prune", "precision"):
+            if not getattr(self, name):
+                raise ConfigError(f"search.{name} must list at least one value")
+        for s in self.sampler_steps + self.solver_steps:
+            check_positive("search steps", s)
+        for p in self.prune:
+            if not 0 < p <= 1:
+                raise ConfigError(f"search.prune values are fractions of the MACs kept, in (0, 1]; got {p}")
+        for p in self.precision:
+            check_choice("search.precision", p, PRECISIONS)
+        check_positive("quality_tolerance", self.quality_tolerance)
+        check_positive("n", self.n)
+
+
+def _tag(p: float) -> str:
+    return "full" if p >= 1 else f"prune{p:g}"
+
+
+def expand_search(cfg: SearchConfig) -> list[dict]:
+    """The [[stage]] tables that carry out the search (checked by the recipe's own rules after)."""
+    specs: list[dict] = []
+    finals: list[str] = []
+    for p in cfg.prune:
+        src = cfg.model
+        if p < 1:
+            src = f"search-{_tag(p)}"
+            specs.append({"stage": "prune", "name": src, "input": cfg.model, "target_macs": p, **cfg.prune_config})
+        for s in cfg.solver_steps:
+            base = f"search-{_tag(p)}-solver{s}"
+            specs.append({"stage": "unroll", "name": base, "input": src, "steps": s})
+            specs.append({"stage": "export", "name": f"{base}-fp32", "input": base})
+            if "fp32" in cfg.precision:
+                finals.append(f"{base}-fp32")
+            if "fp16" in cfg.precision:
+                specs.append({"stage": "export", "name": f"{base}-fp16", "input": base, "precision": "fp16"})
+                finals.append(f"{base}-fp16")
+            if "int8" in cfg.precision:
+                specs.append({"stage": "quantize", "name": f"{base}-int8", "input": f"{base}-fp32", "target": "cpu",
+                              **cfg.quantize_config})
+                finals.append(f"{base}-int8")
+    variants = [cfg.model] + finals
+    for st in cfg.sampler_steps:
+        specs.append({"stage": "evaluate", "name": f"search-eval-{cfg.sampler}{st}", "inputs": variants,
+                      "n": cfg.n, "sampler": cfg.sampler, "steps": st})
+    specs.append({"stage": "bench", "name": "search-bench", "inputs": variants, "batch": 1,
+                  "sampler_steps": max(cfg.sampler_steps), **cfg.bench_config})
+    specs.append({"stage": "pareto", "name": "search-pareto", "inputs": variants, "bench": "search-bench",
+                  "sampler": cfg.sampler, "sampler_steps": list(cfg.sampler_steps),
+                  "quality_tolerance": cfg.quality_tolerance})
+    return specs
+
+
+@dataclass(frozen=True)
+class ParetoConfig:
+    """Which bench stage's timings and which evaluations to read, and the allowed FID increase."""
+
+    bench: str = "search-bench"
+    sampler: str = "ddim"
+    sampler_steps: tuple[int, ...] = (50,)
+    quality_tolerance: float = 0.10
+
+    def __post_init__(self):
+        check_positive("quality_tolerance", self.quality_tolerance)
+
+
+def pareto_front(rows: list[dict], quality: str = "fid", cost: str = "image_ms") -> list[dict]:
+    """The rows no other row beats on both quality and cost (lower is better for both)."""
+    front, best = [], float("inf")
+    for r in sorted(rows, key=lambda r: (r[cost], r[quality])):
+        if r[quality] < best:
+            front.append(r)
+            best = r[quality]
+    return front
+
+
+def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
+    bench = json.loads((ctx.run_dir / cfg.bench / "result.json").read_text())
+    p50 = {Path(r["artifact"]).resolve(): r for r in bench["results"]}
+    rows = []
+    for art in ctx.inputs:
+        metrics = json.loads(art.file("metrics.json").read_text()) if art.file("metrics.json").is_file() else {}
+        timing = p50.get(art.path.resolve())
+        for st in cfg.sampler_steps:
+            ev = metrics.get(f"evaluate:{cfg.sampler}-{st}")
+            if ev is None or timing is None:
+                raise ConfigError(f"pareto: {art.path.name} has no {'evaluation' if ev is None else 'bench'} at "
+                                  f"{cfg.sampler} {st}; run the evaluate and bench stages first")
+            rows.append({"variant": f"{art.path.name} · {cfg.sampler} {st}", "artifact": str(art.path),
+                         "kind": art.kind, "runtime": timing["runtime"], "precision": timing["precision"],
+                         "solver": art.manifest.get("solver"), "sampler_steps": st, "fid": ev["fid"],
+                         "kid_mean": ev["kid_mean"], "call_ms": timing["p50_ms"],
+                         "image_ms": timing["p50_ms"] * st})  # network time per image at batch 1
+    return rows
+
+
+def run_pareto(cfg: ParetoConfig, ctx):
+    """Pareto front and the fastest variant within the tolerance; `result.json` in the stage folder."""
+    rows = _variant_rows(cfg, ctx)
+    reference = next(r for r in rows if r["artifact"] == str(ctx.inputs[0].path)
+                     and r["sampler_steps"] == max(cfg.sampler_steps))
+    limit = reference["fid"] * (1 + cfg.quality_tolerance)
+    front = pareto_front(rows)
+    ok = [r for r in rows if r["fid"] <= limit]
+    fastest = min(ok, key=lambda r: r["image_ms"])
+    for r in rows:
+        r["on_front"] = r in front
+        r["within_tolerance"] = r["fid"] <= limit
+        r["speedup_vs_reference"] = reference["image_ms"] / r["image_ms"]
+    result = {"reference": reference, "fid_limit": limit, "quality_tolerance": cfg.quality_tolerance,
+              "fastest_within_tolerance": fastest, "front": [r["variant"] for r in front], "rows": rows}
+    from .pipeline_stages import _write_result
+
+    _write_result(ctx, result)
+    print(format_pareto(result))
+    return None
+
+
+def format_pareto(result: dict) -> str:
+    lines = [f"{'variant':58} {'FID':>7} {'ms/call':>8} {'ms/image':>9} {'speed-up':>8}  front"]
+    for r in sorted(result["rows"], key=lambda r: r["image_ms"]):
+        mark = ("*" if r["on_front"] else " ") + (" ok" if r["within_tolerance"] else "")
+        lines.append(f"{r['variant'][:58]:58} {r['fid']:7.2f} {r['call_ms']:8.3f} {r['image_ms']:9.1f} "
+                     f"{r['speedup_vs_reference']:7.1f}x  {mark}")
+    f = result["fastest_within_tolerance"]
+    lines.append(f"fastest within FID +{100 * result['quality_tolerance']:.0f}% of the reference "
+                 f"({result['reference']['variant']}, FID {result['reference']['fid']:.2f}): {f['variant']}, "
+                 f"{f['image_ms']:.1f} ms per image, {f['speedup_vs_reference']:.1f}x faster, FID {f['fid']:.2f}")
+    return "\n".join(lines)
