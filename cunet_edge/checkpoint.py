@@ -19,7 +19,7 @@ __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state
 
 KIND = "checkpoint"
 # Artifacts that hold a torch model as config.json + model.safetensors.
-MODEL_KINDS = ("checkpoint", "unrolled")
+MODEL_KINDS = ("checkpoint", "unrolled", "pruned")
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE_DIR = "train_state"

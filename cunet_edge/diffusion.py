@@ -81,15 +81,25 @@ def q_sample(x0, t, noise, abar):
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def diffusion_loss(model, x0, abar, generator=None):
-    """The simple ε-prediction loss of DDPM: E_{t, ε} ‖ε − ε_θ(x_t, t)‖², t uniform on 0..T−1."""
+def diffusion_loss(model, x0, abar, generator=None, *, teacher=None, distill_weight: float = 0.0):
+    """The simple ε-prediction loss of DDPM: E_{t, ε} ‖ε − ε_θ(x_t, t)‖², t uniform on 0..T−1.
+
+    With a `teacher`, plus distill_weight · ‖ε_teacher(x_t, t) − ε_θ(x_t, t)‖² on the same x_t:
+    distillation toward the (frozen) teacher's ε. The random draws are the same either way.
+    """
     import torch
 
     T = abar.shape[0]
     t = torch.randint(0, T, (x0.shape[0],), generator=generator, device="cpu").to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(x0.device)
-    eps = model(q_sample(x0, t, noise, abar), t)
-    return torch.nn.functional.mse_loss(eps, noise)
+    x_t = q_sample(x0, t, noise, abar)
+    eps = model(x_t, t)
+    loss = torch.nn.functional.mse_loss(eps, noise)
+    if teacher is not None and distill_weight > 0:
+        with torch.no_grad():
+            target = teacher(x_t, t)
+        loss = loss + distill_weight * torch.nn.functional.mse_loss(eps, target)
+    return loss
 
 
 def _predict_x0(model, x, t: int, a_t: float, clip: bool):

@@ -19,6 +19,13 @@ def _solver_summary(model_cfg) -> str:
     return f"{solver.method} x{solver.steps}" + (" (unrolled)" if getattr(solver, "unrolled", False) else "")
 
 
+def _pruned_widths(model_cfg) -> dict[str, list[int]] | None:
+    """Every per-layer width of a pruned continuous U-Net (None for a model at its nominal widths)."""
+    if not getattr(model_cfg, "pruned", False):
+        return None
+    return {k: v for k, v in model_cfg.layer_widths.items() if k != "block_widths"}
+
+
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """params, MACs per call (every solver evaluation counted), NFE per call, configs, lineage."""
     from .checkpoint import load_checkpoint
@@ -40,6 +47,7 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         "nfe_per_call": prof["nfe_per_call"],
         "ode_blocks": prof.get("ode_blocks", 0),
         "model": to_dict(m),
+        "widths": _pruned_widths(m),
         "solver": to_dict(m.solver) if hasattr(m, "solver") else None,
         "solver_summary": _solver_summary(m),
         "diffusion": to_dict(ckpt.config.diffusion),

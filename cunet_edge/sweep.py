@@ -10,10 +10,10 @@ in the same run. Recommends the cheapest configuration within a tolerance of the
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from .config import check_positive
+from .drift import draw_samples, psnr, rel_err, schedule_inputs
 from .errors import ConfigError
 from .unrolling import UNROLLABLE, solver_record
 
@@ -52,33 +52,6 @@ def _with_solver(ckpt, solver):
     return model.eval(), cfg
 
 
-def _inputs(ckpt, n: int, seed: int):
-    """Noisy test images x_t at timesteps spread evenly over the whole schedule."""
-    import numpy as np
-    import torch
-
-    from .data import load_images
-    from .diffusion import alphas_cumprod, q_sample
-
-    x0, _ = load_images(ckpt.config.data, "test")
-    g = torch.Generator().manual_seed(seed)
-    x0 = x0[torch.randperm(x0.shape[0], generator=g)[:n]]
-    T = ckpt.config.diffusion.timesteps
-    t = torch.as_tensor(np.round(np.linspace(0, T - 1, x0.shape[0])).astype(np.int64))
-    abar = torch.tensor(alphas_cumprod(ckpt.config.diffusion), dtype=torch.float32)
-    return q_sample(x0, t, torch.randn(x0.shape, generator=g), abar), t
-
-
-def _rel(a, b) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def _psnr(a, b) -> float:
-    """PSNR of images in [-1, 1] (peak-to-peak 2)."""
-    mse = float(((a - b) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
 def _latency(model, cfg, batch: int) -> float:
     import torch
 
@@ -91,11 +64,7 @@ def _latency(model, cfg, batch: int) -> float:
 
 
 def _samples(model, ckpt, n: int, steps: int, seed: int):
-    from .diffusion import sample
-
-    m = ckpt.config.model
-    return sample(model, n, (m.in_channels, m.image_size, m.image_size), ckpt.config.diffusion,
-                  sampler="ddim", steps=steps, seed=seed)
+    return draw_samples(model, ckpt.config, n, steps, seed)
 
 
 def _measure(model, cfg, ckpt, refs: dict, sweep: SweepConfig) -> dict:
@@ -106,9 +75,9 @@ def _measure(model, cfg, ckpt, refs: dict, sweep: SweepConfig) -> dict:
         eps = model(*refs["inputs"])
     drift = _samples(model, ckpt, sweep.drift_samples, sweep.sampler_steps, sweep.seed)
     return {
-        "eps_rel_err_vs_adaptive": _rel(eps, refs["adaptive"]),
-        "eps_rel_err_vs_trained": _rel(eps, refs["trained"]),
-        "sample_psnr_vs_trained": _psnr(drift, refs["samples"]),
+        "eps_rel_err_vs_adaptive": rel_err(eps, refs["adaptive"]),
+        "eps_rel_err_vs_trained": rel_err(eps, refs["trained"]),
+        "sample_psnr_vs_trained": psnr(drift, refs["samples"]),
         "latency_ms_b1": _latency(model, cfg, 1),
         "latency_ms_b16": _latency(model, cfg, 16),
     }
@@ -134,7 +103,7 @@ def solver_sweep(src, sweep: SweepConfig, *, progress: bool = True) -> dict:
     trained = ckpt.config.model.solver
     adaptive_model, _ = _with_solver(ckpt, SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5))
     adaptive_model.reset_nfe()
-    inputs = _inputs(ckpt, sweep.n_inputs, sweep.seed)
+    inputs = schedule_inputs(ckpt.config, sweep.n_inputs, sweep.seed)
     with torch.no_grad():
         refs = {"inputs": inputs, "trained": ckpt.model(*inputs), "adaptive": adaptive_model(*inputs)}
     refs["adaptive_nfe"] = adaptive_model.nfe  # on the n_inputs batch: dopri5's steps depend on it

@@ -19,7 +19,7 @@ from .diffusion import DiffusionConfig
 from .errors import ArtifactError, ConfigError
 from .models import CUNetConfig, ModelConfig, model_config_from_dict
 
-__all__ = ["TrainConfig", "train_config_from_dict", "train", "CHECKPOINT_KIND", "launch_data_parallel"]
+__all__ = ["TrainConfig", "train_config_from_dict", "train", "fit", "CHECKPOINT_KIND", "launch_data_parallel"]
 
 CHECKPOINT_KIND = "checkpoint"
 LR_SCHEDULES = ("cosine", "constant")
@@ -152,25 +152,23 @@ def _resume_state(out: Path, cfg: TrainConfig) -> dict | None:
     return load_train_state(art)
 
 
-def _progress_bar(enabled: bool):
+def _progress_bar(enabled: bool, label: str = "train"):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} it/s"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
     )
 
 
-def _optimizer_step(cfg: TrainConfig, net, model, opt, x0, abar, g, step: int) -> float:
-    """One AdamW step on the DDPM loss (scheduled lr, gradient clipping); returns the loss."""
+def _optimizer_step(cfg: TrainConfig, net, model, opt, x0, abar, g, step: int, loss_fn) -> float:
+    """One AdamW step on `loss_fn` (scheduled lr, gradient clipping); returns the loss."""
     import torch
-
-    from .diffusion import diffusion_loss
 
     for group in opt.param_groups:
         group["lr"] = _lr_at(cfg, step)
-    loss = diffusion_loss(net, x0, abar, generator=g)
+    loss = loss_fn(net, x0, abar, generator=g)
     if not torch.isfinite(loss):
         raise ConfigError(f"training diverged at step {step} (loss {loss.item()}); lower the lr")
     opt.zero_grad(set_to_none=True)
@@ -198,6 +196,39 @@ def _save(out: Path, cfg: TrainConfig, model, opt, ema: dict, step: int, *, fina
     return save_checkpoint(out, cfg, ema, step=step, train_state=state, samples=samples, replace=out.exists())
 
 
+def fit(cfg: TrainConfig, model, opt, ema: dict, images, *, start: int = 0, dist: _Dist | None = None, net=None,
+        loss_fn=None, progress: bool = True, label: str = "train", after_step=None) -> float:
+    """The training loop: AdamW steps start..cfg.steps on seeded batches of `images`, EMA, progress bar.
+
+    `loss_fn(net, x0, abar, generator=g)` defaults to the DDPM loss; `after_step(k)` runs after
+    the k-th step (checkpoint saves). `ema` (a state dict) is updated in place. Returns the last loss.
+    """
+    import torch
+
+    from .diffusion import alphas_cumprod, diffusion_loss
+
+    d = dist or _Dist(device=str(images.device))
+    loss_fn = loss_fn or diffusion_loss
+    abar = torch.tensor(alphas_cumprod(cfg.diffusion), dtype=torch.float32)
+    per_rank = cfg.batch_size // d.world
+    loss = float("nan")
+    with _progress_bar(progress and d.main, label) as bar:
+        task = bar.add_task(label, total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
+        t0, done = time.perf_counter(), 0
+        for step in range(start, cfg.steps):
+            g = _step_generator(cfg.seed, d.rank, step)
+            x0 = images[torch.randint(0, images.shape[0], (per_rank,), generator=g).to(d.device)]
+            loss = _optimizer_step(cfg, net or model, model, opt, x0, abar, g, step, loss_fn)
+            # Ramp the decay up ((1+k)/(10+k)) so the early, poor weights fade fast in short runs:
+            # a plain running mean up to the horizon kept them and raised FID 3x on digits.
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            done += 1
+            bar.update(task, advance=1, loss=loss, rate=done / (time.perf_counter() - t0))
+            if after_step is not None:
+                after_step(step + 1)
+    return loss
+
+
 def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: int | None = None):
     """Train a denoiser with the DDPM loss and write (or resume) the checkpoint artifact at `out`.
 
@@ -207,7 +238,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
 
     from .artifact import check_output_path
     from .data import image_channels, load_images
-    from .diffusion import alphas_cumprod
     from .models import build_model
 
     out = check_output_path(out, exist_ok=True)
@@ -241,29 +271,13 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
         net = torch.nn.parallel.DistributedDataParallel(model)
     images, _ = load_images(cfg.data, "train")
     images = images.to(d.device)
-    abar = torch.tensor(alphas_cumprod(cfg.diffusion), dtype=torch.float32)
-    per_rank = cfg.batch_size // d.world
 
-    def save(step: int, final: bool):
-        return _save(out, cfg, model, opt, ema, step, final=final, device=d.device)
+    def save_periodically(step: int):
+        if d.main and step % cfg.save_every == 0 and step < cfg.steps:
+            _save(out, cfg, model, opt, ema, step, final=False, device=d.device)
 
-    art = None
-    with _progress_bar(progress and d.main) as bar:
-        task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan"), rate=0.0)
-        t0, done = time.perf_counter(), 0
-        for step in range(start, cfg.steps):
-            g = _step_generator(cfg.seed, d.rank, step)
-            x0 = images[torch.randint(0, images.shape[0], (per_rank,), generator=g).to(d.device)]
-            loss = _optimizer_step(cfg, net, model, opt, x0, abar, g, step)
-            # Ramp the decay up ((1+k)/(10+k)) so the early, poor weights fade fast in short runs:
-            # a plain running mean up to the horizon kept them and raised FID 3x on digits.
-            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            done += 1
-            bar.update(task, advance=1, loss=loss, rate=done / (time.perf_counter() - t0))
-            if d.main and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-                save(step + 1, final=False)
-        if d.main:
-            art = save(cfg.steps, final=True)
+    fit(cfg, model, opt, ema, images, start=start, dist=d, net=net, progress=progress, after_step=save_periodically)
+    art = _save(out, cfg, model, opt, ema, cfg.steps, final=True, device=d.device) if d.main else None
     if d.world > 1:
         import torch.distributed as dist
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import check_choice, check_positive, to_dict
+from ..drift import error_by_timestep, psnr, rel_err
 from ..errors import ArtifactError, ConfigError
 from .calibration import CalibrationConfig
 
@@ -88,10 +89,6 @@ def _session(model_or_path, threads: int = 1):
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 class _Validator:
     """ε of a candidate vs the FP32 model on held-out inputs from the diffusion process (another seed)."""
 
@@ -100,19 +97,10 @@ class _Validator:
         self.ref = _session(fp32_path).run(["eps"], val)[0]
 
     def error(self, model) -> float:
-        return _rel(_session(model).run(["eps"], self.val)[0], self.ref)
+        return rel_err(_session(model).run(["eps"], self.val)[0], self.ref)
 
     def error_by_timestep(self, model, bins: int = 10) -> list[dict]:
-        out = _session(model).run(["eps"], self.val)[0]
-        t = self.val["t"]
-        edges = np.linspace(0, max(int(t.max()) + 1, 1), bins + 1)
-        rows = []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            sel = (t >= lo) & (t < hi)
-            if sel.any():
-                rows.append({"t_from": int(lo), "t_to": int(hi) - 1, "n": int(sel.sum()),
-                             "eps_rel_err": _rel(out[sel], self.ref[sel])})
-        return rows
+        return error_by_timestep(_session(model).run(["eps"], self.val)[0], self.ref, self.val["t"], bins)
 
 
 def _sensitivity(model, ranges, scheme, validator: _Validator) -> list[tuple[float, str]]:
@@ -238,8 +226,7 @@ def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> 
     for sess in (_session(fp32_path), _session(model)):
         imgs.append(sample(lambda x, t, s=sess: s.run(["eps"], {"x": x, "t": t})[0], n, shape, abar, steps=steps,
                            seed=0, batch_size=n))
-    mse = float(np.mean((imgs[0] - imgs[1]) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+    return psnr(imgs[1], imgs[0])
 
 
 def _sizes(fp32_path: Path, model) -> dict:

@@ -7,7 +7,7 @@ import pytest
 
 from cunet_edge.cli import COMMANDS
 
-HEAVY = ("onnxruntime", "tensorrt", "torch_tensorrt", "diffusers", "torchvision", "onnx")
+HEAVY = ("onnxruntime", "tensorrt", "torch_tensorrt", "diffusers", "torchvision", "onnx", "torch_pruning")
 
 
 def _modules_after(code: str) -> set[str]:

@@ -27,6 +27,7 @@ __all__ = [
     "SelfAttention",
     "timestep_embedding",
     "ACTIVATIONS",
+    "LAYER_WIDTHS",
 ]
 
 ACTIVATIONS = ("silu", "softplus")
@@ -87,6 +88,12 @@ class CUNetConfig:
     activation: str = "silu"
     time_emb_dim: int = 128
     solver: SolverConfig = field(default_factory=SolverConfig)
+    # Per-layer widths, set by pruning; None means the nominal width (base_channels × mult).
+    enc_widths: tuple[int, ...] | None = None  # encoder level l (the bottleneck runs at the last)
+    dec_widths: tuple[int, ...] | None = None  # decoder level l (after the skip merge)
+    up_widths: tuple[int, ...] | None = None  # decoder level l's resample output, l < levels - 1
+    ode_hidden: tuple[int, ...] | None = None  # each ODE block's inner width, in forward order
+    v0_hidden: tuple[int, ...] | None = None  # each ODE block's initial-velocity inner width
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, ["cunet"])
@@ -104,6 +111,26 @@ class CUNetConfig:
                 )
         if not isinstance(self.solver, SolverConfig):
             raise ConfigError(f"solver must be a SolverConfig, got {self.solver!r}")
+        self._check_layer_widths()
+
+    def _check_layer_widths(self) -> None:
+        """Per-layer widths: the right count, positive, and multiples of norm_groups where a GroupNorm reads them."""
+        levels = len(self.channel_mults)
+        blocks = 2 * levels + 2
+        for name, count, grouped in (("enc_widths", levels, True), ("dec_widths", levels, True),
+                                     ("up_widths", levels - 1, False), ("ode_hidden", blocks, True),
+                                     ("v0_hidden", blocks, False)):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if len(values) != count:
+                per = "ODE block" if count == blocks else "level"
+                raise ConfigError(f"{name} needs {count} entries (one per {per}), got {len(values)}")
+            for i, w in enumerate(values):
+                check_positive(f"{name}[{i}]", w)
+                if grouped and w % self.norm_groups:
+                    raise ConfigError(f"{name}[{i}] = {w} is not divisible by norm_groups {self.norm_groups}; "
+                                      "a GroupNorm reads this width")
 
     @property
     def widths(self) -> list[int]:
@@ -114,6 +141,25 @@ class CUNetConfig:
     def resolutions(self) -> list[int]:
         """Spatial size of each level, finest first."""
         return [self.image_size // 2**i for i in range(len(self.channel_mults))]
+
+    @property
+    def pruned(self) -> bool:
+        """Whether any per-layer width is set (by the prune stage)."""
+        return any(getattr(self, name) is not None for name in LAYER_WIDTHS)
+
+    @property
+    def layer_widths(self) -> dict[str, list[int]]:
+        """Every per-layer width, nominal where the config leaves it None (see the field comments)."""
+        w = self.widths
+        block_w = w + [w[-1]] * 2 + w[::-1]  # ODE blocks in forward order: encoder, bottleneck, decoder
+        nominal = {"enc_widths": w, "dec_widths": w, "up_widths": w[:-1], "ode_hidden": block_w,
+                   "v0_hidden": block_w}
+        out = {k: list(getattr(self, k)) if getattr(self, k) is not None else v for k, v in nominal.items()}
+        out["block_widths"] = out["enc_widths"] + [out["enc_widths"][-1]] * 2 + out["dec_widths"][::-1]
+        return out
+
+
+LAYER_WIDTHS = ("enc_widths", "dec_widths", "up_widths", "ode_hidden", "v0_hidden")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -138,13 +184,14 @@ class ODEFunc(nn.Module):
     conditioned on the diffusion timestep through `emb` (the paper's code dropped it).
     """
 
-    def __init__(self, channels: int, emb_dim: int, groups: int, activation: str):
+    def __init__(self, channels: int, emb_dim: int, groups: int, activation: str, hidden: int | None = None):
         super().__init__()
+        hidden = hidden or channels
         self.norm1 = nn.GroupNorm(groups, 2 * channels)
-        self.conv1 = nn.Conv2d(2 * channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, channels)
-        self.emb_proj = nn.Linear(emb_dim, 2 * channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(2 * channels, hidden, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, hidden)
+        self.emb_proj = nn.Linear(emb_dim, 2 * hidden)
+        self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1)
         self.act = make_activation(activation)
         self.nfe = 0
 
@@ -160,11 +207,12 @@ class ODEFunc(nn.Module):
 class InitialVelocity(nn.Module):
     """v0 = conv3×3(act(conv3×3(x))): the second-order block's starting velocity."""
 
-    def __init__(self, channels: int, activation: str):
+    def __init__(self, channels: int, activation: str, hidden: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        hidden = hidden or channels
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
         self.act = make_activation(activation)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.act(self.conv1(x)))
@@ -178,12 +226,13 @@ class ODEBlock(nn.Module):
     """
 
     def __init__(
-        self, channels: int, emb_dim: int, solver: SolverConfig, groups: int, activation: str
+        self, channels: int, emb_dim: int, solver: SolverConfig, groups: int, activation: str,
+        hidden: int | None = None, v0_hidden: int | None = None,
     ):
         super().__init__()
         self.solver = solver
-        self.init_velocity = InitialVelocity(channels, activation)
-        self.func = ODEFunc(channels, emb_dim, groups, activation)
+        self.init_velocity = InitialVelocity(channels, activation, v0_hidden)
+        self.func = ODEFunc(channels, emb_dim, groups, activation, hidden)
 
     def dynamics(
         self, x: torch.Tensor, v: torch.Tensor, emb: torch.Tensor
@@ -221,30 +270,42 @@ class ODEBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Residual multi-head self-attention over pixels: x + proj(softmax(qᵀk/√d) v)."""
+    """Residual multi-head self-attention over pixels: x + proj(softmax(qᵀk/√d) v).
 
-    def __init__(self, channels: int, heads: int, groups: int):
+    `inner` (default: channels) is the width of q, k and v; pruning narrows `channels` only.
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int, inner: int | None = None):
         super().__init__()
+        inner = inner or channels
         self.heads = heads
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Conv2d(channels, 3 * inner, 1)
+        self.proj = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        d = c // self.heads
+        b, _, h, w = x.shape
+        # The head size comes from qkv, not from x: pruning narrows x but keeps the heads whole.
+        d = self.qkv.out_channels // (3 * self.heads)
         # Plain matmul + softmax (no fused SDPA) keeps the ONNX graph simple to quantize.
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, d, h * w).unbind(1)
         attn = torch.softmax(q.transpose(-1, -2) @ k / math.sqrt(d), dim=-1)
-        out = (v @ attn.transpose(-1, -2)).reshape(b, c, h, w)
+        out = (v @ attn.transpose(-1, -2)).reshape(b, self.heads * d, h, w)
         return x + self.proj(out)
 
 
-def _attention(cfg: CUNetConfig, width: int, resolution: int) -> nn.Module:
-    """Self-attention at the listed resolutions, identity elsewhere."""
-    if resolution in cfg.attn_resolutions:
-        return SelfAttention(width, cfg.attn_heads, cfg.norm_groups)
+def _attention(cfg: CUNetConfig, width: int, level: int) -> nn.Module:
+    """Self-attention at the listed resolutions (q, k, v at the level's nominal width), identity elsewhere."""
+    if cfg.resolutions[level] in cfg.attn_resolutions:
+        return SelfAttention(width, cfg.attn_heads, cfg.norm_groups, inner=cfg.widths[level])
     return nn.Identity()
+
+
+def _ode_block(cfg: CUNetConfig, index: int) -> ODEBlock:
+    """The ODE block at position `index` in forward order, at its (possibly pruned) widths."""
+    lw = cfg.layer_widths
+    return ODEBlock(lw["block_widths"][index], cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation,
+                    hidden=lw["ode_hidden"][index], v0_hidden=lw["v0_hidden"][index])
 
 
 class EncoderLevel(nn.Module):
@@ -252,11 +313,11 @@ class EncoderLevel(nn.Module):
 
     def __init__(self, cfg: CUNetConfig, level: int):
         super().__init__()
-        widths, res = cfg.widths, cfg.resolutions
-        w = widths[level]
-        self.resample = nn.Conv2d(widths[level - 1], w, 1) if level > 0 else None
-        self.block = ODEBlock(w, cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation)
-        self.attn = _attention(cfg, w, res[level])
+        enc = cfg.layer_widths["enc_widths"]
+        w = enc[level]
+        self.resample = nn.Conv2d(enc[level - 1], w, 1) if level > 0 else None
+        self.block = _ode_block(cfg, level)
+        self.attn = _attention(cfg, w, level)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.resample is not None:
@@ -271,13 +332,15 @@ class DecoderLevel(nn.Module):
 
     def __init__(self, cfg: CUNetConfig, level: int):
         super().__init__()
-        widths, res = cfg.widths, cfg.resolutions
-        w = widths[level]
-        last = level == len(widths) - 1
-        self.resample = None if last else nn.Conv2d(widths[level + 1], w, 1)
-        self.merge = nn.Conv2d(2 * w, w, 1)
-        self.block = ODEBlock(w, cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation)
-        self.attn = _attention(cfg, w, res[level])
+        lw = cfg.layer_widths
+        enc, dec, levels = lw["enc_widths"], lw["dec_widths"], len(cfg.widths)
+        w = dec[level]
+        last = level == levels - 1
+        self.resample = None if last else nn.Conv2d(dec[level + 1], lw["up_widths"][level], 1)
+        up = enc[-1] if last else lw["up_widths"][level]  # the bottleneck's output feeds the last level
+        self.merge = nn.Conv2d(up + enc[level], w, 1)
+        self.block = _ode_block(cfg, 2 * levels + 1 - level)
+        self.attn = _attention(cfg, w, level)
 
     def forward(self, h: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.resample is not None:
@@ -293,10 +356,10 @@ class Bottleneck(nn.Module):
 
     def __init__(self, cfg: CUNetConfig):
         super().__init__()
-        w, r = cfg.widths[-1], cfg.resolutions[-1]
-        self.block1 = ODEBlock(w, cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation)
-        self.attn = _attention(cfg, w, r)
-        self.block2 = ODEBlock(w, cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation)
+        levels = len(cfg.widths)
+        self.block1 = _ode_block(cfg, levels)
+        self.attn = _attention(cfg, cfg.layer_widths["enc_widths"][-1], levels - 1)
+        self.block2 = _ode_block(cfg, levels + 1)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.block2(self.attn(self.block1(h, emb)), emb)
@@ -310,16 +373,17 @@ class ContinuousUNet(nn.Module):
         self.cfg = cfg
         d = cfg.time_emb_dim
         act = make_activation(cfg.activation)
+        lw = cfg.layer_widths
         self.time_mlp = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, d))
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels, lw["enc_widths"][0], 3, padding=1)
         levels = range(len(cfg.widths))
         self.encoder = nn.ModuleList(EncoderLevel(cfg, i) for i in levels)
         self.bottleneck = Bottleneck(cfg)
         self.decoder = nn.ModuleList(DecoderLevel(cfg, i) for i in reversed(levels))
         self.head = nn.Sequential(
-            nn.GroupNorm(cfg.norm_groups, cfg.widths[0]),
+            nn.GroupNorm(cfg.norm_groups, lw["dec_widths"][0]),
             make_activation(cfg.activation),
-            nn.Conv2d(cfg.widths[0], cfg.in_channels, 1),
+            nn.Conv2d(lw["dec_widths"][0], cfg.in_channels, 1),
         )
 
     def embed_time(self, t: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:

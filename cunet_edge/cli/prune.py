@@ -1,0 +1,48 @@
+"""`cunet-edge prune`: remove channels from a continuous U-Net to a MACs or parameter target, then fine-tune."""
+
+import click
+
+from ._common import JSON_OPTION, write_json
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--target-macs", type=float, help="Keep at most this fraction of the parent's MACs per call, in (0, 1).")
+@click.option("--target-params", type=float, help="Keep at most this fraction of the parent's parameters, in (0, 1).")
+@click.option("--importance", help="taylor (diffusion-loss gradients over the schedule; default) or l1.")
+@click.option("--scope", help="global (default: one ranking across layers) or local (one ratio in every layer).")
+@click.option("--iterative-steps", type=int, help="Rounds of prune + fine-tune, importance re-estimated (default 1).")
+@click.option("--importance-batches", type=int,
+              help="Batches of Taylor gradients, timesteps stratified over the schedule (default 8).")
+@click.option("--ratio-step", type=float, help="Spacing of the pruning ratios scanned at each round (default 0.01).")
+@click.option("--select", help="Among ratios meeting the target: least-error (default: closest eps to the parent) "
+                               "or largest (the most MACs/params kept).")
+@click.option("--finetune-steps", type=int, help="Fine-tuning optimizer steps after pruning (default 500; 0: none).")
+@click.option("--distill-weight", type=float, help="Weight of the MSE to the parent's eps in the loss (default 20).")
+@click.option("--lr", type=float, help="Peak fine-tuning learning rate (default 1e-3).")
+@click.option("--batch-size", type=int, help="Batch size of importance estimation and fine-tuning (default 64).")
+@click.option("--seed", type=int, help="Seed of the importance batches, fine-tuning and drift (default 0).")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@click.option("--out", required=True, type=click.Path(), help="Directory of the pruned artifact.")
+@JSON_OPTION
+def prune(artifact, target_macs, target_params, importance, scope, iterative_steps, importance_batches, ratio_step,
+          select, finetune_steps, distill_weight, lr, batch_size, seed, threads, progress, out, json_path):
+    """Prune ARTIFACT (a continuous U-Net checkpoint, unrolled or not) and fine-tune it toward its parent."""
+    from ..artifact import check_output_path
+    from ..pruning import PruneConfig
+    from ..pruning import prune as run_prune
+
+    options = dict(target_macs=target_macs, target_params=target_params, importance=importance, scope=scope,
+                   iterative_steps=iterative_steps, importance_batches=importance_batches, ratio_step=ratio_step,
+                   select=select, finetune_steps=finetune_steps, distill_weight=distill_weight, lr=lr,
+                   batch_size=batch_size, seed=seed)
+    cfg = PruneConfig(**{k: v for k, v in options.items() if v is not None})
+    check_output_path(out)
+    art = run_prune(artifact, cfg, out, progress=progress, threads=threads)
+    p, d = art.manifest["pruning"], art.manifest["drift"]
+    click.echo(f"{art.path}  {art.kind} pruned ({p['importance']}): {p['macs_ratio']:.3f}x MACs, "
+               f"{p['params_ratio']:.3f}x params; eps rel err vs parent {d['after_pruning']['eps_rel_err']:.3f} "
+               f"after pruning, {d['eps_rel_err']:.3f} after {p['finetune']['steps']} fine-tuning steps; "
+               f"sample PSNR {d['sample_psnr_vs_parent']:.1f} dB")
+    write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "kind": art.kind, **p, "drift": d})

@@ -1,0 +1,376 @@
+"""The prune stage: structured channel pruning of the continuous U-Net, then fine-tuning with distillation.
+
+Channels are removed physically, through Torch-Pruning's dependency graph rather than rules
+written per layer: the graph couples every layer that shares a channel dimension, so the ODE
+state x and its velocity v, the skip concatenations, the timestep scale/shift projections and
+the GroupNorm groups (pruned evenly in every group) stay consistent, and an ODE function
+used at every solver stage is pruned once for all of them.
+
+1. Importance: Taylor |w · ∂L/∂w| of the diffusion loss, its gradients summed over batches
+   whose timesteps are stratified over the whole schedule (Diff-Pruning), or L1 magnitude.
+2. Target: a fraction of the parent's MACs or parameters, reached in `iterative_steps` rounds
+   (importance re-estimated at each, the fine-tuning budget shared between them). The widths
+   that pruning ratios give move in jumps (a GroupNorm of 8 groups over 16 channels can only
+   keep 8 or 16), and MACs are not monotonic in the ratio, so a grid of ratios is pruned and
+   measured, and among those that meet the round's target the one closest to the parent's ε
+   on held-out inputs is kept (or the largest).
+3. The pruned widths go into the model config; the model is rebuilt from config + weights.
+4. Fine-tuning after each round: the training loop (`training.fit`) on the diffusion loss plus
+   distillation toward the parent's ε. The artifact records its drift against the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import check_choice, check_positive, to_dict
+from .errors import ConfigError
+
+__all__ = ["PruneConfig", "prune", "PRUNABLE_KINDS", "IMPORTANCES", "SCOPES", "SELECTIONS"]
+
+PRUNABLE_KINDS = ("checkpoint", "unrolled", "pruned")
+# An unrolled parent gives a `pruned` artifact (solver baked in, exportable); a checkpoint a checkpoint.
+OUT_KIND = {"checkpoint": "checkpoint", "unrolled": "pruned", "pruned": "pruned"}
+IMPORTANCES = ("taylor", "l1")
+SCOPES = ("global", "local")
+SELECTIONS = ("least-error", "largest")
+INSTALL_HINT = "pip install 'cunet-edge[prune]' (or pip install 'torch-pruning>=1.5')"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Target, importance, how the widths are searched, and the fine-tuning that follows."""
+
+    target_macs: float | None = None
+    target_params: float | None = None
+    importance: str = "taylor"
+    scope: str = "global"  # global: one ranking across layers; local: the same ratio in every layer
+    iterative_steps: int = 1  # rounds of prune + fine-tune (finetune_steps shared between them)
+    ratio_step: float = 0.01  # grid of pruning ratios scanned at each step
+    select: str = "least-error"  # among ratios that meet the step's target: least ε error, or largest model
+    importance_batches: int = 8
+    finetune_steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    distill_weight: float = 20.0  # best FID of 1, 10, 20, 100 on digits (README)
+    seed: int = 0
+    val_n: int = 64
+    drift_samples: int = 16
+    drift_sampler_steps: int = 20
+
+    def __post_init__(self):
+        given = [n for n in ("target_macs", "target_params") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ConfigError("give exactly one target: --target-macs F or --target-params F (a fraction in (0, 1))")
+        value = getattr(self, given[0])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{given[0]} must be a fraction of the parent's in (0, 1), got {value!r}")
+        check_choice("importance", self.importance, IMPORTANCES)
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("select", self.select, SELECTIONS)
+        for name in ("iterative_steps", "importance_batches", "batch_size", "lr", "val_n", "drift_samples",
+                     "drift_sampler_steps"):
+            check_positive(name, getattr(self, name))
+        for name in ("finetune_steps", "warmup_steps", "distill_weight"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if not 0 < self.ratio_step < 1:
+            raise ConfigError(f"ratio_step must be in (0, 1), got {self.ratio_step}")
+
+    @property
+    def metric(self) -> str:
+        return "macs" if self.target_macs is not None else "params"
+
+    @property
+    def target(self) -> float:
+        return self.target_macs if self.target_macs is not None else self.target_params
+
+
+def _load_source(src):
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(src, kinds=PRUNABLE_KINDS)
+    if ckpt.config.model.arch != "cunet":
+        raise ConfigError(f"{src} is a {ckpt.config.model.arch!r} model; prune needs a continuous U-Net (cunet)")
+    return ckpt
+
+
+def _check_reachable(ckpt, cfg: PruneConfig, base: dict) -> float:
+    """Refuse, before any work, a target below the model with every width at its floor; returns that floor."""
+    from .models import build_model, profile_model
+    from .models.cunet import LAYER_WIDTHS
+
+    m = ckpt.config.model
+    g = m.norm_groups
+    floors = {"enc_widths": g, "dec_widths": g, "ode_hidden": g, "up_widths": 1, "v0_hidden": 1}
+    smallest = dataclasses.replace(m, **{k: tuple(floors[k] for _ in m.layer_widths[k]) for k in LAYER_WIDTHS})
+    floor = profile_model(build_model(smallest), m)[cfg.metric] / base[cfg.metric]
+    if cfg.target < floor:
+        raise ConfigError(
+            f"target-{cfg.metric} {cfg.target:g} cannot be reached: with every width at its floor (norm_groups = {g} "
+            f"channels where a GroupNorm reads it, 1 elsewhere) the model keeps {floor:.3f}x the {cfg.metric}; a "
+            "smaller target would leave a layer with no channels or break its GroupNorm groups")
+    return floor
+
+
+@contextlib.contextmanager
+def _traceable(model):
+    """Run the ODE blocks through one unrolled midpoint step while the dependency graph is traced.
+
+    torchdiffeq flattens the (x, v) state into one vector, which hides the channel coupling; the
+    explicit loop calls the same modules on the same tensors, so the coupling it shows holds for
+    every solver. Midpoint, because its x(1) reads an ODE-function evaluation (Euler's one step
+    would leave the function off the path to the output, and so out of the graph).
+    """
+    blocks = model.ode_blocks()
+    saved = [b.solver for b in blocks]
+    for b in blocks:
+        b.solver = dataclasses.replace(b.solver, method="midpoint", steps=1, adjoint=False, unrolled=True)
+    try:
+        yield
+    finally:
+        for b, s in zip(blocks, saved):
+            b.solver = s
+
+
+def _pruner(tp, model, ratio: float, cfg: PruneConfig):
+    """Torch-Pruning's MetaPruner over the U-Net, with what must stay whole left out."""
+    import torch
+
+    from .models.cunet import SelfAttention
+
+    m = model.cfg
+    # The timestep MLP feeds every block (tiny); the head's conv writes the image channels; the
+    # qkv convs keep q/k/v and the heads whole (tracing their reshape into heads hangs the graph).
+    ignored = [model.time_mlp, model.head[-1]] + [a.qkv for a in model.modules() if isinstance(a, SelfAttention)]
+    # emb_proj yields scale and shift (chunked in two) for a GroupNorm: prune both halves, every group alike.
+    groups = {b.func.emb_proj: 2 * m.norm_groups for b in model.ode_blocks()}
+    p = next(model.parameters())
+    example = (torch.zeros(1, m.in_channels, m.image_size, m.image_size, dtype=p.dtype, device=p.device),
+               torch.full((1,), 500, device=p.device))
+    importance = (tp.importance.GroupTaylorImportance() if cfg.importance == "taylor"
+                  else tp.importance.GroupMagnitudeImportance(p=1))
+    with _traceable(model):
+        return tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
+                                    global_pruning=cfg.scope == "global", ignored_layers=ignored,
+                                    in_channel_groups={}, out_channel_groups=groups, round_to=None)
+
+
+def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> None:
+    """Sum ∂L/∂w of the diffusion loss over batches, each with one timestep per stratum of the schedule."""
+    import torch
+
+    from .diffusion import alphas_cumprod, q_sample
+
+    device = next(model.parameters()).device
+    abar = torch.tensor(alphas_cumprod(train_cfg.diffusion), dtype=torch.float32)
+    T, n = abar.shape[0], cfg.batch_size
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    model.zero_grad(set_to_none=True)
+    for _ in range(cfg.importance_batches):
+        x0 = images[torch.randint(0, images.shape[0], (n,), generator=g)].to(device)
+        t = ((torch.arange(n) + torch.rand(n, generator=g)) * T / n).long().clamp(max=T - 1).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        loss = torch.nn.functional.mse_loss(model(q_sample(x0, t, noise, abar), t), noise)
+        loss.backward()
+    for p in model.parameters():  # unreached by the loss (one Euler step never reads the ODE function): no importance
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def _candidate(tp, model, ratio: float, cfg: PruneConfig):
+    """A copy of `model` (with its gradients, for Taylor importance) pruned at `ratio`."""
+    cand = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), cand.parameters()):
+        q.grad = None if p.grad is None else p.grad.clone()
+    _pruner(tp, cand, ratio, cfg).step()
+    return cand
+
+
+def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig):
+    """Scan the ratio grid; of the candidates meeting `goal` (fraction of base) keep the one `cfg.select` says."""
+    import torch
+
+    from .drift import rel_err
+    from .models import profile_model
+
+    ratios = [round(cfg.ratio_step * i, 6) for i in range(1, int(round(1 / cfg.ratio_step)))]
+    rows, best = [], None
+    for r in ratios:
+        cand = _candidate(tp, model, r, cfg)
+        cost = profile_model(cand, model.cfg)
+        row = {"ratio": r, "macs": cost["macs"] / base["macs"], "params": cost["params"] / base["params"]}
+        if row[cfg.metric] <= goal:
+            with torch.no_grad():
+                row["eps_rel_err"] = rel_err(cand(*val), ref)
+            key = (-row["eps_rel_err"], row[cfg.metric]) if cfg.select == "least-error" else \
+                (row[cfg.metric], -row["eps_rel_err"])
+            if best is None or key > best[2]:
+                best = (cand, row, key)
+        rows.append(row)
+    if best is None:
+        closest = min(r[cfg.metric] for r in rows)
+        other = "local" if cfg.scope == "global" else "global"
+        raise ConfigError(f"no pruning ratio on the grid brings the {cfg.metric} to {goal:.3f}x of the parent's "
+                          f"(the least reached: {closest:.3f}x); try --scope {other}, a finer --ratio-step, "
+                          "or a larger target")
+    return best[0], {"goal": goal, **best[1], "candidates": rows}
+
+
+def _pruned_config(m, model):
+    """The model config with the widths the pruned modules really have."""
+    levels = len(m.widths)
+    dec = {levels - 1 - i: lv for i, lv in enumerate(model.decoder)}  # the decoder runs coarsest first
+    blocks = model.ode_blocks()
+    return dataclasses.replace(
+        m,
+        enc_widths=tuple(lv.block.func.conv2.out_channels for lv in model.encoder),
+        dec_widths=tuple(dec[lv].merge.out_channels for lv in range(levels)),
+        up_widths=tuple(dec[lv].resample.out_channels for lv in range(levels - 1)),
+        ode_hidden=tuple(b.func.conv1.out_channels for b in blocks),
+        v0_hidden=tuple(b.init_velocity.conv1.out_channels for b in blocks),
+    )
+
+
+def _rebuild(model_cfg, state: dict, device):
+    """A fresh model from the config, loaded strictly with `state`: the pruned widths must be all it takes."""
+    from .models import build_model
+
+    model = build_model(model_cfg).to(device)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _finetune(model, teacher, images, train_cfg, cfg: PruneConfig, steps: int, round_: int,
+              progress: bool) -> tuple[dict, float]:
+    """The training loop on the diffusion loss + distill_weight × ‖ε − ε_parent‖²; returns (EMA, last loss)."""
+    import functools
+
+    import torch
+
+    from .diffusion import diffusion_loss
+    from .training import fit
+
+    ft = dataclasses.replace(train_cfg, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                             warmup_steps=min(cfg.warmup_steps, steps), seed=cfg.seed + round_ - 1)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=train_cfg.weight_decay)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loss_fn = functools.partial(diffusion_loss, teacher=teacher, distill_weight=cfg.distill_weight)
+    label = "finetune" if cfg.iterative_steps == 1 else f"finetune {round_}/{cfg.iterative_steps}"
+    last = fit(ft, model, opt, ema, images, loss_fn=loss_fn, progress=progress, label=label)
+    return ema, last
+
+
+def _validation(parent, cfg: PruneConfig, device) -> tuple:
+    """Held-out noisy test images over the schedule (not the drift's seed) and the parent's ε on them."""
+    import torch
+
+    from .drift import schedule_inputs
+
+    x, t = schedule_inputs(parent.config, cfg.val_n, cfg.seed + 1)
+    val = (x.to(device), t.to(device))
+    with torch.no_grad():
+        return val, parent.model(*val)
+
+
+def _finetune_shares(cfg: PruneConfig) -> list[int]:
+    """Fine-tuning steps after each pruning step: the budget split evenly, the remainder last."""
+    share = cfg.finetune_steps // cfg.iterative_steps
+    return [share] * (cfg.iterative_steps - 1) + [cfg.finetune_steps - share * (cfg.iterative_steps - 1)]
+
+
+def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, progress: bool) -> tuple:
+    """K rounds of: importance (re-estimated), prune toward the target (k/K of the way), rebuild, fine-tune a share.
+
+    Returns the model, its config, a record per round and the drift right after the last pruning.
+    """
+    import torch
+
+    from .drift import rel_err
+
+    val, ref = _validation(parent, cfg, device)
+    model, rounds = copy.deepcopy(parent.model).requires_grad_(True), []
+    for k, steps in enumerate(_finetune_shares(cfg), 1):
+        t0 = time.perf_counter()
+        if cfg.importance == "taylor":
+            _taylor_gradients(model, images, parent.config, cfg, k)
+        goal = 1 - (1 - cfg.target) * k / cfg.iterative_steps
+        work, record = _prune_step(tp, model, goal, base, val, ref, cfg)
+        model_cfg = _pruned_config(parent.config.model, work)
+        model = _rebuild(model_cfg, work.state_dict(), device)
+        if k == cfg.iterative_steps:
+            after_pruning = _drift(model, parent, cfg)
+        t1 = time.perf_counter()
+        record.update(finetune_steps=steps, seconds={"prune": t1 - t0})
+        if steps:
+            ema, record["finetune_last_loss"] = _finetune(model, parent.model, images, parent.config, cfg, steps, k,
+                                                          progress)
+            model = _rebuild(model_cfg, ema, device)
+            with torch.no_grad():
+                record["eps_rel_err_after_finetune"] = rel_err(model(*val), ref)
+        record["seconds"]["finetune"] = time.perf_counter() - t1
+        rounds.append(record)
+    return model, model_cfg, rounds, after_pruning
+
+
+def _drift(model, parent, cfg: PruneConfig) -> dict:
+    from .drift import torch_drift
+
+    return torch_drift(model, parent.model, parent.config, n_inputs=cfg.val_n, samples=cfg.drift_samples,
+                       sampler_steps=cfg.drift_sampler_steps, seed=cfg.seed)
+
+
+def _record(cfg: PruneConfig, base: dict, cost: dict, model_cfg, rounds: list[dict], floor: float) -> dict:
+    """What the manifest keeps of the pruning: target, cost before and after, widths, rounds, fine-tuning, times."""
+    return {
+        "config": to_dict(cfg), "metric": cfg.metric, "target": cfg.target, "floor": floor,
+        "importance": cfg.importance, "scope": cfg.scope, "iterative_steps": rounds,
+        "before": {k: base[k] for k in ("params", "macs", "nfe_per_call")},
+        "after": {k: cost[k] for k in ("params", "macs", "nfe_per_call")},
+        "macs_ratio": cost["macs"] / base["macs"], "params_ratio": cost["params"] / base["params"],
+        "widths": {k: v for k, v in model_cfg.layer_widths.items() if k != "block_widths"},
+        "finetune": {"steps": cfg.finetune_steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                     "distill_weight": cfg.distill_weight, "last_loss": rounds[-1].get("finetune_last_loss")},
+        "seconds": {"prune": sum(r["seconds"]["prune"] for r in rounds),
+                    "finetune": sum(r["seconds"]["finetune"] for r in rounds)},
+    }
+
+
+def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, threads: int | None = None):
+    """Stage: a continuous U-Net model artifact → the same network with channels removed, fine-tuned."""
+    import torch
+
+    from .artifact import check_output_path
+    from .checkpoint import save_checkpoint
+    from .data import load_images
+    from .errors import import_backend
+    from .models import profile_model
+
+    tp = import_backend("torch_pruning", "torch-pruning", INSTALL_HINT)
+    check_output_path(out)
+    parent = _load_source(src)
+    base = profile_model(parent.model, parent.config.model)
+    floor = _check_reachable(parent, cfg, base)
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parent.model.to(device).requires_grad_(False)
+    images = load_images(parent.config.data, "train")[0].to(device)
+    t0 = time.perf_counter()
+    model, model_cfg, rounds, after_pruning = _prune_and_finetune(tp, parent, images, base, cfg, device, progress)
+    drift = _drift(model, parent, cfg) | {"after_pruning": after_pruning}
+    record = _record(cfg, base, profile_model(model, model_cfg), model_cfg, rounds, floor)
+    record["seconds"]["total"] = time.perf_counter() - t0
+    man = parent.artifact.manifest
+    extra = {"pruning": record, "drift": drift}
+    if "solver" in man:  # an unrolled parent: the baked-in solver travels on
+        extra |= {"solver": man["solver"], "trained_solver": man.get("trained_solver")}
+    train_cfg = dataclasses.replace(parent.config, model=model_cfg)
+    return save_checkpoint(Path(out), train_cfg, model.state_dict(), step=man.get("train_step", 0), train_state=None,
+                           kind=OUT_KIND[parent.artifact.kind], stage="prune", parent=parent.artifact, extra=extra)
