@@ -27,6 +27,7 @@ COMMANDS = {
     "devices": "cunet_edge.cli.devices:devices",
     "estimate": "cunet_edge.cli.estimate:estimate",
     "deploy": "cunet_edge.cli.deploy:deploy",
+    "report": "cunet_edge.cli.report:report",
 }
 
 _SUMMARIES = {
@@ -41,6 +42,7 @@ _SUMMARIES = {
     "devices": "Device profiles (Jetson/desktop/datacenter GPUs) and what each can run.",
     "estimate": "Roofline latency of an ONNX artifact on a device profile (or calibrated on this CPU).",
     "deploy": "Self-contained bundle of an ONNX artifact for a board; --host runs it over ssh.",
+    "report": "Accuracy-vs-latency report of every artifact under a run (md, html, csv, json, Pareto plot).",
 }
 
 
