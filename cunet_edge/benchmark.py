@@ -235,6 +235,7 @@ def _result(runner, cfg: BenchConfig, call_ms, image_ms, image_batch, peak) -> d
     out = {"artifact": str(runner.artifact.path), "artifact_id": runner.artifact.manifest.get("id"),
            "kind": runner.artifact.kind, **runner.describe(), "batch": cfg.batch, **stats,
            "images_per_s": cfg.batch / (stats["mean_ms"] / 1e3), "image_latency_ms": float(np.median(image_ms)),
+           "image_p90_ms": float(np.percentile(image_ms, 90)), "image_reps": len(image_ms),
            "image_batch": image_batch, "sampler": cfg.sampler, "sampler_steps": cfg.sampler_steps,
            "solver": runner.artifact.manifest.get("solver"), "macs_per_call": cost.get("macs"),
            "params": cost.get("params"), "nfe_per_call": cost.get("nfe_per_call"),

@@ -23,10 +23,12 @@ def test_bench_compares_torch_and_onnxruntime(tiny_unrolled, tiny_onnx, tmp_path
     assert [r["runtime"] for r in rows] == ["torch", "onnxruntime", "torch"]
     for r in rows:
         for key in ("runtime", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s",
-                    "peak_mem_mb", "image_latency_ms", "sampler_steps", "gflops_achieved", "fraction_of_matmul_peak"):
+                    "peak_mem_mb", "image_latency_ms", "image_p90_ms", "sampler_steps", "gflops_achieved",
+                    "fraction_of_matmul_peak"):
             assert key in r, key
         assert r["batch"] == 2 and r["sampler_steps"] == 2 and r["iters"] >= 3
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["peak_mem_mb"] > 10
+        assert r["image_latency_ms"] <= r["image_p90_ms"] and r["image_reps"] == 3
         assert r["images_per_s"] == pytest.approx(2 / (r["mean_ms"] / 1e3))
         assert r["solver"]["method"] == "rk4" and r["macs_per_call"] == rows[0]["macs_per_call"] > 0
     assert rows[0]["speedup_vs_first"] == 1.0

@@ -7,7 +7,8 @@ import pytest
 
 from cunet_edge.cli import COMMANDS
 
-HEAVY = ("onnxruntime", "tensorrt", "torch_tensorrt", "diffusers", "torchvision", "onnx", "torch_pruning")
+HEAVY = ("onnxruntime", "tensorrt", "torch_tensorrt", "diffusers", "torchvision", "onnx", "torch_pruning",
+         "matplotlib")
 
 
 def _modules_after(code: str) -> set[str]:
@@ -20,7 +21,8 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_import_cunet_edge_is_light():
-    mods = _modules_after("import cunet_edge, cunet_edge.export, cunet_edge.quantize, cunet_edge.runtimes, cunet_edge.devices")
+    mods = _modules_after("import cunet_edge, cunet_edge.export, cunet_edge.quantize, cunet_edge.runtimes, cunet_edge.devices, "
+                          "cunet_edge.report.stage, cunet_edge.report.render, cunet_edge.report.plot")
     assert not {m for m in mods if m.split(".")[0] in HEAVY + ("torch",)}
 
 

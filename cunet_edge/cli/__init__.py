@@ -29,6 +29,7 @@ COMMANDS = {
     "estimate": "cunet_edge.cli.estimate:estimate",
     "deploy": "cunet_edge.cli.deploy:deploy",
     "pipeline": "cunet_edge.cli.pipeline:pipeline",
+    "report": "cunet_edge.cli.report:report",
 }
 
 _SUMMARIES = {
@@ -45,6 +46,7 @@ _SUMMARIES = {
     "estimate": "Roofline latency of an ONNX artifact on a device profile (or calibrated on this CPU).",
     "deploy": "Self-contained bundle of an ONNX artifact for a board; --host runs it over ssh.",
     "pipeline": "Run a TOML recipe of stages (train → unroll → prune → export → quantize → bench → report).",
+    "report": "Accuracy-vs-latency report of every artifact under a run (md, html, csv, json, Pareto plot).",
 }
 
 

@@ -1,0 +1,317 @@
+"""Gathering a run: its artifacts, their lineage, the facts each one carries, and its measured variants.
+
+Each directory under the run that holds a manifest.json is an artifact. Its `parent` links give
+the lineage back to the FP32 checkpoint it came from (matched by id first, so a moved run still
+links; followed outside the run when the parent lives elsewhere). A *variant* is one (artifact,
+runtime, precision, sampler, sampler steps) found in the artifact's metrics.json:
+`bench:<runtime>:b<B>` sections give latency per call and per image, `evaluate` gives FID/KID.
+An artifact with no measurements still gets a row (params, MACs, size on disk). Nothing here is
+special to a stage: a stage's own drift record (`drift` or `verification` in its manifest) and a
+`prune` record anywhere up the lineage are read wherever they appear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifact import MANIFEST, Artifact
+from ..errors import ArtifactError, CunetEdgeError
+
+__all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_rows", "variant_label",
+           "recorded_drift", "DEFAULT_SAMPLER"]
+
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)")
+DEFAULT_SAMPLER = ("ddim", 50)  # what bench and evaluate use by default; grids of unmeasured artifacts too
+
+
+@dataclass(eq=False)
+class Node:
+    """One artifact in the lineage forest: the loaded artifact, where it sits, and what was measured on it."""
+
+    art: Artifact
+    name: str  # path relative to the run dir (absolute for an ancestor outside it)
+    in_run: bool = True
+    parent: Node | None = None
+    parent_note: str | None = None  # why the recorded parent could not be followed
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    eps: Any = None  # ε on the lineage's common inputs (numpy), when it ran here
+    grids: dict[tuple[str, int], Any] = field(default_factory=dict)  # (sampler, steps) -> images
+    grid_files: dict[tuple[str, int], str] = field(default_factory=dict)
+    estimates: dict[str, dict | str] = field(default_factory=dict)  # device -> figures, or why none
+    reference: Node | None = None  # the lineage's node every ε and grid is compared with (its root, if it ran)
+
+    @property
+    def kind(self) -> str:
+        return self.art.kind
+
+    def lineage(self) -> list[Node]:
+        """Root first, this node last."""
+        chain, node = [], self
+        while node is not None and node not in chain:  # a cycle can only come from hand-edited manifests
+            chain.append(node)
+            node = node.parent
+        return chain[::-1]
+
+
+# --- gathering ------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def find_artifacts(run_dir: str | Path) -> tuple[list[Node], list[dict]]:
+    """Every artifact directory under run_dir (itself included), and the directories skipped with the reason."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ArtifactError(f"run directory {run_dir} does not exist" if not run_dir.exists()
+                            else f"{run_dir} is a file; give the directory that holds the run's artifacts")
+    nodes, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        # Hidden folders are in-progress writes (.name.tmp-*) or swapped-out old copies.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if MANIFEST not in filenames:
+            continue
+        dirnames[:] = []  # an artifact's sub-folders (train_state/, calibration/) are payload
+        path = Path(dirpath)
+        name = path.relative_to(run_dir).as_posix() if path != run_dir else path.name
+        try:
+            art = Artifact.load(path)
+        except ArtifactError as exc:
+            skipped.append({"path": name, "reason": str(exc)})
+            continue
+        node = Node(art, name)
+        metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+        if not isinstance(metrics, dict):
+            node.notes.append("metrics.json is unreadable; its measurements are left out")
+            metrics = {}
+        node.metrics = metrics
+        nodes.append(node)
+    if not nodes:
+        raise ArtifactError(f"no artifacts under {run_dir}: no directory in it holds a valid {MANIFEST}"
+                            + (f" ({len(skipped)} skipped: {skipped[0]['reason']})" if skipped else ""))
+    return nodes, skipped
+
+
+def _match(rec: dict, by_path: dict[Path, Node], by_id: dict[str, list[Node]]) -> Node | None:
+    """The recorded parent: at its recorded path if that is the same artifact, else the artifact with its id.
+
+    Copies of one artifact share its id (the id hashes the files), so among several the one whose
+    folder name matches the recorded path's wins, then the first by name.
+    """
+    path = Path(rec.get("path", "")).resolve()
+    at_path = by_path.get(path)
+    if at_path is not None and at_path.art.manifest.get("id") == rec.get("id"):
+        return at_path
+    same = sorted(by_id.get(rec.get("id"), []) if rec.get("id") else [],
+                  key=lambda n: (n.art.path.name != path.name, n.name))
+    return same[0] if same else None
+
+
+def link_lineage(nodes: list[Node]) -> list[Node]:
+    """Set each node's parent (loading ancestors outside the run when needed); returns the ancestors added."""
+    by_id: dict[str, list[Node]] = {}
+    for n in nodes:
+        by_id.setdefault(n.art.manifest.get("id"), []).append(n)
+    by_path = {n.art.path.resolve(): n for n in nodes}
+    outside: list[Node] = []
+    pending = list(nodes)
+    while pending:
+        node = pending.pop()
+        rec = node.art.manifest.get("parent")
+        if not rec:
+            continue
+        found = _match(rec, by_path, by_id)
+        if found is None:
+            found = _load_outside(rec, node)
+            if found is not None:
+                by_id.setdefault(found.art.manifest.get("id"), []).append(found)
+                by_path[found.art.path.resolve()] = found
+                outside.append(found)
+                pending.append(found)
+        node.parent = found
+    return outside
+
+
+def _load_outside(rec: dict, child: Node) -> Node | None:
+    if not rec.get("path"):
+        child.parent_note = "its manifest names a parent without a path"
+        return None
+    path = Path(rec["path"])
+    try:
+        art = Artifact.load(path, verify=False)
+    except ArtifactError as exc:
+        child.parent_note = f"parent not followed: {exc}"
+        return None
+    if rec.get("id") and art.manifest.get("id") != rec["id"]:
+        child.parent_note = f"parent {path} was replaced since (id {art.manifest.get('id')}, recorded {rec['id']})"
+        return None
+    return Node(art, str(path), in_run=False)
+
+
+def _train_config(node: Node) -> dict:
+    data = _read_json(node.art.file("config.json"))
+    return data if isinstance(data, dict) else {}
+
+
+def _solver_text(node: Node) -> str | None:
+    rec = node.art.manifest.get("solver")
+    if rec:
+        return f"{rec['method']} x{rec['steps']}"
+    model = _train_config(node).get("model") or {}
+    if model.get("arch") == "unet":
+        return "none (U-Net)"
+    s = model.get("solver")
+    if not s:
+        return None
+    if s.get("method") in ADAPTIVE_SOLVERS:
+        return f"{s['method']} rtol={s.get('rtol')} · torchdiffeq"
+    return f"{s.get('method')} x{s.get('steps')} · torchdiffeq"
+
+
+def _model_bytes(art: Artifact) -> int:
+    """Bytes of the model payload (model.onnx, model.safetensors, model.engine, ...), else of every file."""
+    files = art.manifest.get("files", {})
+    model = [m["bytes"] for n, m in files.items() if "/" not in n and n.startswith("model.")]
+    return sum(model) if model else sum(m["bytes"] for m in files.values())
+
+
+def _cost(node: Node) -> dict:
+    """params / MACs / NFE per call: recorded by the stage, else by a bench run, else counted now (inspect)."""
+    cost = dict(node.art.manifest.get("model_cost") or {})
+    for sec, rec in node.metrics.items():
+        if BENCH_SECTION.fullmatch(sec) and isinstance(rec, dict):
+            cost.setdefault("params", rec.get("params"))
+            cost.setdefault("macs", rec.get("macs_per_call"))
+            cost.setdefault("nfe_per_call", rec.get("nfe_per_call"))
+    from ..checkpoint import MODEL_KINDS
+
+    if (cost.get("params") is None or cost.get("macs") is None) and node.kind in MODEL_KINDS:
+        from ..inspection import inspect_artifact
+
+        try:
+            info = inspect_artifact(node.art.path)
+            cost.update(params=info["params"], macs=info["macs"], nfe_per_call=info["nfe_per_call"])
+        except CunetEdgeError as exc:
+            node.notes.append(f"params/MACs not counted: {exc}")
+    return cost
+
+
+def _prune_ratio(node: Node) -> float | None:
+    """The nearest prune record on the lineage (this stage or an ancestor): MACs kept / MACs before."""
+    for n in reversed(node.lineage()):
+        rec = n.art.manifest.get("prune")
+        if isinstance(rec, dict):
+            for key in ("macs_ratio", "ratio", "params_ratio"):
+                if isinstance(rec.get(key), (int, float)):
+                    return float(rec[key])
+    return None
+
+
+def recorded_drift(art: Artifact) -> dict | None:
+    """What a stage recorded of its own drift against its parent: ε relative error (and sample PSNR)."""
+    m = art.manifest
+    drift = m.get("drift")
+    if isinstance(drift, dict) and isinstance(drift.get("eps_rel_err"), (int, float)):
+        return {"eps_rel_err": drift["eps_rel_err"], "sample_psnr_db": drift.get("sample_psnr_vs_parent"),
+                "against": drift.get("reference", "parent")}
+    ver = m.get("verification")
+    if isinstance(ver, dict) and isinstance(ver.get("rel_err"), (int, float)):
+        return {"eps_rel_err": ver["rel_err"], "sample_psnr_db": None, "against": ver.get("reference", "parent")}
+    return None
+
+
+def artifact_facts(node: Node) -> dict:
+    """The columns an artifact has whatever was measured on it."""
+    tc = _train_config(node)
+    data = tc.get("data") or {}
+    cost = _cost(node)
+    solver = node.art.manifest.get("solver") or {}
+    return {
+        "artifact": node.name, "kind": node.kind, "stage": node.art.manifest.get("stage"),
+        "parent": node.parent.name if node.parent else None,
+        "lineage": " → ".join(n.name for n in node.lineage()),
+        "solver": _solver_text(node), "nfe_per_call": solver.get("nfe_per_call", cost.get("nfe_per_call")),
+        "prune_macs_ratio": _prune_ratio(node), "params": cost.get("params"), "macs_per_call": cost.get("macs"),
+        "size_bytes": _model_bytes(node.art),
+        "dataset": f"{data['name']} {data.get('image_size')}px" if data.get("name") else None,
+    }
+
+
+# --- variants -------------------------------------------------------------------------------------------
+
+
+def _bench_records(node: Node) -> list[dict]:
+    out = []
+    for sec, rec in node.metrics.items():
+        m = BENCH_SECTION.fullmatch(sec)
+        if m and isinstance(rec, dict) and isinstance(rec.get("p50_ms"), (int, float)):
+            out.append({**rec, "runtime": rec.get("runtime", m["runtime"]), "batch": int(m["batch"])})
+    return sorted(out, key=lambda r: r["batch"])
+
+
+def _variant_keys(node: Node, benches: list[dict], ev: dict | None) -> list[tuple]:
+    from ..benchmark import KIND_RUNTIME
+
+    own = node.art.manifest.get("precision", "fp32")
+    keys = {(b["runtime"], b.get("precision") or own, b.get("sampler", "ddim"), b.get("sampler_steps")) for b in benches}
+    if ev:
+        keys.add((ev.get("runtime") or KIND_RUNTIME.get(node.kind), own, ev.get("sampler", "ddim"),
+                  ev.get("sampler_steps")))
+    return sorted(keys, key=lambda k: tuple(str(v) for v in k))
+
+
+def _hw(b: dict) -> str:
+    """Where the latency was measured (cpu, cuda): Pareto fronts never mix two of them."""
+    return b.get("device") or "?"
+
+
+def _one_variant(key: tuple, benches: list[dict], ev: dict | None, own_precision: str) -> dict:
+    """Latency at batch 1 (else the smallest batch benched), throughput at the best batch, quality if evaluated."""
+    runtime, precision, sampler, steps = key
+    same = [b for b in benches if b["runtime"] == runtime and (b.get("precision") or own_precision) == precision]
+    row = {"runtime": runtime, "precision": precision, "sampler": sampler, "sampler_steps": steps}
+    if same:
+        call = same[0]
+        best = max(same, key=lambda b: b.get("images_per_s") or 0)
+        row.update(hw=_hw(call), call_batch=call["batch"], call_p50_ms=call["p50_ms"], call_p90_ms=call.get("p90_ms"),
+                   throughput_img_s=best.get("images_per_s"), throughput_batch=best["batch"])
+        image = [b for b in same if b.get("sampler", "ddim") == sampler and b.get("sampler_steps") == steps
+                 and isinstance(b.get("image_latency_ms"), (int, float))]
+        if image:
+            per = image[0].get("image_batch") or 1
+            row.update(image_p50_ms=image[0]["image_latency_ms"] / per,
+                       image_p90_ms=image[0]["image_p90_ms"] / per if "image_p90_ms" in image[0] else None)
+    if ev and (ev.get("runtime") or runtime) == runtime and precision == own_precision \
+            and (ev.get("sampler", "ddim"), ev.get("sampler_steps")) == (sampler, steps):
+        row.update(fid=ev.get("fid"), kid=ev.get("kid_mean"), kid_std=ev.get("kid_std"),
+                   fid_real_reference=ev.get("fid_real_reference"), eval_n=ev.get("n_samples"),
+                   frac_confident=ev.get("frac_confident"))
+    return row
+
+
+def variant_rows(node: Node) -> list[dict]:
+    """One row per (runtime, precision, sampler, steps) this artifact was measured at; one bare row if none."""
+    own = node.art.manifest.get("precision", "fp32")
+    ev = node.metrics.get("evaluate") if isinstance(node.metrics.get("evaluate"), dict) else None
+    benches = _bench_records(node)
+    keys = _variant_keys(node, benches, ev)
+    if not keys:
+        return [{"runtime": None, "precision": own, "sampler": None, "sampler_steps": None}]
+    return [_one_variant(k, benches, ev, own) for k in keys]
+
+
+def variant_label(facts: dict, row: dict) -> str:
+    if row["runtime"] is None:
+        return f"{facts['artifact']} (not measured)"
+    return f"{facts['artifact']} · {row['runtime']} {row['precision']} · {row['sampler']} {row['sampler_steps']}"
