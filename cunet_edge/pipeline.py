@@ -78,12 +78,10 @@ STAGES: dict[str, StageDef] = {
     "pareto": StageDef("cunet_edge.search:ParetoConfig", "cunet_edge.search:run_pareto", RUNNABLE, many=True,
                        always=True),
 }
-for _name, _def in (("prune", StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",),
-                                        "pruned", backends=("torch_pruning",))),
-                    ("report", StageDef("cunet_edge.report:ReportConfig", f"{_P}:run_report", makes="report",
-                                        backends=("matplotlib",), always=True))):
-    if importlib.util.find_spec(_def.config.split(":")[0]) is not None:  # stages whose module has landed
-        STAGES[_name] = _def
+STAGES["prune"] = StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",), "checkpoint",
+                           backends=("torch_pruning",))
+STAGES["report"] = StageDef("cunet_edge.report.stage:ReportConfig", f"{_P}:run_report", makes="report",
+                            backends=("matplotlib",), always=True)
 RUNTIME_BACKENDS = {"onnx": ("onnxruntime",), "onnx-int8": ("onnxruntime",)}
 BACKEND_HINTS = {"onnx": 'pip install "cunet-edge[onnx]"', "onnxscript": 'pip install "cunet-edge[onnx]"',
                  "onnxruntime": 'pip install "cunet-edge[onnx]"', "torch_pruning": 'pip install "cunet-edge[prune]"',

@@ -75,7 +75,7 @@ def run_prune(cfg, ctx):
     from .pruning import prune
 
     _threads(ctx)
-    return prune(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
+    return prune(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress, threads=ctx.settings.threads)
 
 
 def run_export(cfg, ctx):
@@ -124,6 +124,9 @@ def run_evaluate(cfg, ctx):
 
 
 def run_report(cfg, ctx):
-    from .report import write_report
+    """The report over every artifact in the run folder, into the stage's own folder."""
+    from .report.stage import report
 
-    return write_report(ctx.run_dir, cfg, ctx.out)
+    report(ctx.run_dir, cfg, ctx.out)
+    print(f"  report: {ctx.out / 'report.html'}")
+    return None

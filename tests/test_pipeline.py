@@ -197,3 +197,16 @@ def test_bad_search_tables(search, message, tiny_checkpoint, tmp_path):
     recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint)) + search)
     assert_one_line_error(cli_subprocess("pipeline", recipe, "--out", tmp_path / "run", "--search", "--dry-run"),
                           message)
+
+
+def test_the_digits_recipe_is_valid(tmp_path):
+    """recipes/digits.toml (the README's main job), with and without its search grid, passes --dry-run."""
+    recipe = Path(__file__).parent.parent / "recipes" / "digits.toml"
+    plain = cli_subprocess("pipeline", recipe, "--out", tmp_path / "run", "--dry-run")
+    assert plain.returncode == 0, plain.stderr
+    assert "(report)" in plain.stdout and "int8-cpu (quantize) <- onnx -> onnx-int8" in plain.stdout
+    search = cli_subprocess("pipeline", recipe, "--out", tmp_path / "run", "--dry-run", "--search")
+    assert search.returncode == 0, search.stderr
+    assert "search-prune0.6 (prune) <- checkpoint -> checkpoint" in search.stdout
+    assert search.stdout.strip().splitlines()[-2].endswith("report (report) -> report")  # the report comes last
+    assert not (tmp_path / "run").exists()
