@@ -63,6 +63,28 @@ def check_output_path(out: str | Path, *, exist_ok: bool = False) -> Path:
     return out
 
 
+def staging_dir(out: Path) -> Path:
+    """A temporary sibling folder of `out` (`.NAME.tmp-*`) to build it in, with the usual umask permissions."""
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    umask = os.umask(0)  # mkdtemp makes the folder 0700
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def move_into_place(tmp: Path, out: Path, *, replace: bool) -> None:
+    """Rename a finished staging folder to `out`; with `replace`, the old one is renamed away first, removed last."""
+    if out.exists() and replace:
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified artifact directory; `manifest` is its parsed manifest.json."""
@@ -159,13 +181,7 @@ class ArtifactWriter:
         self.artifact: Artifact | None = None
 
     def __enter__(self) -> "ArtifactWriter":
-        parent = self.out.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
-        # mkdtemp makes the folder 0700; an artifact should get the usual umask permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        self.dir.chmod(0o777 & ~umask)
+        self.dir = staging_dir(self.out)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -192,12 +208,5 @@ class ArtifactWriter:
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         self.manifest["id"] = f"{self.manifest['kind']}-{digest}"
         (self.dir / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
-        if self.out.exists() and self.replace:
-            # Swap in the new directory: the old one is renamed away first, removed last.
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-            os.replace(self.dir, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.dir, self.out)
+        move_into_place(self.dir, self.out, replace=self.replace)
         self.artifact = Artifact(self.out, self.manifest)

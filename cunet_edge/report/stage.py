@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import check_output_path
+from ..artifact import check_output_path, move_into_place, staging_dir
 from ..config import check_choice, check_positive, to_dict
 from ..errors import OutputPathError
+from ..search import pareto_front as non_dominated
 from .gather import (DEFAULT_SAMPLER, Node, artifact_facts, find_artifacts, link_lineage, recorded_drift,
                      variant_label, variant_rows)
 from .measure import EPS_RUNS, EPS_STEPS, estimate_devices, measure_lineages, psnr, rel_err
@@ -187,11 +186,7 @@ def pareto_front(rows: list[dict]) -> dict:
         groups.setdefault((r.get("dataset"), r.get("hw")), []).append(r)
     out = []
     for (dataset, hw), members in sorted(groups.items(), key=lambda g: str(g[0])):
-        best, front = math.inf, []
-        for r in sorted(members, key=lambda r: (r[lat], r[q])):
-            if r[q] < best:
-                best = r[q]
-                front.append(r["variant"])
+        front = [r["variant"] for r in non_dominated(members, quality=q, cost=lat)]
         out.append({"dataset": dataset, "hw": hw, "points": [r["variant"] for r in members], "frontier": front,
                     "vs_reference": _against_reference(front, members, q, lat)})
     on_front, shown = {v for g in out for v in g["frontier"]}, {id(r) for r in plotted}
@@ -206,21 +201,10 @@ def pareto_front(rows: list[dict]) -> dict:
 @contextmanager
 def _staging(out: Path, replace: bool) -> Iterator[Path]:
     """A temporary sibling of `out` to write into; renamed to `out` on success, removed on any failure."""
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the report from other users
+    tmp = staging_dir(out)
     try:
         yield tmp
-        if out.exists() and replace:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        move_into_place(tmp, out, replace=replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
