@@ -58,7 +58,8 @@ class BenchConfig:
 TARGET_OPTIONS = {
     "torch": {"fp32": ("precision", "fp32"), "tf32": ("precision", "tf32"), "fp16": ("precision", "fp16"),
               "graphs": ("cuda_graphs", True), "cpu": ("device", "cpu"), "cuda": ("device", "cuda")},
-    "onnxruntime": {"cpu": ("provider", "cpu"), "cuda": ("provider", "cuda"), "tensorrt": ("provider", "tensorrt")},
+    "onnxruntime": {"cpu": ("provider", "cpu"), "cuda": ("provider", "cuda"), "tensorrt": ("provider", "tensorrt"),
+                    "spin": ("spinning", True), "nospin": ("spinning", False)},
 }
 
 
@@ -82,7 +83,8 @@ class BenchTarget:
 def parse_target(spec: str, runtime: str | None = None) -> BenchTarget:
     """`PATH`, `PATH@RUNTIME` or `PATH@RUNTIME:OPT,OPT`; without a runtime, the one for the artifact's kind.
 
-    Options: torch takes fp32, tf32, fp16, graphs, cpu, cuda; onnxruntime takes cpu, cuda, tensorrt.
+    Options: torch takes fp32, tf32, fp16, graphs, cpu, cuda; onnxruntime takes cpu, cuda, tensorrt,
+    spin, nospin (whether idle intra-op threads spin-wait; ONNX Runtime spins by default).
     """
     from .artifact import Artifact
 
@@ -286,16 +288,18 @@ def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True
 
 
 def metrics_section(row: dict) -> str:
-    """metrics.json section of a bench row: `bench:RUNTIME:bB`, with the device and non-default options
-    (`bench:torch-cuda-fp16-graphs:b16`) so that variants of one artifact do not overwrite each other."""
+    """metrics.json section of a bench row: `bench:RUNTIME:bB:SAMPLER-STEPS`, with the device and non-default
+    options (`bench:torch-cuda-fp16-graphs:b16:ddim-50`) and the sampler of the per-image latency, so that
+    variants of one artifact (and its per-image latency at several sampler settings) do not overwrite each other."""
     parts = [row["runtime"]]
     if row["runtime"] == "torch":
         parts += [str(row["device"])] if row.get("device") not in (None, "cpu") else []
         parts += [str(row["precision"])] if row.get("precision") not in (None, "fp32") else []
         parts += ["graphs"] if row.get("cuda_graphs") else []
-    elif row.get("provider") not in (None, "cpu"):
-        parts.append(str(row["provider"]))
-    return f"bench:{'-'.join(parts)}:b{row['batch']}"
+    else:
+        parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
+        parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []
+    return f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
 
 
 def format_bench(result: dict) -> str:

@@ -11,7 +11,7 @@ default: the stage just before), and the keys of that stage's config dataclass, 
     [[stage]]
     stage = "train"
     name = "checkpoint"
-    steps = 2800
+    steps = 3600
     [stage.data]
     name = "digits"
 
@@ -352,12 +352,18 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
         _write_marker(run_dir, s.name, {"hash": h, "stage": s.stage, "seconds": seconds,
                                         "id": result.manifest.get("id") if isinstance(result, Artifact) else None,
                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        echo(f"{label}: finished in {seconds:.1f} s")
+        echo(f"{label}: finished in {seconds:.1f} s ({i}/{len(recipe.stages)} stages, "
+             f"{_clock(time.perf_counter() - t_all)} so far)")
         summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": False, "seconds": seconds})
     total = time.perf_counter() - t_all
     result = {"recipe": str(recipe.path), "run_dir": str(run_dir), "stages": summary, "seconds": total}
     (run_dir / MARKERS / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
 
 
 def _stage_output(stage: PlannedStage, out: Path, recipe_path: Path):

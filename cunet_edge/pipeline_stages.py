@@ -86,10 +86,12 @@ def run_export(cfg, ctx):
 
 
 def run_quantize(cfg, ctx):
-    from .quantize.int8 import quantize_int8
+    from .quantize.int8 import format_side_by_side, quantize_int8
 
     _threads(ctx)
-    return quantize_int8(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
+    art = quantize_int8(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
+    print(format_side_by_side(art.manifest["precisions"]))
+    return art
 
 
 def run_bench(cfg, ctx):

@@ -9,6 +9,9 @@
    (`select="fewest-float"`, deterministic, and the only choice for TensorRT, which cannot be
    timed on a machine without it).
 5. Drift against the parent (ε error by timestep, sample PSNR from the same seeds) recorded.
+6. FP32, FP16 and INT8 side by side (`precisions` in the manifest): ε error against FP32 on the
+   held-out inputs, file size, and ONNX Runtime CPU latency at batch 1 and `bench_batch`, timed
+   in turn. The FP16 model is the parent exported as `export --precision fp16` would.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..drift import error_by_timestep, psnr, rel_err
 from ..errors import ArtifactError, ConfigError
 from .calibration import CalibrationConfig
 
-__all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance"]
+__all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance", "format_side_by_side"]
 
 FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
@@ -45,6 +48,7 @@ class QuantizeConfig:
     val_n: int = 64
     bench_batch: int = 16
     drift_samples: int = 16
+    compare_fp16: bool = True  # export the parent at fp16 for the side-by-side table
 
     def __post_init__(self):
         check_choice("target", self.target, ("tensorrt", "cpu"))
@@ -241,6 +245,64 @@ def _sizes(fp32_path: Path, model) -> dict:
             "ratio": size / fp32_path.stat().st_size, "initializer_bytes_by_dtype": by_type}
 
 
+def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
+    """The parent of `art` exported at fp16 into tmp (the model `export --precision fp16` ships), or why not."""
+    from ..artifact import Artifact
+    from ..export.onnx import OnnxExportConfig, export_onnx
+
+    parent = art.manifest.get("parent") or {}
+    try:
+        src = Artifact.load(parent.get("path", ""))
+    except (ArtifactError, ConfigError, OSError) as exc:
+        return None, f"FP16 not compared: the parent model of {art.path} is not here ({exc})"
+    with contextlib.redirect_stdout(io.StringIO()):
+        fp16 = export_onnx(src.path, OnnxExportConfig(precision="fp16", verify_n=2), tmp / "fp16")
+    return fp16.file("model.onnx"), f"{src.path} exported at fp16"
+
+
+def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, cfg: QuantizeConfig,
+                  note: str, threads: int = 1) -> dict:
+    """FP32, FP16 and INT8 on ONNX Runtime CPU: ε vs FP32 on held-out inputs, size, p50 per call timed in turn."""
+    from ..timing import time_side_by_side
+
+    models = {"fp32": fp32_path, "fp16": fp16_path, "int8": int8_model}
+    sessions = {k: _session(m, threads) for k, m in models.items() if m is not None}
+
+    def call(sess, b: int):
+        dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
+        feed = {"x": np.ascontiguousarray(val["x"][:b]).astype(dtype), "t": val["t"][:b]}
+        return lambda: sess.run(["eps"], feed)[0]
+
+    ref = call(sessions["fp32"], len(val["x"]))()
+    rows = {}
+    for k, sess in sessions.items():
+        m = models[k]
+        rows[k] = {"precision": k, "eps_rel_err": rel_err(call(sess, len(val["x"]))().astype(np.float32), ref),
+                   "bytes": len(m.SerializeToString()) if hasattr(m, "SerializeToString") else Path(m).stat().st_size}
+    for b in sorted({1, cfg.bench_batch}):
+        times = time_side_by_side({k: call(sess, b) for k, sess in sessions.items()}, rounds=3, warmup=3,
+                                  min_iters=10, min_seconds=0.3)
+        for k, ms in times.items():
+            rows[k][f"p50_ms_b{b}"] = ms
+            rows[k][f"speedup_b{b}"] = times["fp32"] / ms
+    for r in rows.values():
+        r["size_vs_fp32"] = r["bytes"] / rows["fp32"]["bytes"]
+    return {"runtime": "onnxruntime cpu", "threads": threads, "batches": sorted({1, cfg.bench_batch}),
+            "fp16": note, "rows": list(rows.values())}
+
+
+def format_side_by_side(table: dict) -> str:
+    """The manifest's `precisions` table as text."""
+    bs = table["batches"]
+    head = f"{'precision':10} {'eps rel err':>11} {'size':>7} " + " ".join(f"{f'b{b} p50 ms':>11} {'x fp32':>7}" for b in bs)
+    lines = [head]
+    for r in table["rows"]:
+        cells = " ".join(f"{r[f'p50_ms_b{b}']:11.3f} {r[f'speedup_b{b}']:7.2f}" for b in bs)
+        lines.append(f"{r['precision']:10} {r['eps_rel_err']:11.2e} {r['size_vs_fp32']:6.2f}x {cells}")
+    lines.append(f"ONNX Runtime CPU, {table['threads']} thread(s), timed in turn; FP16: {table['fp16']}")
+    return "\n".join(lines)
+
+
 def _check_source(src):
     from ..artifact import Artifact
 
@@ -305,6 +367,10 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         best = _choose(search["tried"], val, cfg)
         bar.update(task, description="FID check" if cfg.fid_tolerance else "drift")
         best, fid = _fid_gate(best, search["tried"], art, cfg)
+        bar.update(task, description="FP32, FP16 and INT8 side by side")
+        with tempfile.TemporaryDirectory() as tmp:
+            fp16, note = _fp16_sibling(art, Path(tmp)) if cfg.compare_fp16 else (None, "not compared (compare_fp16 off)")
+            precisions = _side_by_side(fp32, fp16, best["model"], val, cfg, note)
     lint = _lint(best, cfg)
     drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
              "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), cfg.drift_samples),
@@ -316,6 +382,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         np.save(w.dir / "calibration" / "t.npy", calib["t"])
         (w.dir / CONFIG).write_text(art.file(CONFIG).read_text())
         w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
+        w.manifest["precisions"] = precisions
     return w.artifact
 
 

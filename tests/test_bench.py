@@ -36,7 +36,7 @@ def test_bench_compares_torch_and_onnxruntime(tiny_unrolled, tiny_onnx, tmp_path
     assert data["matmul_peak_gflops"] > 0.1 and data["machine"]["cpu_count"] >= 1
     assert "x first" in res.output and "onnxruntime" in res.output
     metrics = json.loads((tiny_onnx / "metrics.json").read_text())
-    assert metrics["bench:onnxruntime:b2"]["p50_ms"] == rows[1]["p50_ms"]
+    assert metrics["bench:onnxruntime:b2:ddim-2"]["p50_ms"] == rows[1]["p50_ms"]
 
 
 def test_target_options_override_the_run_and_keep_their_own_metrics(tiny_unrolled):
@@ -50,10 +50,25 @@ def test_target_options_override_the_run_and_keep_their_own_metrics(tiny_unrolle
                       device="cuda")  # the run asks for CUDA; the target's own option puts it on the CPU
     row = bench([t], cfg, progress=False, record=False)["results"][0]
     assert row["device"] == "cpu" and row["label"] == t.label
-    assert metrics_section(row) == "bench:torch:b1"
+    assert metrics_section(row) == "bench:torch:b1:ddim-2"
     gpu_row = {**row, "device": "cuda", "precision": "fp16", "cuda_graphs": True, "batch": 16}
-    assert metrics_section(gpu_row) == "bench:torch-cuda-fp16-graphs:b16"
-    assert metrics_section({"runtime": "onnxruntime", "provider": "cuda", "batch": 1}) == "bench:onnxruntime-cuda:b1"
+    assert metrics_section(gpu_row) == "bench:torch-cuda-fp16-graphs:b16:ddim-2"
+    assert metrics_section({"runtime": "onnxruntime", "provider": "cuda", "batch": 1, "sampler": "ddpm",
+                            "sampler_steps": 50}) == "bench:onnxruntime-cuda:b1:ddpm-50"
+
+
+def test_onnxruntime_spinning_is_a_target_option(tiny_onnx):
+    """`:nospin` really reaches the session (its config entry) and gets a metrics section of its own."""
+    from cunet_edge.runtimes.base import open_runner
+
+    cfg = BenchConfig(min_iters=3, min_seconds=0.05, rounds=1, image_reps=1, sampler_steps=2, threads=1)
+    rows = bench([parse_target(str(tiny_onnx)), parse_target(f"{tiny_onnx}@onnxruntime:nospin")], cfg,
+                 progress=False, record=False)["results"]
+    assert [r["spinning"] for r in rows] == ["default", False]
+    assert [metrics_section(r) for r in rows] == ["bench:onnxruntime:b1:ddim-2", "bench:onnxruntime-nospin:b1:ddim-2"]
+    runner = open_runner(tiny_onnx, "onnxruntime", spinning=False)
+    runner._open()
+    assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_image_latency_counts_every_sampler_step(tiny_onnx):

@@ -82,7 +82,7 @@ def test_pipeline_survives_sigkill_and_skips_what_is_done(tmp_path):
     assert not list(out.glob(".*.tmp-*"))
     onnx = Artifact.load(out / "onnx")  # verifies every file's hash
     metrics = json.loads((onnx.path / "metrics.json").read_text())
-    assert "evaluate:ddim-2" in metrics and "bench:onnxruntime:b1" in metrics
+    assert "evaluate:ddim-2" in metrics and "bench:onnxruntime:b1:ddim-2" in metrics
     bench = json.loads((out / "bench" / "result.json").read_text())
     assert [r["runtime"] for r in bench["results"]] == ["torch", "onnxruntime"]
 
@@ -92,7 +92,7 @@ def test_pipeline_survives_sigkill_and_skips_what_is_done(tmp_path):
 
     changed = _pipeline(_recipe(tmp_path, bench_batch=2), out)  # only the stage whose config changed runs
     assert changed.returncode == 0 and _skipped(changed) == {"checkpoint", "unrolled", "onnx", "evaluate"}
-    assert "bench:onnxruntime:b2" in json.loads((onnx.path / "metrics.json").read_text())
+    assert "bench:onnxruntime:b2:ddim-2" in json.loads((onnx.path / "metrics.json").read_text())
 
 
 def test_load_stage_links_the_model_into_the_run(tiny_checkpoint, tmp_path):

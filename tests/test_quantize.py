@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from cunet_edge.errors import ConfigError
 from cunet_edge.quantize.calibration import CalibrationConfig
-from cunet_edge.quantize.int8 import QuantizeConfig, parse_tolerance, quantize_int8
+from cunet_edge.quantize.int8 import QuantizeConfig, format_side_by_side, parse_tolerance, quantize_int8
 
 CAL = CalibrationConfig(n_images=4, sampler_steps=16, method="minmax")
 
@@ -56,10 +56,32 @@ def test_manifest_records_calibration_fallback_and_drift(tiny_int8_cpu, tiny_onn
     assert m["passed"] == (d["eps_rel_err"] <= 0.5)
 
 
+def test_fp32_fp16_int8_side_by_side(tiny_int8_cpu, tiny_unrolled, tmp_path):
+    """The parent exported at fp16 is measured beside FP32 and INT8: ε against FP32, size, latency timed in turn."""
+    from types import SimpleNamespace
+
+    from cunet_edge.quantize.int8 import _fp16_sibling
+
+    p = tiny_int8_cpu.manifest["precisions"]
+    assert [r["precision"] for r in p["rows"]] == ["fp32", "fp16", "int8"] and p["batches"] == [1, 16]
+    fp32, fp16, int8 = p["rows"]
+    assert fp32["eps_rel_err"] == 0 and fp32["speedup_b1"] == fp32["speedup_b16"] == 1
+    assert 0 < fp16["eps_rel_err"] < 2e-2 and fp16["size_vs_fp32"] > 0  # (the tiny graph's size is mostly nodes)
+    assert int8["eps_rel_err"] == pytest.approx(tiny_int8_cpu.manifest["drift"]["eps_rel_err"], rel=1e-5)
+    assert int8["size_vs_fp32"] == pytest.approx(tiny_int8_cpu.manifest["size"]["ratio"]) and all(r[f"p50_ms_b{b}"] > 0 for r in p["rows"] for b in (1, 16))
+    assert str(tiny_unrolled) in p["fp16"]
+    text = format_side_by_side(p)
+    assert len(text.splitlines()) == 5 and "x fp32" in text
+    gone = SimpleNamespace(path=tmp_path, manifest={"parent": {"path": str(tmp_path / "gone")}})
+    path, why = _fp16_sibling(gone, tmp_path)
+    assert path is None and "FP16 not compared" in why
+
+
 def test_same_seed_same_bytes_and_the_model_runs(tiny_onnx, tiny_int8_cpu, tmp_path):
     from cunet_edge.runtimes.base import open_runner
 
-    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, select="fewest-float", val_n=16, drift_samples=4)
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, select="fewest-float", val_n=16, drift_samples=4,
+                         compare_fp16=False)
     again = quantize_int8(tiny_onnx, cfg, tmp_path / "again", progress=False)
     assert again.file("model.onnx").read_bytes() == tiny_int8_cpu.file("model.onnx").read_bytes()
     with open_runner(tiny_int8_cpu.path, "onnxruntime") as r, open_runner(tiny_onnx, "onnxruntime") as f:
@@ -70,7 +92,8 @@ def test_same_seed_same_bytes_and_the_model_runs(tiny_onnx, tiny_int8_cpu, tmp_p
 
 
 def test_impossible_tolerance_saves_the_best_attempt_marked_failing(tiny_onnx, tmp_path):
-    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=1e-9, max_float_layers=2, val_n=16, drift_samples=4)
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=1e-9, max_float_layers=2, val_n=16, drift_samples=4,
+                         compare_fp16=False)
     art = quantize_int8(tiny_onnx, cfg, tmp_path / "fail", progress=False)
     m = art.manifest
     assert m["passed"] is False and not any(c["passes"] for c in m["tried"])
@@ -81,7 +104,8 @@ def test_impossible_tolerance_saves_the_best_attempt_marked_failing(tiny_onnx, t
 def test_tensorrt_target_passes_the_lint(tiny_onnx, tmp_path):
     from cunet_edge.quantize.lint import lint_tensorrt_qdq
 
-    cfg = QuantizeConfig(target="tensorrt", calibration=CAL, tolerance=0.5, val_n=16, drift_samples=4)
+    cfg = QuantizeConfig(target="tensorrt", calibration=CAL, tolerance=0.5, val_n=16, drift_samples=4,
+                         compare_fp16=False)
     art = quantize_int8(tiny_onnx, cfg, tmp_path / "trt", progress=False)
     assert art.manifest["tensorrt_lint"]["ok"]
     report = lint_tensorrt_qdq(str(art.file("model.onnx")), float_nodes=set(art.manifest["float_nodes"]))
@@ -154,6 +178,6 @@ def test_skip_concat_with_different_ranges_is_split_for_tensorrt():
 
 def test_fid_tolerance_gates_the_choice(tiny_onnx, tmp_path):
     cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, fid_tolerance=10.0, fid_n=20,
-                         select="fewest-float", val_n=16, drift_samples=4)
+                         select="fewest-float", val_n=16, drift_samples=4, compare_fp16=False)
     fid = quantize_int8(tiny_onnx, cfg, tmp_path / "fid", progress=False).manifest["drift"]["fid"]
     assert fid["n"] == 20 and fid["passes"] and 0 < fid["fid_int8"] <= 11 * fid["fid_fp32"]

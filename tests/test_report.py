@@ -125,7 +125,8 @@ def test_csv_and_json_carry_the_measured_numbers(made, run_dir):
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(result["variants"]) == 6  # one variant each + the unmeasured copy
     for name in ("ckpt", "unrolled", "onnx", "int8"):
-        b1 = _metrics(run_dir / name)["bench:" + ("torch" if name in ("ckpt", "unrolled") else "onnxruntime") + ":b1"]
+        b1 = _metrics(run_dir / name)["bench:" + ("torch" if name in ("ckpt", "unrolled") else "onnxruntime") +
+                                      ":b1:ddim-2"]
         row = _row(rows, name)
         assert float(row["call_p50_ms"]) == b1["p50_ms"] and float(row["call_p90_ms"]) == b1["p90_ms"]
         assert float(row["image_p50_ms"]) == b1["image_latency_ms"] and float(row["image_p90_ms"]) == b1["image_p90_ms"]
@@ -135,8 +136,8 @@ def test_csv_and_json_carry_the_measured_numbers(made, run_dir):
         row = _row(rows, name)
         assert float(row["fid"]) == ev["fid"] and float(row["kid"]) == ev["kid_mean"] and row["eval_n"] == "40"
     onnx = _row(rows, "onnx")
-    b4 = _metrics(run_dir / "onnx")["bench:onnxruntime:b4"]
-    best = max(b4["images_per_s"], _metrics(run_dir / "onnx")["bench:onnxruntime:b1"]["images_per_s"])
+    b4 = _metrics(run_dir / "onnx")["bench:onnxruntime:b4:ddim-2"]
+    best = max(b4["images_per_s"], _metrics(run_dir / "onnx")["bench:onnxruntime:b1:ddim-2"]["images_per_s"])
     assert float(onnx["throughput_img_s"]) == best
     manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
     assert int(onnx["params"]) == manifest["model_cost"]["params"]
@@ -144,6 +145,24 @@ def test_csv_and_json_carry_the_measured_numbers(made, run_dir):
     assert int(onnx["size_bytes"]) == (run_dir / "onnx" / "model.onnx").stat().st_size
     assert onnx["lineage"] == "ckpt → unrolled → onnx" and onnx["solver"] == "midpoint x1"
     assert _row(rows, "ckpt")["solver"] == "euler x1 · torchdiffeq"
+
+
+def test_every_sampler_setting_is_a_variant_of_its_own(run_dir):
+    """Two evaluations and two benches (sampler steps 2 and 3) of one artifact: two variants, each with its own
+    FID and per-image latency; the legacy `evaluate` section (a copy of the latest) adds none, and a bench section
+    without the sampler in its name (older runs) gives way to one with it."""
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.report.gather import Node, variant_rows
+
+    bench = {"runtime": "onnxruntime", "precision": "fp32", "p50_ms": 1.0, "p90_ms": 1.2, "images_per_s": 9.0}
+    metrics = {"bench:onnxruntime:b1:ddim-2": {**bench, "sampler_steps": 2, "image_latency_ms": 2.5},
+               "bench:onnxruntime:b1:ddim-3": {**bench, "sampler_steps": 3, "image_latency_ms": 3.5},
+               "bench:onnxruntime:b1": {**bench, "sampler_steps": 3, "image_latency_ms": 9.9},  # older: loses
+               "evaluate:ddim-2": {"sampler": "ddim", "sampler_steps": 2, "fid": 20.0, "n_samples": 40},
+               "evaluate:ddim-3": {"sampler": "ddim", "sampler_steps": 3, "fid": 15.0, "n_samples": 40},
+               "evaluate": {"sampler": "ddim", "sampler_steps": 3, "fid": 15.0, "n_samples": 40}}
+    rows = variant_rows(Node(Artifact.load(run_dir / "onnx"), "onnx", metrics=metrics))
+    assert [(r["sampler_steps"], r["fid"], r["image_p50_ms"]) for r in rows] == [(2, 20.0, 2.5), (3, 15.0, 3.5)]
 
 
 def test_unmeasured_artifact_still_has_a_row(made, run_dir):

@@ -45,6 +45,44 @@ def test_resume_replays_the_same_run(tmp_path):
     assert manifest["train_step"] == 6 and manifest["complete"]
 
 
+@pytest.mark.parametrize("method", ["midpoint", "rk4"])
+def test_explicit_solver_trains_the_same_model_as_torchdiffeq(tmp_path, method):
+    """The default explicit loop is a speed-up only: torchdiffeq's fixed grid gives the same loss and gradients."""
+    from cunet_edge.models import build_model
+    from cunet_edge.training import training_model_config
+
+    model = {**TINY["model"], "solver": {"method": method, "steps": 2}}
+    cfg = _cfg(model=model)
+    explicit = build_model(training_model_config(cfg))
+    reference = build_model(training_model_config(_cfg(model=model, explicit_solver=False)))
+    assert explicit.ode_blocks()[0].solver.unrolled and not reference.ode_blocks()[0].solver.unrolled
+    reference.load_state_dict(explicit.state_dict())
+    x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 300, 600, 999])
+    for net in (explicit, reference):
+        net(x, t).square().mean().backward()
+    for (name, p), q in zip(explicit.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=name)
+    # Whole runs agree too (Adam magnifies float-rounding differences in near-zero gradients: 1e-4).
+    train(cfg, tmp_path / "explicit", progress=False)
+    train(_cfg(model=model, explicit_solver=False), tmp_path / "torchdiffeq", progress=False)
+    a, b = _weights(tmp_path / "explicit"), _weights(tmp_path / "torchdiffeq")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    saved = json.loads((tmp_path / "explicit" / "config.json").read_text())
+    assert saved["model"]["solver"]["unrolled"] is False and saved["explicit_solver"] is True
+
+
+def test_explicit_solver_leaves_adaptive_and_adjoint_to_torchdiffeq():
+    from cunet_edge.training import training_model_config
+
+    for solver in ({"method": "dopri5"}, {"method": "midpoint", "adjoint": True}):
+        cfg = _cfg(model={**TINY["model"], "solver": solver})
+        assert training_model_config(cfg).solver.unrolled is False
+    model = {**TINY["model"], "solver": {"method": "midpoint"}}
+    assert training_model_config(_cfg(model=model)).solver.unrolled is True
+    assert training_model_config(_cfg(model=model, explicit_solver=False)).solver.unrolled is False
+
+
 def test_loss_goes_down_on_digits(tmp_path):
     from cunet_edge.checkpoint import load_checkpoint
     from cunet_edge.data import load_images

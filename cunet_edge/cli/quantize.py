@@ -25,7 +25,7 @@ def quantize(artifact, target, out, method, percentile, calibration_images, cali
     """Quantize ARTIFACT (an FP32 ONNX export) to INT8, keeping sensitive layers in float as needed."""
     from ..artifact import check_output_path
     from ..quantize.calibration import CalibrationConfig
-    from ..quantize.int8 import QuantizeConfig, parse_tolerance, quantize_int8
+    from ..quantize.int8 import QuantizeConfig, format_side_by_side, parse_tolerance, quantize_int8
 
     eps_tol, fid_tol = parse_tolerance(tolerance)
     cal = CalibrationConfig(n_images=calibration_images, sampler_steps=calibration_steps, seed=seed, method=method,
@@ -40,5 +40,6 @@ def quantize(artifact, target, out, method, percentile, calibration_images, cali
     click.echo(f"{art.path}  int8 ({target}), {len(m['float_nodes'])} layers kept in float; eps rel err "
                f"{d['eps_rel_err']:.4f} {status} tolerance {m['tolerance']:g}; sample PSNR {d['sample_psnr_vs_parent']:.1f} dB; "
                f"{m['size']['ratio']:.2f}x the FP32 file")
+    click.echo(format_side_by_side(m["precisions"]))
     write_json(json_path, {"path": str(art.path), "id": m["id"], **{k: m[k] for k in (
-        "passed", "target", "float_nodes", "drift", "size", "tolerance", "tried")}})
+        "passed", "target", "float_nodes", "drift", "size", "tolerance", "tried", "precisions")}})

@@ -4,7 +4,8 @@ Each directory under the run that holds a manifest.json is an artifact. Its `par
 the lineage back to the FP32 checkpoint it came from (matched by id first, so a moved run still
 links; followed outside the run when the parent lives elsewhere). A *variant* is one (artifact,
 runtime, precision, sampler, sampler steps) found in the artifact's metrics.json:
-`bench:<runtime>:b<B>` sections give latency per call and per image, `evaluate` gives FID/KID.
+`bench:<runtime>:b<B>:<sampler>-<steps>` sections give latency per call and per image, `evaluate:<sampler>-<steps>`
+FID/KID at each sampler setting.
 An artifact with no measurements still gets a row (params, MACs, size on disk). Nothing here is
 special to a stage: a stage's own drift record (`drift` or `verification` in its manifest) and a
 `prune` record anywhere up the lineage are read wherever they appear.
@@ -26,7 +27,10 @@ __all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_
            "recorded_drift", "DEFAULT_SAMPLER"]
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)")
+# `bench:RUNTIME:bB:SAMPLER-STEPS` (older runs: without the sampler), `evaluate:SAMPLER-STEPS` (and the
+# latest evaluation again as `evaluate`).
+BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
+EVALUATE_SECTION = re.compile(r"evaluate(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
 DEFAULT_SAMPLER = ("ddim", 50)  # what bench and evaluate use by default; grids of unmeasured artifacts too
 
 
@@ -252,20 +256,36 @@ def artifact_facts(node: Node) -> dict:
 
 
 def _bench_records(node: Node) -> list[dict]:
-    out = []
-    for sec, rec in node.metrics.items():
+    """Bench records by batch; a section named with its sampler wins over an older one without it."""
+    def older_last(item) -> bool:
+        m = BENCH_SECTION.fullmatch(item[0])
+        return not (m and m["sampler"])
+
+    out: dict[tuple, dict] = {}
+    for sec, rec in sorted(node.metrics.items(), key=older_last):
         m = BENCH_SECTION.fullmatch(sec)
         if m and isinstance(rec, dict) and isinstance(rec.get("p50_ms"), (int, float)):
-            out.append({**rec, "runtime": rec.get("runtime", m["runtime"]), "batch": int(m["batch"])})
-    return sorted(out, key=lambda r: r["batch"])
+            r = {**rec, "runtime": rec.get("runtime", m["runtime"]), "batch": int(m["batch"])}
+            key = (m["runtime"], r["batch"], r.get("precision"), r.get("sampler", "ddim"), r.get("sampler_steps"))
+            out.setdefault(key, r)
+    return sorted(out.values(), key=lambda r: r["batch"])
 
 
-def _variant_keys(node: Node, benches: list[dict], ev: dict | None) -> list[tuple]:
+def _evaluations(node: Node) -> list[dict]:
+    """Every evaluation stored for the artifact, one per sampler setting (`evaluate:SAMPLER-STEPS`, else `evaluate`)."""
+    by_setting: dict[tuple, dict] = {}
+    for sec, rec in sorted(node.metrics.items(), key=lambda kv: kv[0] == "evaluate"):  # the named ones first
+        if EVALUATE_SECTION.fullmatch(sec) and isinstance(rec, dict):
+            by_setting.setdefault((rec.get("sampler", "ddim"), rec.get("sampler_steps")), rec)
+    return list(by_setting.values())
+
+
+def _variant_keys(node: Node, benches: list[dict], evs: list[dict]) -> list[tuple]:
     from ..benchmark import KIND_RUNTIME
 
     own = node.art.manifest.get("precision", "fp32")
     keys = {(b["runtime"], b.get("precision") or own, b.get("sampler", "ddim"), b.get("sampler_steps")) for b in benches}
-    if ev:
+    for ev in evs:
         keys.add((ev.get("runtime") or KIND_RUNTIME.get(node.kind), own, ev.get("sampler", "ddim"),
                   ev.get("sampler_steps")))
     return sorted(keys, key=lambda k: tuple(str(v) for v in k))
@@ -276,13 +296,15 @@ def _hw(b: dict) -> str:
     return b.get("device") or "?"
 
 
-def _one_variant(key: tuple, benches: list[dict], ev: dict | None, own_precision: str) -> dict:
+def _one_variant(key: tuple, benches: list[dict], evs: list[dict], own_precision: str) -> dict:
     """Latency at batch 1 (else the smallest batch benched), throughput at the best batch, quality if evaluated."""
     runtime, precision, sampler, steps = key
     same = [b for b in benches if b["runtime"] == runtime and (b.get("precision") or own_precision) == precision]
     row = {"runtime": runtime, "precision": precision, "sampler": sampler, "sampler_steps": steps}
     if same:
-        call = same[0]
+        smallest = [b for b in same if b["batch"] == same[0]["batch"]]
+        call = next((b for b in smallest if (b.get("sampler", "ddim"), b.get("sampler_steps")) == (sampler, steps)),
+                    smallest[0])  # the run that timed this sampler setting, if there was one
         best = max(same, key=lambda b: b.get("images_per_s") or 0)
         row.update(hw=_hw(call), call_batch=call["batch"], call_p50_ms=call["p50_ms"], call_p90_ms=call.get("p90_ms"),
                    throughput_img_s=best.get("images_per_s"), throughput_batch=best["batch"])
@@ -292,8 +314,9 @@ def _one_variant(key: tuple, benches: list[dict], ev: dict | None, own_precision
             per = image[0].get("image_batch") or 1
             row.update(image_p50_ms=image[0]["image_latency_ms"] / per,
                        image_p90_ms=image[0]["image_p90_ms"] / per if "image_p90_ms" in image[0] else None)
-    if ev and (ev.get("runtime") or runtime) == runtime and precision == own_precision \
-            and (ev.get("sampler", "ddim"), ev.get("sampler_steps")) == (sampler, steps):
+    ev = next((e for e in evs if (e.get("runtime") or runtime) == runtime and precision == own_precision
+               and (e.get("sampler", "ddim"), e.get("sampler_steps")) == (sampler, steps)), None)
+    if ev:
         row.update(fid=ev.get("fid"), kid=ev.get("kid_mean"), kid_std=ev.get("kid_std"),
                    fid_real_reference=ev.get("fid_real_reference"), eval_n=ev.get("n_samples"),
                    frac_confident=ev.get("frac_confident"))
@@ -303,12 +326,12 @@ def _one_variant(key: tuple, benches: list[dict], ev: dict | None, own_precision
 def variant_rows(node: Node) -> list[dict]:
     """One row per (runtime, precision, sampler, steps) this artifact was measured at; one bare row if none."""
     own = node.art.manifest.get("precision", "fp32")
-    ev = node.metrics.get("evaluate") if isinstance(node.metrics.get("evaluate"), dict) else None
+    evs = _evaluations(node)
     benches = _bench_records(node)
-    keys = _variant_keys(node, benches, ev)
+    keys = _variant_keys(node, benches, evs)
     if not keys:
         return [{"runtime": None, "precision": own, "sampler": None, "sampler_steps": None}]
-    return [_one_variant(k, benches, ev, own) for k in keys]
+    return [_one_variant(k, benches, evs, own) for k in keys]
 
 
 def variant_label(facts: dict, row: dict) -> str:
