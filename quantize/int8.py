@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import check_choice, check_positive, to_dict
 from ..drift import error_by_timestep, psnr, rel_err
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, CunetEdgeError
 from .calibration import CalibrationConfig
 
 __all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance", "format_side_by_side"]
@@ -253,10 +253,13 @@ def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
     parent = art.manifest.get("parent") or {}
     try:
         src = Artifact.load(parent.get("path", ""))
-    except (ArtifactError, ConfigError, OSError) as exc:
+    except (CunetEdgeError, OSError) as exc:
         return None, f"FP16 not compared: the parent model of {art.path} is not here ({exc})"
-    with contextlib.redirect_stdout(io.StringIO()):
-        fp16 = export_onnx(src.path, OnnxExportConfig(precision="fp16", verify_n=2), tmp / "fp16")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            fp16 = export_onnx(src.path, OnnxExportConfig(precision="fp16", verify_n=2), tmp / "fp16")
+    except CunetEdgeError as exc:  # the INT8 result stands without the comparison
+        return None, f"FP16 not compared: exporting {src.path} at fp16 failed ({exc})"
     return fp16.file("model.onnx"), f"{src.path} exported at fp16"
 
 

@@ -56,7 +56,7 @@ def test_manifest_records_calibration_fallback_and_drift(tiny_int8_cpu, tiny_onn
     assert m["passed"] == (d["eps_rel_err"] <= 0.5)
 
 
-def test_fp32_fp16_int8_side_by_side(tiny_int8_cpu, tiny_unrolled, tmp_path):
+def test_fp32_fp16_int8_side_by_side(tiny_int8_cpu, tiny_unrolled, tiny_onnx, tmp_path):
     """The parent exported at fp16 is measured beside FP32 and INT8: ε against FP32, size, latency timed in turn."""
     from types import SimpleNamespace
 
@@ -75,6 +75,9 @@ def test_fp32_fp16_int8_side_by_side(tiny_int8_cpu, tiny_unrolled, tmp_path):
     gone = SimpleNamespace(path=tmp_path, manifest={"parent": {"path": str(tmp_path / "gone")}})
     path, why = _fp16_sibling(gone, tmp_path)
     assert path is None and "FP16 not compared" in why
+    not_exportable = SimpleNamespace(path=tmp_path, manifest={"parent": {"path": str(tiny_onnx)}})  # an onnx parent
+    path, why = _fp16_sibling(not_exportable, tmp_path)
+    assert path is None and "exporting" in why and "failed" in why
 
 
 def test_same_seed_same_bytes_and_the_model_runs(tiny_onnx, tiny_int8_cpu, tmp_path):
