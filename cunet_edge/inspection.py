@@ -23,7 +23,7 @@ def _pruned_widths(model_cfg) -> dict[str, list[int]] | None:
     """Every per-layer width of a pruned continuous U-Net (None for a model at its nominal widths)."""
     if not getattr(model_cfg, "pruned", False):
         return None
-    return {k: v for k, v in model_cfg.layer_widths.items() if k != "block_widths"}
+    return model_cfg.layer_widths
 
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:

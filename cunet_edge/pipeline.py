@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .checkpoint import MODEL_KINDS
 from .config import check_positive, from_dict, to_dict
 from .errors import ArtifactError, ConfigError
 
@@ -63,12 +64,13 @@ class StageDef:
 
 
 _P = "cunet_edge.pipeline_stages"
-MODEL_KINDS = ("checkpoint", "unrolled", "pruned")
 RUNNABLE = MODEL_KINDS + ("onnx", "onnx-int8")
 STAGES: dict[str, StageDef] = {
     "train": StageDef("cunet_edge.training:TrainConfig", f"{_P}:run_train", makes="checkpoint"),
     "load": StageDef(f"{_P}:LoadConfig", f"{_P}:run_load", makes="checkpoint"),
     "unroll": StageDef("cunet_edge.unrolling:UnrollConfig", f"{_P}:run_unroll", ("checkpoint", "pruned"), "unrolled"),
+    "prune": StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",), "checkpoint",
+                      backends=("torch_pruning",)),
     "export": StageDef("cunet_edge.export.onnx:OnnxExportConfig", f"{_P}:run_export", ("unrolled", "pruned"), "onnx",
                        backends=("onnx", "onnxscript", "onnxruntime")),
     "quantize": StageDef("cunet_edge.quantize.int8:QuantizeConfig", f"{_P}:run_quantize", ("onnx",), "onnx-int8",
@@ -77,11 +79,9 @@ STAGES: dict[str, StageDef] = {
     "evaluate": StageDef("cunet_edge.sampling:SampleConfig", f"{_P}:run_evaluate", RUNNABLE, many=True),
     "pareto": StageDef("cunet_edge.search:ParetoConfig", "cunet_edge.search:run_pareto", RUNNABLE, many=True,
                        always=True),
+    "report": StageDef("cunet_edge.report.stage:ReportConfig", f"{_P}:run_report", makes="report",
+                       backends=("matplotlib",), always=True),
 }
-STAGES["prune"] = StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",), "checkpoint",
-                           backends=("torch_pruning",))
-STAGES["report"] = StageDef("cunet_edge.report.stage:ReportConfig", f"{_P}:run_report", makes="report",
-                            backends=("matplotlib",), always=True)
 RUNTIME_BACKENDS = {"onnx": ("onnxruntime",), "onnx-int8": ("onnxruntime",)}
 BACKEND_HINTS = {"onnx": 'pip install "cunet-edge[onnx]"', "onnxscript": 'pip install "cunet-edge[onnx]"',
                  "onnxruntime": 'pip install "cunet-edge[onnx]"', "torch_pruning": 'pip install "cunet-edge[prune]"',
@@ -229,7 +229,7 @@ def load_recipe(path: str | Path, *, search: bool = False) -> Recipe:
     for i, spec in enumerate(specs):
         s = _plan_stage(spec, i, made, previous)
         if s.stage == "load":
-            made[s.name] = _load_kind(s.config, path)
+            made[s.name] = _load_kind(s.config)
         else:
             made[s.name] = s.makes
         stages.append(s)
@@ -239,10 +239,10 @@ def load_recipe(path: str | Path, *, search: bool = False) -> Recipe:
     return recipe
 
 
-def _load_kind(cfg, recipe_path: Path) -> str:
+def _load_kind(cfg) -> str:
     from .artifact import Artifact
 
-    p = cfg.resolve(recipe_path)
+    p = cfg.resolve()
     try:
         art = Artifact.load(p, verify=False)
     except ArtifactError as exc:
@@ -316,7 +316,6 @@ class StageContext:
     out: Path
     inputs: list[Any]  # Artifact per input stage
     settings: PipelineConfig
-    recipe_path: Path
     progress: bool = True
 
 
@@ -336,7 +335,7 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
         label = f"[{i}/{len(recipe.stages)}] {s.name} ({s.stage})"
         out = run_dir / s.name
         if _is_done(run_dir, s, h):
-            outputs[s.name] = _stage_output(s, out, recipe.path)
+            outputs[s.name] = _stage_output(s, out)
             echo(f"{label}: done before, same config and inputs ({h}): skipped")
             summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": True, "seconds": 0.0})
             continue
@@ -345,7 +344,7 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
         _clear_leftovers(run_dir, s.name, keep_output=resumable)
         echo(f"{label}: running")
         t0 = time.perf_counter()
-        ctx = StageContext(run_dir, out, inputs, recipe.settings, recipe.path, progress)
+        ctx = StageContext(run_dir, out, inputs, recipe.settings, progress)
         result = _load(s.definition.run)(s.config, ctx)
         seconds = time.perf_counter() - t0
         outputs[s.name] = result if isinstance(result, Artifact) else None
@@ -366,11 +365,11 @@ def _clock(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
-def _stage_output(stage: PlannedStage, out: Path, recipe_path: Path):
+def _stage_output(stage: PlannedStage, out: Path):
     from .artifact import Artifact
 
     if stage.stage == "load":
-        return Artifact.load(stage.config.resolve(recipe_path))
+        return Artifact.load(stage.config.resolve())
     if stage.makes in (None, "report"):
         return None
     return Artifact.load(out)

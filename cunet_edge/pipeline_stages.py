@@ -28,7 +28,7 @@ class LoadConfig:
         if not self.path:
             raise ConfigError("load needs path = \"CHECKPOINT_DIR\"")
 
-    def resolve(self, recipe_path: Path) -> Path:
+    def resolve(self) -> Path:
         return Path(self.path).expanduser()
 
 
@@ -57,7 +57,7 @@ def run_load(cfg: LoadConfig, ctx):
     """The model, verified; a link to it in the run folder makes it part of the run (and of its report)."""
     from .artifact import Artifact
 
-    art = Artifact.load(cfg.resolve(ctx.recipe_path))
+    art = Artifact.load(cfg.resolve())
     if ctx.out.is_symlink():
         ctx.out.unlink()
     ctx.out.symlink_to(art.path.resolve(), target_is_directory=True)

@@ -334,7 +334,7 @@ def _record(cfg: PruneConfig, base: dict, cost: dict, model_cfg, rounds: list[di
         "before": {k: base[k] for k in ("params", "macs", "nfe_per_call")},
         "after": {k: cost[k] for k in ("params", "macs", "nfe_per_call")},
         "macs_ratio": cost["macs"] / base["macs"], "params_ratio": cost["params"] / base["params"],
-        "widths": {k: v for k, v in model_cfg.layer_widths.items() if k != "block_widths"},
+        "widths": model_cfg.layer_widths,
         "finetune": {"steps": cfg.finetune_steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
                      "distill_weight": cfg.distill_weight, "last_loss": rounds[-1].get("finetune_last_loss")},
         "seconds": {"prune": sum(r["seconds"]["prune"] for r in rounds),

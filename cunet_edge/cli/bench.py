@@ -10,7 +10,7 @@ from ._common import JSON_OPTION, write_json
 @click.option("--runtime", help="torch, onnxruntime, tensorrt or torch-tensorrt (default: from the artifact's kind).")
 @click.option("--compare", multiple=True, metavar="PATH[@RUNTIME[:OPTS]]",
               help="More targets timed side by side (repeat). OPTS override the run's options for that target: "
-                   "torch fp32|tf32|fp16,graphs,cpu|cuda; onnxruntime cpu|cuda|tensorrt (e.g. m@torch:fp16,graphs).")
+                   "torch fp32|tf32|fp16,graphs,cpu|cuda; onnxruntime cpu|cuda|tensorrt,spin|nospin (e.g. m@torch:fp16,graphs).")
 @click.option("--batch", default=1, show_default=True, help="Batch size per network call.")
 @click.option("--provider", default="cpu", show_default=True, help="onnxruntime: cpu, cuda or tensorrt.")
 @click.option("--precision", default="fp32", show_default=True, help="torch: fp32, or on CUDA tf32 or fp16.")

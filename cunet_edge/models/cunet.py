@@ -154,9 +154,13 @@ class CUNetConfig:
         block_w = w + [w[-1]] * 2 + w[::-1]  # ODE blocks in forward order: encoder, bottleneck, decoder
         nominal = {"enc_widths": w, "dec_widths": w, "up_widths": w[:-1], "ode_hidden": block_w,
                    "v0_hidden": block_w}
-        out = {k: list(getattr(self, k)) if getattr(self, k) is not None else v for k, v in nominal.items()}
-        out["block_widths"] = out["enc_widths"] + [out["enc_widths"][-1]] * 2 + out["dec_widths"][::-1]
-        return out
+        return {k: list(getattr(self, k)) if getattr(self, k) is not None else v for k, v in nominal.items()}
+
+    @property
+    def block_widths(self) -> list[int]:
+        """The state width of each ODE block in forward order: encoder, bottleneck (twice), decoder."""
+        lw = self.layer_widths
+        return lw["enc_widths"] + [lw["enc_widths"][-1]] * 2 + lw["dec_widths"][::-1]
 
 
 LAYER_WIDTHS = ("enc_widths", "dec_widths", "up_widths", "ode_hidden", "v0_hidden")
@@ -304,7 +308,7 @@ def _attention(cfg: CUNetConfig, width: int, level: int) -> nn.Module:
 def _ode_block(cfg: CUNetConfig, index: int) -> ODEBlock:
     """The ODE block at position `index` in forward order, at its (possibly pruned) widths."""
     lw = cfg.layer_widths
-    return ODEBlock(lw["block_widths"][index], cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation,
+    return ODEBlock(cfg.block_widths[index], cfg.time_emb_dim, cfg.solver, cfg.norm_groups, cfg.activation,
                     hidden=lw["ode_hidden"][index], v0_hidden=lw["v0_hidden"][index])
 
 
