@@ -38,7 +38,8 @@ def _row(arch: str, width: int, args) -> dict:
     from cunet_edge.evaluation import evaluate_checkpoint
     from cunet_edge.models import profile_model
     from cunet_edge.sampling import SampleConfig
-    from cunet_edge.training import train, train_config_from_options
+    from cunet_edge.checkpoint import train_config_from_options
+    from cunet_edge.training import train
 
     extra = {"steps": args.steps} if args.steps else {}
     cfg = train_config_from_options(None, arch=arch, **extra)

@@ -11,16 +11,18 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import ArtifactError, OutputPathError
 
-__all__ = ["Artifact", "ArtifactWriter", "check_output_path", "library_versions", "MANIFEST"]
+__all__ = ["Artifact", "ArtifactWriter", "check_output_path", "library_versions", "MANIFEST", "write_atomic",
+           "write_json_atomic", "staging_dir", "move_into_place"]
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -61,6 +63,37 @@ def check_output_path(out: str | Path, *, exist_ok: bool = False) -> Path:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write output {out}: {probe} is not a writable directory")
     return out
+
+
+def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write a file whole or not at all: into a unique temporary sibling, then renamed over `path`.
+
+    `data` is the content (bytes or text) or a function that writes the temporary file (e.g. a PNG
+    encoder). The temporary name is `.NAME.PID-RANDOM.tmp` (not mkstemp, whose 0600 mode would ignore
+    the umask); it is removed if anything fails. The one atomic file writer of the package.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """`data` as indented, key-sorted JSON (anything else as str), written atomically."""
+    return write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def staging_dir(out: Path) -> Path:
@@ -120,15 +153,19 @@ class Artifact:
             raise ArtifactError(f"{mpath} is corrupted: {exc}") from None
         if not isinstance(manifest, dict) or "kind" not in manifest or "files" not in manifest:
             raise ArtifactError(f"{mpath} is not a cunet-edge manifest (no kind/files)")
-        art = cls(path, manifest)
-        kinds = list(kinds) if kinds is not None else None
-        if kinds is not None and art.kind not in kinds:
-            raise ArtifactError(
-                f"{path} is an artifact of kind {art.kind!r}; this command needs one of: {', '.join(kinds)}"
-            )
+        art = cls(path, manifest).require(kinds)
         if verify:
             art.verify()
         return art
+
+    def require(self, kinds: Iterable[str] | None) -> "Artifact":
+        """This artifact, if its kind is one of `kinds` (None: any); else an ArtifactError naming them."""
+        kinds = list(kinds) if kinds is not None else None
+        if kinds is not None and self.kind not in kinds:
+            raise ArtifactError(
+                f"{self.path} is an artifact of kind {self.kind!r}; this command needs one of: {', '.join(kinds)}"
+            )
+        return self
 
     def verify(self) -> None:
         """Check every payload file exists with the size and hash the manifest recorded."""

@@ -15,14 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .artifact import Artifact
 from .config import check_choice, check_positive
+from .constants import PROFILE_TIMESTEP
+from .diffusion import alphas_cumprod
 from .errors import ConfigError
+from .kinds import runtime_for
+from .records import SOLVER, bench_section, write_metrics
+from .runtimes.base import open_runner
+from .runtimes.numpy_sampler import SAMPLERS
+from .timing import collect_samples, summarize_ms, time_call, wall_clock_ms
 
-__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "metrics_section",
-           "matmul_peak_gflops", "example_feed", "image_call"]
-
-KIND_RUNTIME = {"checkpoint": "torch", "unrolled": "torch", "pruned": "torch", "onnx": "onnxruntime",
-                "onnx-int8": "onnxruntime", "tensorrt-engine": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
+__all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops",
+           "example_feed", "image_call"]
 
 
 @dataclass(frozen=True)
@@ -86,16 +91,11 @@ def parse_target(spec: str, runtime: str | None = None) -> BenchTarget:
     Options: torch takes fp32, tf32, fp16, graphs, cpu, cuda; onnxruntime takes cpu, cuda, tensorrt,
     spin, nospin (whether idle intra-op threads spin-wait; ONNX Runtime spins by default).
     """
-    from .artifact import Artifact
-
     path, _, rest = spec.partition("@")
     rt, _, opts = rest.partition(":")
     rt = rt or runtime
     if not rt:
-        kind = Artifact.load(path, verify=False).kind
-        rt = KIND_RUNTIME.get(kind)
-        if rt is None:
-            raise ConfigError(f"{path} is an artifact of kind {kind!r}, which no runtime runs")
+        rt = runtime_for(Artifact.load(path, verify=False).kind, path)
     options = tuple(o for o in opts.split(",") if o) if opts else ()
     valid = TARGET_OPTIONS.get(rt, {})
     for o in options:
@@ -129,7 +129,6 @@ def matmul_peak_gflops(threads: int | None = None, n: int = 1024, seconds: float
     """This CPU's float32 matrix-multiply rate (GFLOP/s) with the given torch thread count: the peak to compare with."""
     import torch
 
-    from .timing import time_call
 
     if threads:
         torch.set_num_threads(threads)
@@ -147,14 +146,13 @@ def example_feed(runner, batch: int, seed: int = 0) -> dict:
         raise ConfigError(f"{runner.artifact.path} was exported for batch {fixed}; asked to bench batch {batch}")
     shape = [batch] + [d for d in sig["x"]["shape"][1:]]
     rng = np.random.default_rng(seed)
-    return {"x": rng.standard_normal(shape).astype(sig["x"]["dtype"]), "t": np.full((batch,), 500, dtype=np.int64)}
+    return {"x": rng.standard_normal(shape).astype(sig["x"]["dtype"]), "t": np.full((batch,), PROFILE_TIMESTEP, dtype=np.int64)}
 
 
 def image_call(runner, cfg: BenchConfig, abar, shape):
     """One image (or one static batch) through the numpy sampler with `sampler_steps` network calls."""
     import numpy as np
 
-    from .runtimes.numpy_sampler import SAMPLERS
 
     b = runner.static_batch() or 1
     rng = np.random.default_rng(0)
@@ -192,8 +190,6 @@ def _peak_rss_mb() -> float:
 
 
 def _open_all(stack, targets, cfg: BenchConfig) -> list:
-    from .runtimes.base import open_runner
-
     return [stack.enter_context(open_runner(t.path, t.runtime, **(_runner_options(t.runtime, cfg) | t.overrides())))
             for t in targets]
 
@@ -202,8 +198,6 @@ def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], li
     """Per-call and per-image milliseconds of every runner, the runners taken in turn in each round."""
     import math
 
-    from .diffusion import alphas_cumprod
-    from .timing import collect_samples, wall_clock_ms
 
     calls, images = [], []
     for r in runners:
@@ -230,7 +224,6 @@ def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], li
 def _result(runner, cfg: BenchConfig, call_ms, image_ms, image_batch, peak) -> dict:
     import numpy as np
 
-    from .timing import summarize_ms
 
     stats = summarize_ms(call_ms)
     cost = runner.model_cost() or {}
@@ -239,7 +232,7 @@ def _result(runner, cfg: BenchConfig, call_ms, image_ms, image_batch, peak) -> d
            "images_per_s": cfg.batch / (stats["mean_ms"] / 1e3), "image_latency_ms": float(np.median(image_ms)),
            "image_p90_ms": float(np.percentile(image_ms, 90)), "image_reps": len(image_ms),
            "image_batch": image_batch, "sampler": cfg.sampler, "sampler_steps": cfg.sampler_steps,
-           "solver": runner.artifact.manifest.get("solver"), "macs_per_call": cost.get("macs"),
+           "solver": runner.artifact.manifest.get(SOLVER), "macs_per_call": cost.get("macs"),
            "params": cost.get("params"), "nfe_per_call": cost.get("nfe_per_call"),
            "graph_macs_per_call": cost.get("graph_macs")}
     macs = cost.get("graph_macs") or cost.get("macs")  # what the exported graph really computes, if known
@@ -260,8 +253,6 @@ def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True
 
     from rich.progress import Progress
 
-    from .evaluation import write_metrics
-
     if not targets:
         raise ConfigError("nothing to benchmark")
     with ExitStack() as stack:
@@ -281,25 +272,8 @@ def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True
               "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
     if record:
         for row in rows:
-            from .artifact import Artifact
-
-            write_metrics(Artifact.load(row["artifact"], verify=False), metrics_section(row), row)
+            write_metrics(row["artifact"], bench_section(row), row)
     return result
-
-
-def metrics_section(row: dict) -> str:
-    """metrics.json section of a bench row: `bench:RUNTIME:bB:SAMPLER-STEPS`, with the device and non-default
-    options (`bench:torch-cuda-fp16-graphs:b16:ddim-50`) and the sampler of the per-image latency, so that
-    variants of one artifact (and its per-image latency at several sampler settings) do not overwrite each other."""
-    parts = [row["runtime"]]
-    if row["runtime"] == "torch":
-        parts += [str(row["device"])] if row.get("device") not in (None, "cpu") else []
-        parts += [str(row["precision"])] if row.get("precision") not in (None, "fp32") else []
-        parts += ["graphs"] if row.get("cuda_graphs") else []
-    else:
-        parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
-        parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []
-    return f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
 
 
 def format_bench(result: dict) -> str:

@@ -1,28 +1,118 @@
-"""Checkpoint artifacts: EMA weights (safetensors) + config.json, and the state to resume training.
+"""Model artifacts: the TrainConfig schema of their config.json, EMA weights (safetensors), the state to resume training.
 
-Only safetensors and JSON are ever read back: nothing a user hands in is unpickled.
+A `checkpoint`, `unrolled` or `pruned` artifact holds a torch model as config.json (the whole
+TrainConfig of the run that made it) + model.safetensors. Only safetensors and JSON are ever
+read back: nothing a user hands in is unpickled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import models
 from .artifact import Artifact, ArtifactWriter
-from .config import to_dict
+from .config import check_choice, check_positive, from_dict, load_config_file, to_dict
+from .data import DataConfig, image_channels, save_image_grid
+from .diffusion import DiffusionConfig
 from .errors import ArtifactError, ConfigError
+from .kinds import MODEL_KINDS
+from .models import build_model, model_config_from_dict
+from .records import check_solver_request
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "load_train_state", "model_signature", "MODEL_KINDS",
-           "with_solver", "read_train_config"]
+__all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
+           "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
 
 KIND = "checkpoint"
-# Artifacts that hold a torch model as config.json + model.safetensors.
-MODEL_KINDS = ("checkpoint", "unrolled", "pruned")
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE_DIR = "train_state"
+
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the whole of it is stored as the checkpoint's config.json."""
+
+    # The model config classes import torch: resolved on use, so importing this module stays light.
+    model: models.ModelConfig = field(default_factory=lambda: models.CUNetConfig())
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    steps: int = 3600
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    seed: int = 0
+    save_every: int = 500
+    sample_n: int = 64
+    sample_steps: int = 50
+    # Train a fixed-step solver through the explicit loop of `cunet_edge.unrolling` (the same
+    # Butcher coefficients as torchdiffeq's fixed grid, so the same function; 1.4x the steps per
+    # second on the 2-core CPU). The checkpoint keeps the solver config as given (torchdiffeq).
+    # Adaptive solvers and the adjoint method always train through torchdiffeq.
+    explicit_solver: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "lr", "save_every", "sample_n", "sample_steps"):
+            check_positive(name, getattr(self, name))
+        check_positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("grad_clip", self.grad_clip, allow_zero=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.model.image_size != self.data.image_size:
+            raise ConfigError(
+                f"model.image_size {self.model.image_size} differs from data.image_size {self.data.image_size}"
+            )
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Parse a TrainConfig; the model table is dispatched on its `arch` key."""
+    data = dict(data)
+    if "model" in data:
+        data["model"] = model_config_from_dict(data["model"])
+    return from_dict(TrainConfig, data)
+
+
+def train_config_from_options(config_file: str | None = None, *, base: dict[str, Any] | None = None,
+                              dataset: str | None = None,
+                              data_root: str | None = None, download: bool | None = None,
+                              image_size: int | None = None, arch: str | None = None,
+                              solver: dict[str, Any] | None = None, **top: Any) -> TrainConfig:
+    """A TrainConfig from an optional TOML/JSON file (or a `base` table) with command-line values laid over it.
+
+    Options left as None keep the file's (or the default) value. The model's input channels
+    follow the dataset unless the file sets them.
+    """
+    d = load_config_file(config_file) if config_file else dict(base or {})
+    data = dict(d.get("data", {}))
+    model = dict(d.get("model", {}))
+    for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):
+        if value is not None:
+            data[key] = value
+    if image_size is not None:
+        model["image_size"] = image_size
+    elif "image_size" in data:
+        model.setdefault("image_size", data["image_size"])
+    if arch is not None and arch != model.get("arch", "cunet"):
+        model = {k: v for k, v in model.items() if k in ("image_size", "in_channels")} | {"arch": arch}
+    solver = {k: v for k, v in (solver or {}).items() if v is not None}
+    if solver:
+        model["solver"] = dict(model.get("solver", {})) | solver
+    d = dict(d) | {"data": data, "model": model} | {k: v for k, v in top.items() if v is not None}
+    data_cfg = from_dict(DataConfig, data, "data")
+    if "in_channels" not in model:
+        model["in_channels"] = image_channels(data_cfg)
+    return train_config_from_dict(d)
 
 
 @dataclass
@@ -43,9 +133,8 @@ def model_signature(model_cfg) -> dict[str, Any]:
     }
 
 
-def read_train_config(art: Artifact):
-    from .training import train_config_from_dict
-
+def read_train_config(art: Artifact) -> TrainConfig:
+    """The TrainConfig in a model artifact's config.json; an unreadable or invalid one is an ArtifactError."""
     try:
         data = json.loads(art.file(CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -73,11 +162,12 @@ def load_weights(model, path: Path, what: str) -> None:
         raise ArtifactError(f"{what} {path} does not match its architecture config: {detail}") from None
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu", kinds=MODEL_KINDS) -> Checkpoint:
-    """Open a model artifact, rebuild its model from config.json and load its (EMA) weights."""
-    from .models import build_model
+def load_checkpoint(src: str | Path | Artifact, device: str = "cpu", kinds=MODEL_KINDS) -> Checkpoint:
+    """Rebuild a model artifact's model from config.json and load its (EMA) weights.
 
-    art = Artifact.load(path, kinds=kinds)
+    `src` is a path (opened and its hashes checked here) or an Artifact a caller already opened.
+    """
+    art = src.require(kinds) if isinstance(src, Artifact) else Artifact.load(src, kinds=kinds)
     cfg = read_train_config(art)
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")
@@ -86,11 +176,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu", kinds=MODEL_KINDS) ->
 
 def with_solver(ckpt: Checkpoint, method: str | None = None, steps: int | None = None) -> Checkpoint:
     """The same weights run with another ODE solver (torchdiffeq); unrolled artifacts refuse any but their own."""
-    import dataclasses
-
-    from .models import build_model
-    from .unrolling import check_solver_request
-
     if method is None and steps is None:
         return ckpt
     check_solver_request(ckpt.artifact.manifest, ckpt.artifact.path, method, steps)
@@ -116,8 +201,6 @@ def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: 
                     parent: Artifact | None = None, extra: dict | None = None) -> Artifact:
     """Write (or atomically replace) a model artifact at `out` (a checkpoint unless `kind` says else)."""
     from safetensors.torch import save_file
-
-    from .data import save_image_grid
 
     with ArtifactWriter(out, kind=kind, stage=stage, config=to_dict(cfg), parent=parent, replace=replace) as w:
         save_file(_state_to_cpu(ema_state), str(w.dir / WEIGHTS))

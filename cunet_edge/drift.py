@@ -10,6 +10,9 @@ import math
 
 import numpy as np
 
+from .data import load_images
+from .diffusion import alphas_cumprod, q_sample, sample
+
 __all__ = ["rel_err", "psnr", "error_by_timestep", "schedule_inputs", "draw_samples", "torch_drift"]
 
 
@@ -46,8 +49,6 @@ def schedule_inputs(train_cfg, n: int, seed: int):
     """Noisy test images x_t (torch) at timesteps spread evenly over the whole schedule, and those t."""
     import torch
 
-    from .data import load_images
-    from .diffusion import alphas_cumprod, q_sample
 
     x0, _ = load_images(train_cfg.data, "test")
     g = torch.Generator().manual_seed(seed)
@@ -60,7 +61,6 @@ def schedule_inputs(train_cfg, n: int, seed: int):
 
 def draw_samples(model, train_cfg, n: int, steps: int, seed: int):
     """n DDIM samples of a torch model from seeded noise (the same noise for the same seed)."""
-    from .diffusion import sample
 
     m = train_cfg.model
     device = next(model.parameters()).device

@@ -14,25 +14,27 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
+from . import models
+from .artifact import Artifact, write_atomic
+from .checkpoint import read_train_config
 from .config import to_dict
 from .data import DataConfig, load_images, num_classes
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, OutputPathError
+from .records import SOLVER, evaluate_section, write_metrics
+from .sampling import draw_images
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
-    "Classifier",
     "ClassifierConfig",
-    "FeatureExtractor",
     "load_or_train_classifier",
-    "write_metrics",
     "fid_kid",
     "evaluate_images",
     "evaluate_checkpoint",
@@ -60,56 +62,9 @@ class ClassifierConfig:
             raise ConfigError(f"classifier max_shift must be >= 0, got {self.max_shift}")
 
 
-class Classifier(nn.Module):
-    """Small CNN for (C, S, S) images in [-1, 1]: 64-d features, then a linear class head."""
-
-    num_features = 64
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.SiLU(),
-            nn.AvgPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(),
-            nn.AvgPool2d(2),
-            # A 2x2 grid rather than a global average: where strokes are matters for digits.
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(64 * 4, self.num_features), nn.SiLU(),
-        )
-        self.head = nn.Linear(self.num_features, num_classes)
-        self.test_accuracy: float | None = None  # set by load_or_train_classifier
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations (N, 64): the space FID and KID are measured in."""
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (N, num_classes)."""
-        return self.head(self.body(x))
-
-
-class FeatureExtractor(nn.Module):
-    """A classifier's features as a torchmetrics feature module: eval mode, no grad, float64."""
-
-    def __init__(self, classifier: Classifier):
-        super().__init__()
-        self.classifier = classifier.eval()
-        self.num_features = classifier.num_features
-
-    def train(self, mode: bool = True) -> FeatureExtractor:
-        """Stay in eval mode whatever torchmetrics asks, like its own Inception wrapper."""
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, S, S) images in [-1, 1] -> (N, 64) float64 features (FID sums are float64)."""
-        return self.classifier.features(x.float()).double()
-
-
 def load_or_train_classifier(
     data_cfg: DataConfig, settings: ClassifierConfig = ClassifierConfig()
-) -> Classifier:
+) -> models.Classifier:
     """The dataset's feature classifier: loaded from the cache, else trained once and cached.
 
     A cache file that fails to load or does not match these settings is retrained, not trusted.
@@ -146,7 +101,7 @@ def _cache_paths(data_cfg: DataConfig, key: dict) -> tuple[Path, Path]:
     return folder / f"{stem}.safetensors", folder / f"{stem}.json"
 
 
-def _load_cached(weights: Path, meta: Path, key: dict) -> Classifier | None:
+def _load_cached(weights: Path, meta: Path, key: dict) -> models.Classifier | None:
     """The cached classifier, or None if missing, corrupted or made with other settings."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
@@ -157,7 +112,7 @@ def _load_cached(weights: Path, meta: Path, key: dict) -> Classifier | None:
         # The hash ties the two files together: a crash between their renames is caught here.
         if info["key"] != key or hashlib.sha256(blob).hexdigest() != info["weights_sha256"]:
             return None
-        model = Classifier(info["in_channels"], info["num_classes"])
+        model = models.Classifier(info["in_channels"], info["num_classes"])
         model.load_state_dict(load_safetensors(blob), strict=True)
         model.test_accuracy = float(info["test_accuracy"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
@@ -165,7 +120,7 @@ def _load_cached(weights: Path, meta: Path, key: dict) -> Classifier | None:
     return model
 
 
-def _write_cache(model: Classifier, weights: Path, meta: Path, info: dict) -> None:
+def _write_cache(model: models.Classifier, weights: Path, meta: Path, info: dict) -> None:
     """Write weights then metadata, each through a temporary file and an atomic rename."""
     from safetensors.torch import save as save_safetensors
 
@@ -173,34 +128,23 @@ def _write_cache(model: Classifier, weights: Path, meta: Path, info: dict) -> No
     info = {**info, "weights_sha256": hashlib.sha256(blob).hexdigest()}
     try:
         weights.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(weights, blob)
-        _atomic_write(meta, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
-    except OSError as exc:
+        write_atomic(weights, blob)
+        write_atomic(meta, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    except (OSError, OutputPathError) as exc:
         # The trained model is still usable; only the next process pays for training again.
         warnings.warn(f"could not cache the classifier in {weights.parent}: {exc}", stacklevel=3)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside path, then rename it over path."""
-    # A unique name beside the target (not mkstemp, whose 0600 mode would ignore the umask).
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _train(data_cfg: DataConfig, s: ClassifierConfig, k: int) -> tuple[Classifier, dict]:
+def _train(data_cfg: DataConfig, s: ClassifierConfig, k: int) -> tuple[models.Classifier, dict]:
     """Adam with cosine-decayed lr and random-shift augmentation; seeded and deterministic."""
+    import torch
+
     x, y = load_images(data_cfg, "train")
     gen = torch.Generator().manual_seed(s.seed)
     # fork_rng: seed the weight init without disturbing the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
-        model = Classifier(x.shape[1], k)
+        model = models.Classifier(x.shape[1], k)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     t0 = time.perf_counter()
     model.train()
@@ -209,7 +153,7 @@ def _train(data_cfg: DataConfig, s: ClassifierConfig, k: int) -> tuple[Classifie
         batch = _random_shift(x[idx], s.max_shift, gen)
         for group in opt.param_groups:
             group["lr"] = s.lr * 0.5 * (1.0 + math.cos(math.pi * step / s.steps))
-        loss = nn.functional.cross_entropy(model(batch), y[idx])
+        loss = torch.nn.functional.cross_entropy(model(batch), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -230,6 +174,8 @@ def _train(data_cfg: DataConfig, s: ClassifierConfig, k: int) -> tuple[Classifie
 
 def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by a random whole number of pixels, repeating the border."""
+    import torch
+
     if max_shift == 0:
         return x
     n, _, h, w = x.shape
@@ -239,18 +185,22 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     # affine_grid works in [-1, 1] coordinates, where one pixel is 2 / size.
     theta[:, 0, 2] = shift[:, 0] * 2.0 / w
     theta[:, 1, 2] = shift[:, 1] * 2.0 / h
-    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    return nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
-@torch.no_grad()
-def _predict(model: Classifier, x: torch.Tensor) -> torch.Tensor:
+def _predict(model: models.Classifier, x: torch.Tensor) -> torch.Tensor:
     """Logits of x in batches (keeps memory flat on large datasets)."""
-    return torch.cat([model(part.float()) for part in x.split(_BATCH)])
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(part.float()) for part in x.split(_BATCH)])
 
 
 def _check_images(images: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
     """Raise DatasetError unless images are finite (N >= 2, *shape) tensors."""
+    import torch
+
     if not isinstance(images, torch.Tensor) or tuple(images.shape[1:]) != tuple(shape):
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise DatasetError(f"{what} must have shape (N, {', '.join(map(str, shape))}), got {got}")
@@ -263,7 +213,7 @@ def _check_images(images: torch.Tensor, shape: tuple[int, ...], what: str) -> No
 def fid_kid(
     generated: torch.Tensor,
     real: torch.Tensor,
-    extractor: nn.Module,
+    extractor: torch.nn.Module,
     kid_subset_size: int | None = None,
 ) -> dict[str, float]:
     """FID and KID (torchmetrics) of generated vs real images in the extractor's feature space.
@@ -271,6 +221,7 @@ def fid_kid(
     KID draws 100 random subsets of `kid_subset_size` (default min(100, both set sizes)) images
     from each set; its sampling is seeded, so the same inputs give the same numbers.
     """
+    import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -302,6 +253,8 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig) -> dict:
     split (`*_real_reference`); `fid_ratio` near 1 means "as close as held-out real images".
     FID grows as sets shrink, so the ratio is fairest with about `n_reference` samples.
     """
+    import torch
+
     k = num_classes(data_cfg)
     if k is None:
         raise DatasetError(f"evaluate needs a labelled dataset; {data_cfg.name} has no labels")
@@ -309,7 +262,7 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig) -> dict:
     test_x, _ = load_images(data_cfg, "test")
     _check_images(samples, tuple(train_x.shape[1:]), "samples")
     classifier = load_or_train_classifier(data_cfg)
-    extractor = FeatureExtractor(classifier)
+    extractor = models.FeatureExtractor(classifier)
     gen = fid_kid(samples, train_x, extractor)
     ref = fid_kid(test_x, train_x, extractor)
     # FID is biased upward for small sets: compare like with like at the reference's size too.
@@ -343,40 +296,21 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
     """Sample an artifact with `sample_cfg` and score the images; also saved as its metrics.json.
 
     Model artifacts run in PyTorch by default; any artifact runs on a named runtime (ONNX
-    Runtime, TensorRT, ...) through the numpy sampler, fed the same seeded noise.
+    Runtime, TensorRT, ...) through the numpy sampler, fed the same seeded noise. The artifact
+    is opened once (`path` may be an Artifact already opened).
     """
-    from .artifact import Artifact
-    from .checkpoint import MODEL_KINDS, load_checkpoint, read_train_config
-    from .config import to_dict as plain
-    from .sampling import generate, generate_with_runner, open_for_sampling
-
-    art = Artifact.load(path)
-    if runtime in (None, "torch") and art.kind in MODEL_KINDS and not runner_options:
-        ckpt = load_checkpoint(path)
-        images, runtime = generate(ckpt, sample_cfg, progress=progress), "torch"
-    else:
-        with open_for_sampling(path, sample_cfg, runtime, **runner_options) as runner:
-            images, runtime = generate_with_runner(runner, sample_cfg, progress=progress), runner.name
+    art = path if isinstance(path, Artifact) else Artifact.load(path)
+    images, runtime = draw_images(art, sample_cfg, progress=progress, runtime=runtime, **runner_options)
     data_cfg = read_train_config(art).data
     metrics = evaluate_images(images, data_cfg)
     metrics.update(
         sampler=sample_cfg.sampler, sampler_steps=sample_cfg.steps, eta=sample_cfg.eta, seed=sample_cfg.seed,
-        artifact=str(art.path), artifact_id=art.manifest.get("id"), dataset=plain(data_cfg), runtime=runtime,
-        solver=art.manifest.get("solver"),
+        artifact=str(art.path), artifact_id=art.manifest.get("id"), dataset=to_dict(data_cfg), runtime=runtime,
+        solver=art.manifest.get(SOLVER),
     )
     # "evaluate" is the latest evaluation; the sampler-specific section keeps one per sampler setting
     # (a report can then set several sampler step counts of one artifact side by side).
-    write_metrics(art, "evaluate", metrics)
-    write_metrics(art, f"evaluate:{sample_cfg.sampler}-{sample_cfg.steps}", metrics)
+    write_metrics(art.path, "evaluate", metrics)
+    write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps), metrics)
     return metrics
 
-
-def write_metrics(art, section: str, metrics: dict) -> None:
-    """Merge `metrics` under `section` into the artifact's metrics.json, atomically."""
-    path = art.file("metrics.json")
-    try:
-        current = json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        current = {}
-    current[section] = metrics
-    _atomic_write(path, (json.dumps(current, indent=2, sort_keys=True) + "\n").encode())

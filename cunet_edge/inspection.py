@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import load_checkpoint
 from .config import to_dict
+from .kinds import STAGE_IO
+from .models import profile_model
 
 __all__ = ["inspect_artifact"]
 
@@ -28,10 +31,8 @@ def _pruned_widths(model_cfg) -> dict[str, list[int]] | None:
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """params, MACs per call (every solver evaluation counted), NFE per call, configs, lineage."""
-    from .checkpoint import load_checkpoint
-    from .models import profile_model
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, kinds=STAGE_IO["inspect"].accepts)
     m = ckpt.config.model
     prof = profile_model(ckpt.model, m)
     man = ckpt.artifact.manifest

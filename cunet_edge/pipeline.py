@@ -29,20 +29,30 @@ point, SIGKILL included, leaves no artifact that looks valid but is not.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import json
-import os
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import MODEL_KINDS
+import tomllib
+
+from . import pipeline_stages as stages
+from .artifact import Artifact, check_output_path, write_json_atomic
+from .benchmark import BenchConfig
+from .checkpoint import TrainConfig, train_config_from_options
 from .config import check_positive, from_dict, to_dict
 from .errors import ArtifactError, ConfigError
+from .export.onnx import OnnxExportConfig
+from .kinds import MODEL_KINDS, STAGE_IO, StageIO, kind_runtime
+from .pruning import PruneConfig
+from .quantize.int8 import QuantizeConfig
+from .report.stage import ReportConfig
+from .sampling import SampleConfig
+from .search import ParetoConfig, SearchConfig, expand_search, run_pareto
+from .unrolling import UnrollConfig
 
 __all__ = ["STAGES", "StageDef", "PlannedStage", "Recipe", "load_recipe", "run_pipeline", "stage_hash"]
 
@@ -51,47 +61,60 @@ MARKERS = ".pipeline"
 
 @dataclass(frozen=True)
 class StageDef:
-    """What a stage takes and makes: its config class, input kinds, output kind (None: measures its
-    inputs in place), whether it takes several inputs, the backends it needs, and its runner."""
+    """A stage of a recipe: its config class, its runner, what it takes and makes (its entry of the kinds
+    table, `cunet_edge.kinds.STAGE_IO`), and how the pipeline treats it."""
 
-    config: str  # "module:Class"
-    run: str  # "module:function"
-    takes: tuple[str, ...] = ()
-    makes: str | None = None
-    many: bool = False
+    config: type
+    run: Callable[[Any, StageContext], Any]
+    io: StageIO
+    parse: Callable[..., Any] | None = None  # builds the config from the stage's table (default: from_dict)
+    output_kind: Callable[[Any], str] | None = None  # the kind it makes, read from its config (a loaded model)
+    many: bool = False  # takes several inputs
+    measures_inputs: bool = False  # runs its inputs on their runtimes: needs those backends
     backends: tuple[str, ...] = ()
     always: bool = False  # summaries of what is on disk: cheap, and rerun every time
+    resumable: bool = False  # a changed or killed run continues from its last save instead of starting over
+    reads_run: bool = False  # summarises the whole run folder: stages a search adds go before it
+
+    @property
+    def takes(self) -> tuple[str, ...]:
+        return self.io.accepts
 
 
-_P = "cunet_edge.pipeline_stages"
-RUNNABLE = MODEL_KINDS + ("onnx", "onnx-int8")
+def _load_kind(cfg: stages.LoadConfig) -> str:
+    """The kind of the model a `load` stage names (checked when the recipe is planned)."""
+    p = cfg.resolve()
+    try:
+        art = Artifact.load(p, verify=False)
+    except ArtifactError as exc:
+        raise ConfigError(f"stage load: {exc}") from None
+    if art.kind not in MODEL_KINDS:
+        raise ConfigError(f"stage load: {p} is an artifact of kind {art.kind!r}; load takes a model "
+                          f"({', '.join(MODEL_KINDS)})")
+    return art.kind
+
+
+_ONNX = ("onnx", "onnxscript", "onnxruntime")
 STAGES: dict[str, StageDef] = {
-    "train": StageDef("cunet_edge.training:TrainConfig", f"{_P}:run_train", makes="checkpoint"),
-    "load": StageDef(f"{_P}:LoadConfig", f"{_P}:run_load", makes="checkpoint"),
-    "unroll": StageDef("cunet_edge.unrolling:UnrollConfig", f"{_P}:run_unroll", ("checkpoint", "pruned"), "unrolled"),
-    "prune": StageDef("cunet_edge.pruning:PruneConfig", f"{_P}:run_prune", ("checkpoint",), "checkpoint",
-                      backends=("torch_pruning",)),
-    "export": StageDef("cunet_edge.export.onnx:OnnxExportConfig", f"{_P}:run_export", ("unrolled", "pruned"), "onnx",
-                       backends=("onnx", "onnxscript", "onnxruntime")),
-    "quantize": StageDef("cunet_edge.quantize.int8:QuantizeConfig", f"{_P}:run_quantize", ("onnx",), "onnx-int8",
-                         backends=("onnx", "onnxruntime")),
-    "bench": StageDef("cunet_edge.benchmark:BenchConfig", f"{_P}:run_bench", RUNNABLE, many=True),
-    "evaluate": StageDef("cunet_edge.sampling:SampleConfig", f"{_P}:run_evaluate", RUNNABLE, many=True),
-    "pareto": StageDef("cunet_edge.search:ParetoConfig", "cunet_edge.search:run_pareto", RUNNABLE, many=True,
-                       always=True),
-    "report": StageDef("cunet_edge.report.stage:ReportConfig", f"{_P}:run_report", makes="report",
-                       backends=("matplotlib",), always=True),
+    "train": StageDef(TrainConfig, stages.run_train, STAGE_IO["train"], parse=train_config_from_options,
+                      resumable=True),
+    "load": StageDef(stages.LoadConfig, stages.run_load, STAGE_IO["load"], output_kind=_load_kind),
+    "unroll": StageDef(UnrollConfig, stages.run_unroll, STAGE_IO["unroll"]),
+    "prune": StageDef(PruneConfig, stages.run_prune, STAGE_IO["prune"], backends=("torch_pruning",)),
+    "export": StageDef(OnnxExportConfig, stages.run_export, STAGE_IO["export"], backends=_ONNX),
+    "quantize": StageDef(QuantizeConfig, stages.run_quantize, STAGE_IO["quantize"], backends=("onnx", "onnxruntime")),
+    "bench": StageDef(BenchConfig, stages.run_bench, STAGE_IO["bench"], many=True, measures_inputs=True),
+    "evaluate": StageDef(SampleConfig, stages.run_evaluate, STAGE_IO["evaluate"], many=True, measures_inputs=True),
+    "pareto": StageDef(ParetoConfig, run_pareto, STAGE_IO["pareto"], many=True, always=True),
+    "report": StageDef(ReportConfig, stages.run_report, STAGE_IO["report"], backends=("matplotlib",), always=True,
+                       reads_run=True),
 }
-RUNTIME_BACKENDS = {"onnx": ("onnxruntime",), "onnx-int8": ("onnxruntime",)}
+# The Python modules a runtime needs (checked before any work for stages that run their inputs).
+RUNTIME_BACKENDS = {"onnxruntime": ("onnxruntime",)}
 BACKEND_HINTS = {"onnx": 'pip install "cunet-edge[onnx]"', "onnxscript": 'pip install "cunet-edge[onnx]"',
                  "onnxruntime": 'pip install "cunet-edge[onnx]"', "torch_pruning": 'pip install "cunet-edge[prune]"',
                  "matplotlib": 'pip install "cunet-edge[report]"'}
 RESERVED = ("stage", "name", "input", "inputs")
-
-
-def _load(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass(frozen=True)
@@ -137,14 +160,12 @@ def _read_toml(path: Path) -> dict:
 
 
 def _parse_config(spec: dict, definition: StageDef, where: str) -> Any:
-    """The stage's config dataclass from its keys (train keys go through the train command's rules)."""
+    """The stage's config dataclass from its keys (through the stage's own parser where it has one)."""
     raw = {k: v for k, v in spec.items() if k not in RESERVED}
     try:
-        if spec["stage"] == "train":
-            from .training import train_config_from_options
-
-            return train_config_from_options(base=raw)
-        return from_dict(_load(definition.config), raw)
+        if definition.parse is not None:
+            return definition.parse(base=raw)
+        return from_dict(definition.config, raw)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -186,14 +207,16 @@ def _plan_stage(spec: Any, i: int, made: dict[str, str | None], previous: str | 
         if made[src] not in d.takes:
             raise ConfigError(f"{where}: input {src!r} makes {made[src] or 'no artifact'}; {kind} takes "
                               f"{' or '.join(d.takes)}")
-    return PlannedStage(kind, name, inputs, _parse_config(spec, d, where), d.makes)
+    config = _parse_config(spec, d, where)
+    makes = d.output_kind(config) if d.output_kind else d.io.produces(made[inputs[0]] if inputs else None)
+    return PlannedStage(kind, name, inputs, config, makes)
 
 
 def _check_backends(stages: tuple[PlannedStage, ...], made: dict[str, str | None]) -> None:
     for s in stages:
         needs = list(s.definition.backends)
-        if s.stage in ("bench", "evaluate"):
-            needs += [b for src in s.inputs for b in RUNTIME_BACKENDS.get(made[src], ())]
+        if s.definition.measures_inputs:
+            needs += [b for src in s.inputs for b in RUNTIME_BACKENDS.get(kind_runtime(made[src]), ())]
         for module in needs:
             if importlib.util.find_spec(module) is None:
                 hint = BACKEND_HINTS.get(module, f"pip install {module}")
@@ -205,8 +228,6 @@ def load_recipe(path: str | Path, *, search: bool = False) -> Recipe:
 
     With `search`, the recipe's [search] table is expanded into stages (before any report stage).
     """
-    from .search import SearchConfig, expand_search
-
     path = Path(path)
     data = _read_toml(path)
     unknown = sorted(set(data) - {"pipeline", "stage", "search"})
@@ -221,36 +242,20 @@ def load_recipe(path: str | Path, *, search: bool = False) -> Recipe:
     if search:
         if grid is None:
             raise ConfigError(f"recipe {path} has no [search] table to search over")
-        at = next((i for i, sp in enumerate(specs) if isinstance(sp, dict) and sp.get("stage") == "report"),
-                  len(specs))
+        at = next((i for i, sp in enumerate(specs) if isinstance(sp, dict) and sp.get("stage") in STAGES
+                   and STAGES[sp["stage"]].reads_run), len(specs))
         specs = specs[:at] + expand_search(grid) + specs[at:]
     made: dict[str, str | None] = {}
     stages, previous = [], None
     for i, spec in enumerate(specs):
         s = _plan_stage(spec, i, made, previous)
-        if s.stage == "load":
-            made[s.name] = _load_kind(s.config)
-        else:
-            made[s.name] = s.makes
+        made[s.name] = s.makes
         stages.append(s)
-        previous = s.name if s.makes not in (None, "report") else previous
+        previous = s.name if s.makes is not None else previous
     recipe = Recipe(path, settings, tuple(stages))
     _check_backends(recipe.stages, made)
     return recipe
 
-
-def _load_kind(cfg) -> str:
-    from .artifact import Artifact
-
-    p = cfg.resolve()
-    try:
-        art = Artifact.load(p, verify=False)
-    except ArtifactError as exc:
-        raise ConfigError(f"stage load: {exc}") from None
-    if art.kind not in MODEL_KINDS:
-        raise ConfigError(f"stage load: {p} is an artifact of kind {art.kind!r}; load takes a model "
-                          f"({', '.join(MODEL_KINDS)})")
-    return art.kind
 
 
 def stage_hash(stage: PlannedStage, input_ids: list[str | None]) -> str:
@@ -271,23 +276,16 @@ def _read_marker(run_dir: Path, name: str) -> dict | None:
 
 
 def _write_marker(run_dir: Path, name: str, record: dict) -> None:
-    path = _marker(run_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(_marker(run_dir, name), record)
 
 
 def _is_done(run_dir: Path, stage: PlannedStage, h: str) -> bool:
-    """A stage is done if its marker has this hash and its output artifact is still intact."""
-    from .artifact import Artifact
-
+    """A stage is done if its marker has this hash and its output artifact (or the link `load` made to one)
+    is still intact."""
     marker = _read_marker(run_dir, stage.name)
     if stage.definition.always or not marker or marker.get("hash") != h:
         return False
-    if stage.stage == "load":
-        return (run_dir / stage.name).is_symlink()
-    if stage.makes in (None, "report"):
+    if stage.makes is None:
         return True
     try:
         return Artifact.load(run_dir / stage.name).manifest.get("id") == marker.get("id")
@@ -322,8 +320,6 @@ class StageContext:
 def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False, progress: bool = True,
                  echo: Callable[[str], None] = print) -> dict:
     """Run a recipe into `run_dir`, skipping stages already done with the same hash; a summary dict."""
-    from .artifact import Artifact, check_output_path
-
     recipe = load_recipe(path, search=search)
     run_dir = check_output_path(run_dir, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -340,12 +336,12 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
             summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": True, "seconds": 0.0})
             continue
         marker = _read_marker(run_dir, s.name)
-        resumable = s.stage == "train" and (marker is None or marker.get("hash") == h)
+        resumable = s.definition.resumable and (marker is None or marker.get("hash") == h)
         _clear_leftovers(run_dir, s.name, keep_output=resumable)
         echo(f"{label}: running")
         t0 = time.perf_counter()
         ctx = StageContext(run_dir, out, inputs, recipe.settings, progress)
-        result = _load(s.definition.run)(s.config, ctx)
+        result = s.definition.run(s.config, ctx)
         seconds = time.perf_counter() - t0
         outputs[s.name] = result if isinstance(result, Artifact) else None
         _write_marker(run_dir, s.name, {"hash": h, "stage": s.stage, "seconds": seconds,
@@ -356,7 +352,7 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
         summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": False, "seconds": seconds})
     total = time.perf_counter() - t_all
     result = {"recipe": str(recipe.path), "run_dir": str(run_dir), "stages": summary, "seconds": total}
-    (run_dir / MARKERS / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(run_dir / MARKERS / "summary.json", result)
     return result
 
 
@@ -366,10 +362,4 @@ def _clock(seconds: float) -> str:
 
 
 def _stage_output(stage: PlannedStage, out: Path):
-    from .artifact import Artifact
-
-    if stage.stage == "load":
-        return Artifact.load(stage.config.resolve())
-    if stage.makes in (None, "report"):
-        return None
-    return Artifact.load(out)
+    return None if stage.makes is None else Artifact.load(out)

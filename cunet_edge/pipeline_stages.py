@@ -7,12 +7,21 @@ inputs in place (bench and evaluate write each input's metrics.json and a result
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .artifact import Artifact, write_json_atomic
+from .benchmark import BenchTarget, bench, format_bench
 from .errors import ConfigError
+from .evaluation import evaluate_checkpoint
+from .export.onnx import export_onnx
+from .kinds import runtime_for
+from .pruning import prune
+from .quantize.int8 import format_side_by_side, quantize_int8
+from .records import RESULT
+from .report.stage import report
+from .training import train
+from .unrolling import unroll
 
 __all__ = ["LoadConfig", "run_train", "run_load", "run_unroll", "run_prune", "run_export", "run_quantize",
            "run_bench", "run_evaluate", "run_report"]
@@ -39,23 +48,12 @@ def _threads(ctx) -> None:
         torch.set_num_threads(ctx.settings.threads)
 
 
-def _write_result(ctx, result: dict) -> None:
-    """result.json in the stage's own folder, written whole or not at all."""
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    tmp = ctx.out / f".result.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, ctx.out / "result.json")
-
-
 def run_train(cfg, ctx):
-    from .training import train
-
     return train(cfg, ctx.out, progress=ctx.progress, threads=ctx.settings.threads)
 
 
 def run_load(cfg: LoadConfig, ctx):
     """The model, verified; a link to it in the run folder makes it part of the run (and of its report)."""
-    from .artifact import Artifact
 
     art = Artifact.load(cfg.resolve())
     if ctx.out.is_symlink():
@@ -65,29 +63,21 @@ def run_load(cfg: LoadConfig, ctx):
 
 
 def run_unroll(cfg, ctx):
-    from .unrolling import unroll
-
     _threads(ctx)
     return unroll(ctx.inputs[0].path, cfg, ctx.out)
 
 
 def run_prune(cfg, ctx):
-    from .pruning import prune
-
     _threads(ctx)
     return prune(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress, threads=ctx.settings.threads)
 
 
 def run_export(cfg, ctx):
-    from .export.onnx import export_onnx
-
     _threads(ctx)
     return export_onnx(ctx.inputs[0].path, cfg, ctx.out)
 
 
 def run_quantize(cfg, ctx):
-    from .quantize.int8 import format_side_by_side, quantize_int8
-
     _threads(ctx)
     art = quantize_int8(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
     print(format_side_by_side(art.manifest["precisions"]))
@@ -96,38 +86,34 @@ def run_quantize(cfg, ctx):
 
 def run_bench(cfg, ctx):
     """All inputs timed side by side in one bench run, each on its kind's runtime."""
-    from .benchmark import KIND_RUNTIME, BenchTarget, bench, format_bench
 
     if cfg.threads is None and ctx.settings.threads:
         cfg = replace(cfg, threads=ctx.settings.threads)
-    targets = [BenchTarget(str(a.path), KIND_RUNTIME[a.kind]) for a in ctx.inputs]
+    targets = [BenchTarget(str(a.path), runtime_for(a.kind, a.path)) for a in ctx.inputs]
     result = bench(targets, cfg, progress=ctx.progress)
     print(format_bench(result))
-    _write_result(ctx, result)
+    write_json_atomic(ctx.out / RESULT, result)
     return None
 
 
 def run_evaluate(cfg, ctx):
     """FID/KID of each input's samples (stored in its metrics.json), on its kind's runtime."""
-    from .benchmark import KIND_RUNTIME
-    from .evaluation import evaluate_checkpoint
 
     _threads(ctx)
     rows = []
     for a in ctx.inputs:
-        runtime = KIND_RUNTIME[a.kind]
+        runtime = runtime_for(a.kind, a.path)
         options = {"threads": ctx.settings.threads} if runtime == "onnxruntime" and ctx.settings.threads else {}
         m = evaluate_checkpoint(a.path, cfg, progress=ctx.progress, runtime=runtime, **options)
         print(f"  {a.path.name}: FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}), "
               f"confident {100 * m['frac_confident']:.1f}%  [{runtime}]")
         rows.append(m)
-    _write_result(ctx, {"results": rows})
+    write_json_atomic(ctx.out / RESULT, {"results": rows})
     return None
 
 
 def run_report(cfg, ctx):
     """The report over every artifact in the run folder, into the stage's own folder."""
-    from .report.stage import report
 
     report(ctx.run_dir, cfg, ctx.out)
     print(f"  report: {ctx.out / 'report.html'}")

@@ -28,14 +28,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import models
+from .artifact import check_output_path
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import check_choice, check_positive, to_dict
-from .errors import ConfigError
+from .constants import PROFILE_TIMESTEP
+from .data import load_images
+from .diffusion import alphas_cumprod, diffusion_loss, q_sample
+from .drift import rel_err, schedule_inputs, torch_drift
+from .errors import ConfigError, import_backend
+from .kinds import STAGE_IO
+from .models import build_model, profile_model
+from .records import DRIFT, PRUNING, SOLVER, TRAINED_SOLVER
+from .training import fit
 
-__all__ = ["PruneConfig", "prune", "PRUNABLE_KINDS", "IMPORTANCES", "SCOPES", "SELECTIONS"]
+__all__ = ["PruneConfig", "prune", "IMPORTANCES", "SCOPES", "SELECTIONS"]
 
-PRUNABLE_KINDS = ("checkpoint", "unrolled", "pruned")
-# An unrolled parent gives a `pruned` artifact (solver baked in, exportable); a checkpoint a checkpoint.
-OUT_KIND = {"checkpoint": "checkpoint", "unrolled": "pruned", "pruned": "pruned"}
 IMPORTANCES = ("taylor", "l1")
 SCOPES = ("global", "local")
 SELECTIONS = ("least-error", "largest")
@@ -92,9 +100,7 @@ class PruneConfig:
 
 
 def _load_source(src):
-    from .checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(src, kinds=PRUNABLE_KINDS)
+    ckpt = load_checkpoint(src, kinds=STAGE_IO["prune"].accepts)
     if ckpt.config.model.arch != "cunet":
         raise ConfigError(f"{src} is a {ckpt.config.model.arch!r} model; prune needs a continuous U-Net (cunet)")
     return ckpt
@@ -102,13 +108,11 @@ def _load_source(src):
 
 def _check_reachable(ckpt, cfg: PruneConfig, base: dict) -> float:
     """Refuse, before any work, a target below the model with every width at its floor; returns that floor."""
-    from .models import build_model, profile_model
-    from .models.cunet import LAYER_WIDTHS
 
     m = ckpt.config.model
     g = m.norm_groups
     floors = {"enc_widths": g, "dec_widths": g, "ode_hidden": g, "up_widths": 1, "v0_hidden": 1}
-    smallest = dataclasses.replace(m, **{k: tuple(floors[k] for _ in m.layer_widths[k]) for k in LAYER_WIDTHS})
+    smallest = dataclasses.replace(m, **{k: tuple(floors[k] for _ in m.layer_widths[k]) for k in models.LAYER_WIDTHS})
     floor = profile_model(build_model(smallest), m)[cfg.metric] / base[cfg.metric]
     if cfg.target < floor:
         raise ConfigError(
@@ -142,17 +146,16 @@ def _pruner(tp, model, ratio: float, cfg: PruneConfig):
     """Torch-Pruning's MetaPruner over the U-Net, with what must stay whole left out."""
     import torch
 
-    from .models.cunet import SelfAttention
 
     m = model.cfg
     # The timestep MLP feeds every block (tiny); the head's conv writes the image channels; the
     # qkv convs keep q/k/v and the heads whole (tracing their reshape into heads hangs the graph).
-    ignored = [model.time_mlp, model.head[-1]] + [a.qkv for a in model.modules() if isinstance(a, SelfAttention)]
+    ignored = [model.time_mlp, model.head[-1]] + [a.qkv for a in model.modules() if isinstance(a, models.SelfAttention)]
     # emb_proj yields scale and shift (chunked in two) for a GroupNorm: prune both halves, every group alike.
     groups = {b.func.emb_proj: 2 * m.norm_groups for b in model.ode_blocks()}
     p = next(model.parameters())
     example = (torch.zeros(1, m.in_channels, m.image_size, m.image_size, dtype=p.dtype, device=p.device),
-               torch.full((1,), 500, device=p.device))
+               torch.full((1,), PROFILE_TIMESTEP, device=p.device))
     importance = (tp.importance.GroupTaylorImportance() if cfg.importance == "taylor"
                   else tp.importance.GroupMagnitudeImportance(p=1))
     with _traceable(model):
@@ -165,7 +168,6 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> 
     """Sum ∂L/∂w of the diffusion loss over batches, each with one timestep per stratum of the schedule."""
     import torch
 
-    from .diffusion import alphas_cumprod, q_sample
 
     device = next(model.parameters()).device
     abar = torch.tensor(alphas_cumprod(train_cfg.diffusion), dtype=torch.float32)
@@ -196,8 +198,6 @@ def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig):
     """Scan the ratio grid; of the candidates meeting `goal` (fraction of base) keep the one `cfg.select` says."""
     import torch
 
-    from .drift import rel_err
-    from .models import profile_model
 
     ratios = [round(cfg.ratio_step * i, 6) for i in range(1, int(round(1 / cfg.ratio_step)))]
     rows, best = [], None
@@ -239,7 +239,6 @@ def _pruned_config(m, model):
 
 def _rebuild(model_cfg, state: dict, device):
     """A fresh model from the config, loaded strictly with `state`: the pruned widths must be all it takes."""
-    from .models import build_model
 
     model = build_model(model_cfg).to(device)
     model.load_state_dict(state, strict=True)
@@ -253,8 +252,6 @@ def _finetune(model, teacher, images, train_cfg, cfg: PruneConfig, steps: int, r
 
     import torch
 
-    from .diffusion import diffusion_loss
-    from .training import fit
 
     ft = dataclasses.replace(train_cfg, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
                              warmup_steps=min(cfg.warmup_steps, steps), seed=cfg.seed + round_ - 1)
@@ -271,7 +268,6 @@ def _validation(parent, cfg: PruneConfig, device) -> tuple:
     """Held-out noisy test images over the schedule (not the drift's seed) and the parent's ε on them."""
     import torch
 
-    from .drift import schedule_inputs
 
     x, t = schedule_inputs(parent.config, cfg.val_n, cfg.seed + 1)
     val = (x.to(device), t.to(device))
@@ -292,7 +288,6 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
     """
     import torch
 
-    from .drift import rel_err
 
     val, ref = _validation(parent, cfg, device)
     model, rounds = copy.deepcopy(parent.model).requires_grad_(True), []
@@ -320,8 +315,6 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
 
 
 def _drift(model, parent, cfg: PruneConfig) -> dict:
-    from .drift import torch_drift
-
     return torch_drift(model, parent.model, parent.config, n_inputs=cfg.val_n, samples=cfg.drift_samples,
                        sampler_steps=cfg.drift_sampler_steps, seed=cfg.seed)
 
@@ -346,11 +339,6 @@ def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, thre
     """Stage: a continuous U-Net model artifact → the same network with channels removed, fine-tuned."""
     import torch
 
-    from .artifact import check_output_path
-    from .checkpoint import save_checkpoint
-    from .data import load_images
-    from .errors import import_backend
-    from .models import profile_model
 
     tp = import_backend("torch_pruning", "torch-pruning", INSTALL_HINT)
     check_output_path(out)
@@ -368,9 +356,10 @@ def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, thre
     record = _record(cfg, base, profile_model(model, model_cfg), model_cfg, rounds, floor)
     record["seconds"]["total"] = time.perf_counter() - t0
     man = parent.artifact.manifest
-    extra = {"pruning": record, "drift": drift}
-    if "solver" in man:  # an unrolled parent: the baked-in solver travels on
-        extra |= {"solver": man["solver"], "trained_solver": man.get("trained_solver")}
+    extra = {PRUNING: record, DRIFT: drift}
+    if SOLVER in man:  # an unrolled parent: the baked-in solver travels on
+        extra |= {SOLVER: man[SOLVER], TRAINED_SOLVER: man.get(TRAINED_SOLVER)}
     train_cfg = dataclasses.replace(parent.config, model=model_cfg)
+    kind = STAGE_IO["prune"].produces(parent.artifact.kind)
     return save_checkpoint(Path(out), train_cfg, model.state_dict(), step=man.get("train_step", 0), train_state=None,
-                           kind=OUT_KIND[parent.artifact.kind], stage="prune", parent=parent.artifact, extra=extra)
+                           kind=kind, stage="prune", parent=parent.artifact, extra=extra)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .artifact import Artifact
+from .checkpoint import load_checkpoint, with_solver
 from .config import check_choice, check_positive
+from .data import save_image_grid
+from .diffusion import SAMPLERS, alphas_cumprod, sample
 from .errors import ConfigError
+from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
+from .runtimes import numpy_sampler
+from .runtimes.base import open_runner
 
-__all__ = ["SampleConfig", "generate", "generate_with_runner", "open_for_sampling", "write_sample_grid"]
+__all__ = ["SampleConfig", "generate", "generate_with_runner", "open_for_sampling", "draw_images", "write_sample_grid"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,6 @@ class SampleConfig:
     solver_steps: int | None = None
 
     def __post_init__(self):
-        from .diffusion import SAMPLERS
-
         check_positive("n", self.n)
         check_positive("batch_size", self.batch_size)
         check_choice("sampler", self.sampler, SAMPLERS)
@@ -44,8 +50,6 @@ def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):
     """Draw cfg.n images in [−1, 1] from a loaded Checkpoint, seeded, batched."""
     from rich.progress import Progress
 
-    from .checkpoint import with_solver
-    from .diffusion import sample
 
     ckpt = with_solver(ckpt, cfg.solver, cfg.solver_steps)
     m = ckpt.config.model
@@ -69,8 +73,6 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
     import torch
     from rich.progress import Progress
 
-    from .diffusion import alphas_cumprod
-    from .runtimes.numpy_sampler import SAMPLERS
 
     tc = runner.train_config()
     m = tc.model
@@ -90,33 +92,36 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
                 z = torch.randn((b, *s[1:]), generator=g).numpy()
                 return np.concatenate([z, np.zeros((s[0] - b, *s[1:]), np.float32)]) if s[0] > b else z
 
-            x = SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, cfg.steps, noise=draw,
+            x = numpy_sampler.SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, cfg.steps, noise=draw,
                                       clip=tc.diffusion.clip_denoised, **kwargs)
             out.append(torch.from_numpy(np.clip(x[:b], -1, 1)))
             bar.update(task, advance=b)
     return torch.cat(out)
 
 
-def open_for_sampling(path, cfg: SampleConfig, runtime: str | None = None, **options):
-    """A runner for `path` on `runtime` (default: the one that runs its kind), checked against cfg's solver."""
-    from .benchmark import parse_target
-    from .runtimes.base import open_runner
+def open_for_sampling(art: Artifact, cfg: SampleConfig, runtime: str | None = None, **options):
+    """A runner for an opened artifact on `runtime` (default: the one that runs its kind), checked against cfg's solver."""
+    return open_runner(art, runtime or runtime_for(art.kind, art.path), solver=cfg.solver,
+                       solver_steps=cfg.solver_steps, **options)
 
-    target = parse_target(str(path), runtime)
-    return open_runner(target.path, target.runtime, solver=cfg.solver, solver_steps=cfg.solver_steps, **options)
+
+def draw_images(artifact: str | Path | Artifact, cfg: SampleConfig, *, progress: bool = False,
+                runtime: str | None = None, **runner_options) -> tuple[Any, str]:
+    """cfg.n images from an artifact, opened (and its hashes checked) once, and the runtime that drew them.
+
+    Model artifacts run in PyTorch by default (the torch sampler); any artifact runs on a named
+    runtime (ONNX Runtime, TensorRT, ...) through the numpy sampler, fed the same seeded noise.
+    """
+    kinds = STAGE_IO["sample"].accepts
+    art = artifact.require(kinds) if isinstance(artifact, Artifact) else Artifact.load(artifact, kinds=kinds)
+    if runtime in (None, "torch") and art.kind in MODEL_KINDS and not runner_options:
+        return generate(load_checkpoint(art), cfg, progress=progress), "torch"
+    with open_for_sampling(art, cfg, runtime, **runner_options) as runner:
+        return generate_with_runner(runner, cfg, progress=progress), runner.name
 
 
 def write_sample_grid(artifact_path: str | Path, out: str | Path, cfg: SampleConfig, *, progress: bool = False,
                       runtime: str | None = None) -> Path:
     """Draw cfg.n images from an artifact (PyTorch, or any runtime) and save them as a PNG grid at `out`."""
-    from .artifact import Artifact
-    from .checkpoint import MODEL_KINDS, load_checkpoint
-    from .data import save_image_grid
-
-    if runtime in (None, "torch") and Artifact.load(artifact_path).kind in MODEL_KINDS:
-        images = generate(load_checkpoint(artifact_path), cfg, progress=progress)
-    else:
-        with open_for_sampling(artifact_path, cfg, runtime) as runner:
-            images = generate_with_runner(runner, cfg, progress=progress)
-    save_image_grid(images, Path(out))
-    return Path(out)
+    images, _ = draw_images(artifact_path, cfg, progress=progress, runtime=runtime)
+    return save_image_grid(images, Path(out))

@@ -14,8 +14,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .artifact import write_json_atomic
 from .config import check_choice, check_positive
 from .errors import ConfigError
+from .records import RESULT, SOLVER, evaluate_section, read_metrics
 
 __all__ = ["SearchConfig", "ParetoConfig", "expand_search", "pareto_front", "run_pareto"]
 
@@ -115,20 +117,20 @@ def pareto_front(rows: list[dict], quality: str = "fid", cost: str = "image_ms")
 
 
 def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
-    bench = json.loads((ctx.run_dir / cfg.bench / "result.json").read_text())
+    bench = json.loads((ctx.run_dir / cfg.bench / RESULT).read_text())
     p50 = {Path(r["artifact"]).resolve(): r for r in bench["results"]}
     rows = []
     for art in ctx.inputs:
-        metrics = json.loads(art.file("metrics.json").read_text()) if art.file("metrics.json").is_file() else {}
+        metrics = read_metrics(art.path)
         timing = p50.get(art.path.resolve())
         for st in cfg.sampler_steps:
-            ev = metrics.get(f"evaluate:{cfg.sampler}-{st}")
+            ev = metrics.get(evaluate_section(cfg.sampler, st))
             if ev is None or timing is None:
                 raise ConfigError(f"pareto: {art.path.name} has no {'evaluation' if ev is None else 'bench'} at "
                                   f"{cfg.sampler} {st}; run the evaluate and bench stages first")
             rows.append({"variant": f"{art.path.name} · {cfg.sampler} {st}", "artifact": str(art.path),
                          "kind": art.kind, "runtime": timing["runtime"], "precision": timing["precision"],
-                         "solver": art.manifest.get("solver"), "sampler_steps": st, "fid": ev["fid"],
+                         "solver": art.manifest.get(SOLVER), "sampler_steps": st, "fid": ev["fid"],
                          "kid_mean": ev["kid_mean"], "call_ms": timing["p50_ms"],
                          "image_ms": timing["p50_ms"] * st})  # network time per image at batch 1
     return rows
@@ -149,9 +151,7 @@ def run_pareto(cfg: ParetoConfig, ctx):
         r["speedup_vs_reference"] = reference["image_ms"] / r["image_ms"]
     result = {"reference": reference, "fid_limit": limit, "quality_tolerance": cfg.quality_tolerance,
               "fastest_within_tolerance": fastest, "front": [r["variant"] for r in front], "rows": rows}
-    from .pipeline_stages import _write_result
-
-    _write_result(ctx, result)
+    write_json_atomic(ctx.out / RESULT, result)
     print(format_pareto(result))
     return None
 

@@ -12,10 +12,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .checkpoint import load_checkpoint
 from .config import check_positive
+from .constants import PROFILE_TIMESTEP
 from .drift import draw_samples, psnr, rel_err, schedule_inputs
 from .errors import ConfigError
-from .unrolling import UNROLLABLE, solver_record
+from .evaluation import evaluate_images
+from .kinds import STAGE_IO
+from .models import SolverConfig, build_model
+from .models.explicit import UNROLLABLE, nfe_per_step
+from .records import solver_record
+from .timing import time_call, time_side_by_side
 
 __all__ = ["SweepConfig", "solver_sweep", "format_table"]
 
@@ -44,7 +51,6 @@ class SweepConfig:
 
 def _with_solver(ckpt, solver):
     """A copy of the checkpoint's model with another solver and the same weights."""
-    from .models import build_model
 
     cfg = dataclasses.replace(ckpt.config.model, solver=solver)
     model = build_model(cfg)
@@ -55,10 +61,9 @@ def _with_solver(ckpt, solver):
 def _latency(model, cfg, batch: int) -> float:
     import torch
 
-    from .timing import time_call
 
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size)
-    t = torch.full((batch,), 500)
+    t = torch.full((batch,), PROFILE_TIMESTEP)
     with torch.no_grad():
         return time_call(lambda: model(x, t), warmup=2, min_iters=5, min_seconds=0.3)["p50_ms"]
 
@@ -84,8 +89,6 @@ def _measure(model, cfg, ckpt, refs: dict, sweep: SweepConfig) -> dict:
 
 
 def _fid(model, ckpt, sweep: SweepConfig) -> float:
-    from .evaluation import evaluate_images
-
     return evaluate_images(_samples(model, ckpt, sweep.fid_n, sweep.sampler_steps, sweep.seed), ckpt.config.data)["fid"]
 
 
@@ -94,10 +97,8 @@ def solver_sweep(src, sweep: SweepConfig, *, progress: bool = True) -> dict:
     import torch
     from rich.progress import Progress
 
-    from .checkpoint import load_checkpoint
-    from .models import SolverConfig
 
-    ckpt = load_checkpoint(src, kinds=("checkpoint",))
+    ckpt = load_checkpoint(src, kinds=STAGE_IO["sweep"].accepts)
     if ckpt.config.model.arch != "cunet":
         raise ConfigError(f"{src} is a {ckpt.config.model.arch!r} model; the solver sweep needs a continuous U-Net")
     trained = ckpt.config.model.solver
@@ -115,7 +116,7 @@ def solver_sweep(src, sweep: SweepConfig, *, progress: bool = True) -> dict:
         for method, steps in configs:
             solver = SolverConfig(method=method, steps=steps, unrolled=True)
             model, cfg = _with_solver(ckpt, solver)
-            row = solver_record(solver, model.num_ode_blocks) | _measure(model, cfg, ckpt, refs, sweep)
+            row = solver_record(solver.method, solver.steps, nfe_per_step(solver.method), model.num_ode_blocks) | _measure(model, cfg, ckpt, refs, sweep)
             if sweep.fid:
                 row["fid"] = _fid(model, ckpt, sweep)
             rows.append(row)
@@ -130,13 +131,12 @@ def _side_by_side(ckpt, unrolled_model) -> dict:
     """The unrolled model vs the trained model through torchdiffeq, timed in turn (batch 1 and 16)."""
     import torch
 
-    from .timing import time_side_by_side
 
     m = ckpt.config.model
     out = {}
     for batch in (1, 16):
         x = torch.randn(batch, m.in_channels, m.image_size, m.image_size)
-        t = torch.full((batch,), 500)
+        t = torch.full((batch,), PROFILE_TIMESTEP)
         with torch.no_grad():
             ms = time_side_by_side({"unrolled": lambda: unrolled_model(x, t), "torchdiffeq": lambda: ckpt.model(x, t)},
                                    warmup=2, min_iters=5, min_seconds=0.3)
@@ -154,7 +154,7 @@ def _summarize(rows, ckpt, adaptive_model, refs, sweep: SweepConfig) -> dict:
     m = ckpt.config.model
     ckpt.model.reset_nfe()
     with torch.no_grad():
-        ckpt.model(torch.randn(1, m.in_channels, m.image_size, m.image_size), torch.full((1,), 500))
+        ckpt.model(torch.randn(1, m.in_channels, m.image_size, m.image_size), torch.full((1,), PROFILE_TIMESTEP))
     out = {"rows": rows, "recommended": best, "tolerance": sweep.tolerance,
            "trained": {"nfe_per_call": ckpt.model.nfe},
            "adaptive": {"nfe_per_call": refs["adaptive_nfe"], "rtol": 1e-5, "atol": 1e-5}}

@@ -6,71 +6,24 @@ resumed from its own checkpoint draws exactly the batches and noise it would hav
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .config import check_choice, check_positive, from_dict, to_dict
-from .data import DataConfig
-from .diffusion import DiffusionConfig
+from .artifact import Artifact, check_output_path
+from .checkpoint import TrainConfig, load_train_state, save_checkpoint, train_config_from_dict
+from .config import to_dict
+from .data import image_channels, load_images
+from .diffusion import alphas_cumprod, diffusion_loss, sample
 from .errors import ArtifactError, ConfigError
-from .models import CUNetConfig, ModelConfig, model_config_from_dict
+from .kinds import STAGE_IO
+from .models import build_model
+from .models.explicit import UNROLLABLE
 
-__all__ = ["TrainConfig", "train_config_from_dict", "train", "fit", "CHECKPOINT_KIND", "launch_data_parallel"]
-
-CHECKPOINT_KIND = "checkpoint"
-LR_SCHEDULES = ("cosine", "constant")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; the whole of it is stored as the checkpoint's config.json."""
-
-    model: ModelConfig = field(default_factory=CUNetConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    steps: int = 3600
-    batch_size: int = 64
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995
-    seed: int = 0
-    save_every: int = 500
-    sample_n: int = 64
-    sample_steps: int = 50
-    # Train a fixed-step solver through the explicit loop of `cunet_edge.unrolling` (the same
-    # Butcher coefficients as torchdiffeq's fixed grid, so the same function; 1.4x the steps per
-    # second on the 2-core CPU). The checkpoint keeps the solver config as given (torchdiffeq).
-    # Adaptive solvers and the adjoint method always train through torchdiffeq.
-    explicit_solver: bool = True
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "lr", "save_every", "sample_n", "sample_steps"):
-            check_positive(name, getattr(self, name))
-        check_positive("warmup_steps", self.warmup_steps, allow_zero=True)
-        check_positive("grad_clip", self.grad_clip, allow_zero=True)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.model.image_size != self.data.image_size:
-            raise ConfigError(
-                f"model.image_size {self.model.image_size} differs from data.image_size {self.data.image_size}"
-            )
-
-
-def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Parse a TrainConfig; the model table is dispatched on its `arch` key."""
-    data = dict(data)
-    if "model" in data:
-        data["model"] = model_config_from_dict(data["model"])
-    return from_dict(TrainConfig, data)
-
+__all__ = ["train", "fit", "training_model_config", "launch_data_parallel"]
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then constant or cosine decay to 10% of the peak."""
@@ -84,10 +37,6 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 
 def training_model_config(cfg: TrainConfig):
     """The model config the optimizer steps through: a fixed-step solver as the explicit loop (see explicit_solver)."""
-    import dataclasses
-
-    from .unrolling import UNROLLABLE
-
     s = getattr(cfg.model, "solver", None)
     if not cfg.explicit_solver or s is None or s.unrolled or s.adjoint or s.method not in UNROLLABLE:
         return cfg.model
@@ -149,12 +98,9 @@ def _step_generator(seed: int, rank: int, step: int):
 
 def _resume_state(out: Path, cfg: TrainConfig) -> dict | None:
     """State to resume from if `out` is this run's own checkpoint; None if `out` is new."""
-    from .artifact import Artifact
-    from .checkpoint import load_train_state
-
     if not out.exists():
         return None
-    art = Artifact.load(out, kinds=[CHECKPOINT_KIND])
+    art = Artifact.load(out, kinds=[STAGE_IO["train"].produces()])
     # Compare parsed configs, so fields added since (with their defaults) do not count as changes.
     try:
         saved = to_dict(train_config_from_dict(art.config))
@@ -172,7 +118,14 @@ def _resume_state(out: Path, cfg: TrainConfig) -> dict | None:
 
 
 def _progress_bar(enabled: bool, label: str = "train"):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
@@ -200,10 +153,6 @@ def _optimizer_step(cfg: TrainConfig, net, model, opt, x0, abar, g, step: int, l
 
 def _save(out: Path, cfg: TrainConfig, model, opt, ema: dict, step: int, *, final: bool, device):
     """Write the checkpoint (EMA weights, resume state; on the final save a sample grid too)."""
-    from .checkpoint import save_checkpoint
-    from .diffusion import sample
-    from .models import build_model
-
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
     samples = None
     if final:
@@ -223,8 +172,6 @@ def fit(cfg: TrainConfig, model, opt, ema: dict, images, *, start: int = 0, dist
     the k-th step (checkpoint saves). `ema` (a state dict) is updated in place. Returns the last loss.
     """
     import torch
-
-    from .diffusion import alphas_cumprod, diffusion_loss
 
     d = dist or _Dist(device=str(images.device))
     loss_fn = loss_fn or diffusion_loss
@@ -255,10 +202,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
     """
     import torch
 
-    from .artifact import check_output_path
-    from .data import image_channels, load_images
-    from .models import build_model
-
     out = check_output_path(out, exist_ok=True)
     if cfg.model.in_channels != image_channels(cfg.data):
         raise ConfigError(
@@ -267,8 +210,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
         )
     resume = _resume_state(out, cfg)
     if resume is not None and resume["step"] >= cfg.steps:
-        from .artifact import Artifact
-
         return Artifact.load(out)
     if threads:
         torch.set_num_threads(threads)
@@ -303,41 +244,6 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
         dist.barrier()
         dist.destroy_process_group()
     return art
-
-
-def train_config_from_options(config_file: str | None = None, *, base: dict[str, Any] | None = None,
-                              dataset: str | None = None,
-                              data_root: str | None = None, download: bool | None = None,
-                              image_size: int | None = None, arch: str | None = None,
-                              solver: dict[str, Any] | None = None, **top: Any) -> TrainConfig:
-    """A TrainConfig from an optional TOML/JSON file (or a `base` table) with command-line values laid over it.
-
-    Options left as None keep the file's (or the default) value. The model's input channels
-    follow the dataset unless the file sets them.
-    """
-    from .config import load_config_file
-    from .data import image_channels
-
-    d = load_config_file(config_file) if config_file else dict(base or {})
-    data = dict(d.get("data", {}))
-    model = dict(d.get("model", {}))
-    for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):
-        if value is not None:
-            data[key] = value
-    if image_size is not None:
-        model["image_size"] = image_size
-    elif "image_size" in data:
-        model.setdefault("image_size", data["image_size"])
-    if arch is not None and arch != model.get("arch", "cunet"):
-        model = {k: v for k, v in model.items() if k in ("image_size", "in_channels")} | {"arch": arch}
-    solver = {k: v for k, v in (solver or {}).items() if v is not None}
-    if solver:
-        model["solver"] = dict(model.get("solver", {})) | solver
-    d = dict(d) | {"data": data, "model": model} | {k: v for k, v in top.items() if v is not None}
-    data_cfg = from_dict(DataConfig, data, "data")
-    if "in_channels" not in model:
-        model["in_channels"] = image_channels(data_cfg)
-    return train_config_from_dict(d)
 
 
 def launch_data_parallel(procs: int, train_args: list[str]) -> int:

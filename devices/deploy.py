@@ -25,9 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from ..artifact import MANIFEST, Artifact, ArtifactWriter, check_output_path
+from ..artifact import Artifact, ArtifactWriter, MANIFEST, check_output_path, write_atomic
+from ..checkpoint import read_train_config
 from ..config import check_positive, to_dict
+from ..diffusion import alphas_cumprod
 from ..errors import BackendMissingError, ConfigError, CunetEdgeError, OutputPathError
+from ..export.tensorrt import EngineConfig, trtexec_command
+from ..kinds import STAGE_IO
+from ..records import SOLVER, precision_of
+from .profiles import check_request, load_profile
 
 __all__ = [
     "BUNDLE_KIND",
@@ -41,7 +47,6 @@ __all__ = [
 ]
 
 BUNDLE_KIND = "deploy-bundle"
-ONNX_KINDS = ("onnx", "onnx-int8")
 TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
 TEMPLATE_DIR = Path(__file__).parent / "bundle"
 SCRIPTS = ("run.py", "build_engine.py")
@@ -77,9 +82,8 @@ def tarball_path(out: str | Path) -> Path:
 
 def _check_device(profile, art: Artifact) -> str:
     """Refuse what the board cannot run, before any work; return the artifact's precision."""
-    from .profiles import check_request
 
-    precision = art.manifest.get("precision", "fp32")
+    precision = precision_of(art.manifest)
     check_request(profile, precision=precision, model_bytes=art.file("model.onnx").stat().st_size)
     if profile.python and tuple(int(p) for p in profile.python.split(".")[:2]) < MIN_PYTHON:
         raise ConfigError(f"{profile.display_name} ({profile.name}) ships Python {profile.python}; the bundle's "
@@ -103,7 +107,6 @@ def _image_spec(art: Artifact) -> tuple[list[int], int | None]:
 
 def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) -> list[list[str]]:
     """trtexec builds matching build_engine.py: the GPU build, and a DLA one when the board has DLA."""
-    from ..export.tensorrt import EngineConfig, trtexec_command
 
     version = profile.tensorrt or "10.0"  # desktop profiles list none: assume a current TensorRT
     batch = art.manifest.get("batch", 1)
@@ -158,7 +161,7 @@ def _bundle_json(art: Artifact, profile, precision: str, shape, static, diffusio
         "image_shape": shape, "static_batch": static, "batch": art.manifest.get("batch", 1),
         "clip_denoised": bool(diffusion.clip_denoised), "timesteps": diffusion.timesteps,
         "schedule": {"file": "schedule.npy", "what": "alphas_cumprod (float64)", "kind": diffusion.schedule},
-        "signature": art.manifest["signature"], "solver": art.manifest.get("solver"),
+        "signature": art.manifest["signature"], "solver": art.manifest.get(SOLVER),
         "model_cost": art.manifest.get("model_cost"), "source_id": art.manifest.get("id"),
         "tensorrt_version": profile.tensorrt, "jetpack": profile.jetpack, "python_min": "3.8",
         "engine": {"workspace_mb": cfg.workspace_mb, "min_batch": 1, "max_batch": max(cfg.max_batch, 1)},
@@ -190,12 +193,9 @@ def deploy(artifact: str | Path, cfg: DeployConfig, out: str | Path) -> Artifact
     """Stage: ONNX artifact -> deploy-bundle artifact for `cfg.device` (plus `<out>.tar.gz` if cfg.tarball)."""
     import numpy as np
 
-    from ..checkpoint import read_train_config
-    from ..diffusion import alphas_cumprod
-    from .profiles import load_profile
 
     profile = load_profile(cfg.device)
-    art = Artifact.load(artifact, kinds=ONNX_KINDS)
+    art = Artifact.load(artifact, kinds=STAGE_IO["deploy"].accepts)
     precision = _check_device(profile, art)
     shape, static = _image_spec(art)
     cmds = _engine_commands(profile, art, precision, cfg)
@@ -222,15 +222,11 @@ def deploy(artifact: str | Path, cfg: DeployConfig, out: str | Path) -> Artifact
 
 def _write_tarball(bundle: Path) -> Path:
     """`<bundle>.tar.gz` holding the folder (under its own name), written to a temporary name then renamed."""
-    target = tarball_path(bundle)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
+    def pack(tmp: Path) -> None:
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(bundle, arcname=bundle.name)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+
+    return write_atomic(tarball_path(bundle), pack)
 
 
 def check_host(host: str) -> str:

@@ -16,45 +16,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..artifact import Artifact
+from ..benchmark import BenchConfig, bench, matmul_peak_gflops, parse_target
 from ..config import check_choice, check_positive
 from ..errors import ConfigError
+from ..export.graph_cost import ESTIMATE_PRECISIONS, FLOAT_BYTES, MATMUL_OPS, NodeCost, cost_warnings, graph_costs
+from ..kinds import STAGE_IO
+from ..records import SOLVER, precision_of
+from ..timing import time_call
 from .profiles import DeviceProfile, check_request, list_profiles, load_profile
 
-__all__ = [
-    "CPU_DEVICE", "DEFAULT_LAUNCH_US", "ESTIMATE_PRECISIONS", "FLOPS_PER_ELEMENT", "CalibrateConfig",
-    "EstimateConfig", "NodeCost", "calibrate", "calibrate_on_this_cpu", "estimate", "format_estimate",
-    "graph_costs", "measure_copy_bandwidth_gbs", "measure_node_overhead_us", "roofline", "with_batch",
-]
+__all__ = ["CPU_DEVICE", "DEFAULT_LAUNCH_US", "CalibrateConfig", "EstimateConfig", "calibrate", "calibrate_on_this_cpu",
+           "estimate", "format_estimate", "measure_copy_bandwidth_gbs", "measure_node_overhead_us", "roofline"]
 
-ONNX_KINDS = ("onnx", "onnx-int8")
-ESTIMATE_PRECISIONS = ("fp32", "fp16", "int8")
-FLOAT_BYTES = {"fp32": 4, "fp16": 2}
 CPU_DEVICE = "cpu"
 # Kernel launch plus scheduling per executed node: CUDA launches cost ~2-5 us on desktop GPUs and
 # more behind a Jetson's slower CPU; 5 us is a round figure, override it with --launch-us.
 DEFAULT_LAUNCH_US = 5.0
-# FLOPs per element, a count of the arithmetic each op does (not a measurement):
-# 1 for plain arithmetic; 4 for exp/log/sin/sqrt-like functions (a short polynomial); 8 for a
-# normalization (mean 1 + variance 3 + normalize 2 + affine 2) and for softmax (max, subtract,
-# exp 4, sum, divide). Data movement costs 0 FLOPs. Bias adds of Conv/Gemm are not counted.
-_ARITH = ("Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "PRelu", "Max", "Min", "Clip", "Where",
-          "Sum", "Mean", "Equal", "Greater", "Less", "Not", "And", "Or", "Floor", "Ceil", "Round", "Sign", "Mod",
-          "Reciprocal", "BatchNormalization")
-_TRANSCENDENTAL = ("Sigmoid", "Tanh", "Exp", "Log", "Sin", "Cos", "Erf", "Sqrt", "Pow", "Softplus", "HardSigmoid",
-                   "HardSwish", "Gelu", "Elu", "Selu", "Mish")
-_NORM = ("InstanceNormalization", "LayerNormalization", "GroupNormalization", "Softmax", "LogSoftmax")
-_MOVE = ("Concat", "Split", "Slice", "Transpose", "Resize", "Upsample", "Pad", "Gather", "GatherElements", "Expand",
-         "Tile", "Cast", "CastLike", "DepthToSpace", "SpaceToDepth", "ScatterND")
-FLOPS_PER_ELEMENT = {**{op: 1 for op in _ARITH}, **{op: 4 for op in _TRANSCENDENTAL}, **{op: 8 for op in _NORM},
-                     **{op: 0 for op in _MOVE}}
-_REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "GlobalAveragePool")  # 1 per input
-_MATMUL = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-# Views and metadata, and Q/DQ that TensorRT folds into weights or fuses into the layers around them.
-FREE_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Shape", "Size", "Identity", "Constant",
-            "ConstantOfShape", "Dropout", "QuantizeLinear", "DequantizeLinear")
-# ONNX TensorProto element types: float ones take the precision's size; others keep their own.
-_FLOAT_TYPES = {1, 10, 11, 16}
-_INT_BYTES = {2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 12: 4, 13: 8}
 
 
 @dataclass(frozen=True)
@@ -101,170 +79,6 @@ class CalibrateConfig:
         check_positive("min_seconds", self.min_seconds)
 
 
-@dataclass(frozen=True)
-class NodeCost:
-    """One ONNX node's work. `precision` is what it runs in ("int8" = quantized layer); not executed = free."""
-
-    name: str
-    op: str
-    flops: int
-    bytes: int
-    precision: str
-    executed: bool = True
-    note: str = ""  # why the count may be short: "unknown shape" or "op not in FLOPS_PER_ELEMENT"
-
-
-# --- per-graph counting ---------------------------------------------------------------------------------
-
-
-def with_batch(model, batch: int):
-    """A copy of `model` with every symbolic dim of the inputs' first axis set to `batch`, shapes inferred."""
-    from onnx import shape_inference
-
-    model = type(model).FromString(model.SerializeToString())
-    g = model.graph
-    firsts = [i.type.tensor_type.shape.dim[0] for i in g.input if i.type.tensor_type.shape.dim]
-    names = {d.dim_param for d in firsts} - {""}
-    fixed = {d.dim_value for d in firsts if not d.dim_param and d.dim_value}
-    if not names and fixed and fixed != {batch}:
-        raise ConfigError(f"the model was exported for batch {min(fixed)} (static); ask for --batch {min(fixed)}")
-    for v in [*g.input, *g.output, *g.value_info]:
-        for d in v.type.tensor_type.shape.dim:
-            if d.dim_param in names:
-                d.dim_value = batch
-    try:
-        return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except shape_inference.InferenceError as exc:
-        raise ConfigError(f"ONNX shape inference failed at batch {batch}: {str(exc).splitlines()[0]}") from None
-
-
-def _tensor_info(model) -> dict[str, tuple[tuple[int, ...] | None, int]]:
-    """name -> (shape or None when not fully known, element type) for every typed value of the graph."""
-    g = model.graph
-    info = {i.name: (tuple(i.dims), i.data_type) for i in g.initializer}
-    for v in [*g.input, *g.output, *g.value_info]:
-        tt = v.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-        info[v.name] = (None if not tt.HasField("shape") or -1 in dims else dims, tt.elem_type)
-    return info
-
-
-def _numel(shape) -> int:
-    return math.prod(shape) if shape is not None else 0
-
-
-def _flops(node, info) -> int:
-    """FLOPs of one node: 2 per multiply-add for Conv/MatMul/Gemm, FLOPS_PER_ELEMENT for the rest."""
-    op, out = node.op_type, info.get(node.output[0], (None, 0))[0]
-
-    def shape(i: int):
-        return info.get(node.input[i], (None, 0))[0]
-
-    if op == "Conv":  # 2·N·Cout·Hout·Wout·(Cin/group)·kh·kw; weight is [Cout, Cin/group, kh, kw]
-        return 2 * _numel(out) * math.prod(shape(1)[1:])
-    if op == "ConvTranspose":  # every input element meets (Cout/group)·kh·kw weights
-        return 2 * _numel(shape(0)) * math.prod(shape(1)[1:])
-    if op == "MatMul":  # 2·M·K·N per batch matrix
-        return 2 * _numel(out) * shape(0)[-1]
-    if op == "Gemm":
-        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        return 2 * _numel(out) * shape(0)[0 if trans_a else 1]
-    if op in _REDUCE:
-        return _numel(shape(0))
-    return FLOPS_PER_ELEMENT.get(op, 1) * _numel(out)
-
-
-def _elem_bytes(elem_type: int, float_bytes: int) -> int:
-    return float_bytes if elem_type in _FLOAT_TYPES else _INT_BYTES.get(elem_type, 4)
-
-
-def _bytes(node, info, float_bytes: int, quantized: bool, out_bytes: int) -> int:
-    """Distinct inputs (weights included) and outputs; a quantized layer reads data and weights in 1 byte."""
-    total, seen = 0, set()
-    for i, name in enumerate(node.input):
-        if not name or name in seen:
-            continue
-        seen.add(name)
-        shape, et = info.get(name, (None, 1))
-        size = (1 if i < 2 else 4) if quantized else _elem_bytes(et, float_bytes)  # int32/fp32 bias
-        total += _numel(shape) * size
-    for name in node.output:
-        shape, et = info.get(name, (None, 1))
-        total += _numel(shape) * (out_bytes if et in _FLOAT_TYPES else _elem_bytes(et, float_bytes))
-    return total
-
-
-def _graph_index(g):
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
-    return producer, consumers, has_qdq
-
-
-def _is_quantized(node, producer, has_qdq: bool) -> bool:
-    """Conv/MatMul/Gemm whose data and weight come through DequantizeLinear (every one of them without Q/DQ)."""
-    if node.op_type not in _MATMUL:
-        return False
-    return not has_qdq or all(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in node.input[:2])
-
-
-def _is_free(node, info, consts: set[str]) -> bool:
-    """Folded constants, views/metadata, Q/DQ, and integer shape arithmetic (TensorRT does it on the host)."""
-    if node.op_type in FREE_OPS or all(i in consts for i in node.input if i):
-        return True
-    outs = [info.get(o, (None, 1)) for o in node.output]
-    return all(et not in _FLOAT_TYPES and shape is not None and len(shape) <= 1 for shape, et in outs)
-
-
-def graph_costs(model, batch: int, precision: str, float_layers: str = "fp32") -> list[NodeCost]:
-    """FLOPs and bytes of every node of `model` at `batch` in `precision` (int8: quantized layers in 1 byte)."""
-    check_choice("precision", precision, ESTIMATE_PRECISIONS)
-    model = with_batch(model, batch)
-    info, g = _tensor_info(model), model.graph
-    producer, consumers, has_qdq = _graph_index(g)
-    fl = precision if precision != "int8" else float_layers
-    fbytes, consts = FLOAT_BYTES[fl], {i.name for i in g.initializer}
-    costs = []
-    for node in g.node:
-        name = node.name or node.output[0]
-        if _is_free(node, info, consts):
-            if all(i in consts for i in node.input if i):
-                consts.update(node.output)
-            costs.append(NodeCost(name, node.op_type, 0, 0, "", executed=False))
-            continue
-        q = precision == "int8" and _is_quantized(node, producer, has_qdq)
-        users = consumers.get(node.output[0], [])
-        q_out = q and has_qdq and bool(users) and all(c.op_type == "QuantizeLinear" for c in users)
-        out_bytes = 1 if q_out else fbytes
-        costs.append(NodeCost(name, node.op_type, _flops(node, info), _bytes(node, info, fbytes, q, out_bytes),
-                              "int8" if q else fl, note=_note(node, info)))
-    return costs
-
-
-def _note(node, info) -> str:
-    if any(info.get(n, (None, 0))[0] is None for n in [*node.input, *node.output] if n):
-        return "unknown shape"
-    known = node.op_type in FLOPS_PER_ELEMENT or node.op_type in _MATMUL or node.op_type in _REDUCE
-    return "" if known else "op not in FLOPS_PER_ELEMENT"
-
-
-def _warnings(costs: list[NodeCost]) -> list[str]:
-    """What the counts leave out: tensors shape inference could not size (counted as 0), unlisted ops."""
-    out = []
-    for note, what in (("unknown shape", "counted 0 for the tensors shape inference left unsized"),
-                       ("op not in FLOPS_PER_ELEMENT", "counted 1 FLOP per output element")):
-        ops = sorted({c.op for c in costs if c.note == note})
-        if ops:
-            out.append(f"{sum(c.note == note for c in costs)} nodes ({', '.join(ops)}): {note}, {what}")
-    return out
-
-
-# --- roofline ---------------------------------------------------------------------------------------------
-
-
 def _peak_figure(profile: DeviceProfile, precision: str) -> tuple[float | None, str]:
     if precision == "int8":
         return profile.int8_tops, "int8_tops"
@@ -309,10 +123,10 @@ def roofline(costs: list[NodeCost], peaks: dict[str, float], bandwidth: float, l
     return {"per_call_ms": (roof_s + overhead_s) * 1e3, "roofline_ms": roof_s * 1e3, "overhead_ms": overhead_s * 1e3,
             "launch_us": launch_us, "executed_nodes": len(rows), "free_nodes": len(costs) - len(rows),
             "flops_per_call": sum(c.flops for c in costs), "bytes_per_call": sum(c.bytes for c in costs),
-            "matmul_flops_per_call": sum(c.flops for c in costs if c.op in _MATMUL),
+            "matmul_flops_per_call": sum(c.flops for c in costs if c.op in MATMUL_OPS),
             "compute_bound_nodes": compute_bound, "memory_bound_nodes": len(rows) - compute_bound,
             "quantized_nodes": sum(c.precision == "int8" for c in costs), "top_nodes": top_nodes,
-            "warnings": _warnings(costs)}
+            "warnings": cost_warnings(costs)}
 
 
 # --- artifacts and devices --------------------------------------------------------------------------------
@@ -326,7 +140,7 @@ def _resolve_device(name: str) -> DeviceProfile:
 
 
 def _precisions(art, cfg: EstimateConfig) -> tuple[str, ...]:
-    own = art.manifest.get("precision", "fp32")
+    own = precision_of(art.manifest)
     return cfg.precisions or (own,)
 
 
@@ -356,7 +170,7 @@ def _estimate_all(art, profile: DeviceProfile, precisions, cfg: EstimateConfig, 
         (skipped.__setitem__(p, res) if isinstance(res, str) else done.append(res))
     if not done:
         raise ConfigError("; ".join(skipped.values()))
-    solver = art.manifest.get("solver") or {}
+    solver = art.manifest.get(SOLVER) or {}
     nfe = solver.get("nfe_per_call", (art.manifest.get("model_cost") or {}).get("nfe_per_call"))
     return {**done[0], "artifact": str(art.path), "kind": art.kind, "artifact_precision":
             art.manifest.get("precision"), "nfe_per_call": nfe, "estimates": done, "skipped": skipped}
@@ -364,10 +178,9 @@ def _estimate_all(art, profile: DeviceProfile, precisions, cfg: EstimateConfig, 
 
 def estimate(path: str | Path, device: str, cfg: EstimateConfig) -> dict:
     """Roofline latency per network call and per image of ONNX artifact `path` on device profile `device`."""
-    from ..artifact import Artifact
 
     profile = _resolve_device(device)
-    art = Artifact.load(path, kinds=ONNX_KINDS)
+    art = Artifact.load(path, kinds=STAGE_IO["estimate"].accepts)
     precisions = _precisions(art, cfg)
     for p in precisions:
         check_request(profile, precision=p, model_bytes=art.file("model.onnx").stat().st_size)
@@ -401,7 +214,6 @@ def measure_node_overhead_us(threads: int | None = None, nodes: int = 200, secon
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..timing import time_call
 
     one = numpy_helper.from_array(np.ones(1, np.float32), "one")
     chain = [helper.make_node("Add", [f"v{i}", "one"], [f"v{i + 1}"]) for i in range(nodes)]
@@ -422,7 +234,6 @@ def calibrate_on_this_cpu(threads: int | None = None, *, peak_gflops: float | No
     """An ad-hoc profile of this CPU: measured fp32 matmul peak and copy bandwidth (fp32 only)."""
     import platform
 
-    from ..benchmark import matmul_peak_gflops
 
     peak = peak_gflops if peak_gflops is not None else matmul_peak_gflops(threads)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
@@ -436,10 +247,8 @@ def calibrate(path: str | Path, cfg: EstimateConfig, cal: CalibrateConfig = Cali
     """Estimate on a profile measured on this CPU, time ONNX Runtime here at the same batch, report the ratio."""
     import torch
 
-    from ..artifact import Artifact
-    from ..benchmark import BenchConfig, bench, parse_target
 
-    art = Artifact.load(path, kinds=ONNX_KINDS)
+    art = Artifact.load(path, kinds=STAGE_IO["estimate"].accepts)
     if _precisions(art, cfg) != ("fp32",):
         raise ConfigError(f"calibration measures only this CPU's float32 peak; {art.path} is "
                           f"{art.manifest.get('precision')}: ask for --precision fp32 alone")

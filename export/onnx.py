@@ -15,12 +15,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifact import ArtifactWriter
+from ..checkpoint import CONFIG, load_checkpoint
 from ..config import check_choice, check_positive, to_dict
 from ..errors import BackendMissingError, ConfigError, CunetEdgeError
+from ..kinds import STAGE_IO
+from ..models import profile_model
+from ..records import SOLVER
+from .graph_cost import graph_costs
+from .trt_compat import check_tensorrt_compat
 
-__all__ = ["OnnxExportConfig", "export_onnx", "EXPORTABLE_KINDS", "ExportVerificationError", "ONNX_FILE"]
+__all__ = ["OnnxExportConfig", "export_onnx", "ExportVerificationError", "ONNX_FILE"]
 
-EXPORTABLE_KINDS = ("unrolled", "pruned")
 PRECISIONS = ("fp32", "fp16")
 ONNX_FILE = "model.onnx"
 # Relative-error tolerance of the verification, per precision (fp16 has a ~1e-3 unit roundoff).
@@ -29,7 +35,6 @@ DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 
 class ExportVerificationError(CunetEdgeError):
     """The exported model's outputs differ from PyTorch's by more than the tolerance."""
-
 
 @dataclass(frozen=True)
 class OnnxExportConfig:
@@ -149,7 +154,6 @@ def _graph_macs(model, batch: int) -> int:
     Lower than PyTorch's count when the exporter drops solver evaluations that never reach the
     output (the last stage of a one-step solver only updates the velocity, which is not output).
     """
-    from ..devices.estimate import graph_costs
 
     flops = sum(c.flops for c in graph_costs(model, batch, "fp32") if c.op in ("Conv", "MatMul", "Gemm"))
     return flops // (2 * batch)
@@ -191,15 +195,12 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
     """Stage: an unrolled (or pruned) model artifact → an `onnx` artifact, verified against PyTorch."""
     import onnx
 
-    from ..artifact import ArtifactWriter
-    from ..checkpoint import CONFIG, load_checkpoint
-    from ..models import profile_model
 
     _require_onnx()
-    ckpt = load_checkpoint(src, kinds=EXPORTABLE_KINDS)
+    ckpt = load_checkpoint(src, kinds=STAGE_IO["export"].accepts)
     model_cfg = ckpt.config.model
     cost = profile_model(ckpt.model, model_cfg)
-    with ArtifactWriter(out, kind="onnx", stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:
+    with ArtifactWriter(out, kind=STAGE_IO["export"].produces(), stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:
         path = w.dir / ONNX_FILE
         _torch_export(copy.deepcopy(ckpt.model), model_cfg, cfg, path)
         onnx.checker.check_model(str(path), full_check=True)
@@ -214,13 +215,12 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
             raise ExportVerificationError(
                 f"ONNX Runtime's output differs from PyTorch's: relative error {check['rel_err']:.3g} > tolerance "
                 f"{cfg.rel_tolerance:g} ({cfg.precision}); nothing was written")
-        from .trt_compat import check_tensorrt_compat
 
         compat = check_tensorrt_compat(proto)
         (w.dir / CONFIG).write_text(json.dumps(to_dict(ckpt.config), indent=2) + "\n")
         w.manifest.update(
             precision=cfg.precision, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, batch=cfg.batch,
-            signature=_signature(model_cfg, cfg), solver=ckpt.artifact.manifest.get("solver"),
+            signature=_signature(model_cfg, cfg), solver=ckpt.artifact.manifest.get(SOLVER),
             model_cost={k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")}
             | {"graph_macs": _graph_macs(proto, 1 if cfg.dynamic_batch else cfg.batch)},
             verification=check, nodes={"exported": nodes_exported, "simplified": len(proto.graph.node)},

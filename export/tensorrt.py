@@ -18,21 +18,20 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import Artifact, ArtifactWriter, check_output_path
+from ..artifact import Artifact, ArtifactWriter, check_output_path, write_atomic
 from ..config import check_choice, check_positive, to_dict
-from ..errors import ArtifactError, ConfigError, import_backend
+from ..errors import ConfigError
+from ..kinds import STAGE_IO
+from ..records import SOLVER
+from ..runtimes.engines import ENGINE_FILE, current_platform, import_tensorrt
 from .trt_compat import check_tensorrt_compat
 
-__all__ = ["ENGINE_FILE", "ONNX_KINDS", "TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags",
-           "check_engine_location", "current_platform", "import_tensorrt", "trtexec_command", "uses_strong_typing"]
+__all__ = ["TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "trtexec_command", "uses_strong_typing"]
 
-ONNX_KINDS = ("onnx", "onnx-int8")
-ENGINE_FILE = "engine.plan"
 TRTEXEC_FILE = "trtexec.sh"
 ONNX_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 MIN_VERSION = (8, 5)
-TRT_HINT = "pip install tensorrt (on Jetson: sudo apt install nvidia-jetpack / python3-libnvinfer)"
 BUILDER_PRECISIONS = ("auto", "fp16")
 
 
@@ -147,38 +146,6 @@ def trtexec_command(onnx_file, cfg: EngineConfig, *, precision: str, signature: 
     return cmd
 
 
-def _where(info: dict) -> str:
-    return (f"{info.get('gpu_name') or 'an unknown GPU'} (sm {info.get('compute_capability') or '?'}, "
-            f"TensorRT {info.get('tensorrt_version') or '?'})")
-
-
-def check_engine_location(manifest: dict, here: dict, *, path=None) -> None:
-    """Refuse an engine built for another GPU architecture or TensorRT version than `here` (current_platform())."""
-    keys = ("compute_capability", "tensorrt_version")
-    if all(manifest.get(k) == here.get(k) for k in keys):
-        return
-    src = (manifest.get("parent") or {}).get("path") or "<onnx-artifact>"
-    name = f"engine {path}" if path else "this engine"
-    raise ArtifactError(f"{name} was built on {_where(manifest)}; this machine has {_where(here)}: "
-                        f"rebuild it here with cunet-edge export {src} --format tensorrt --out <new-dir>")
-
-
-def import_tensorrt():
-    """The tensorrt module, or a one-line BackendMissingError with the install hint."""
-    return import_backend("tensorrt", "tensorrt", TRT_HINT)
-
-
-def current_platform() -> dict[str, str]:
-    """This machine's GPU name, compute capability ("8.7") and TensorRT version, as engines record them."""
-    trt = import_tensorrt()
-    torch = import_backend("torch", "torch", "pip install torch (on Jetson: NVIDIA's JetPack wheel)")
-    if not torch.cuda.is_available():
-        raise ConfigError("TensorRT needs a CUDA GPU, and PyTorch sees none on this machine")
-    major, minor = torch.cuda.get_device_capability()
-    return {"gpu_name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}",
-            "tensorrt_version": trt.__version__}
-
-
 def _network(trt, builder, strongly_typed: bool):
     flags = 0
     v = _version(trt.__version__)
@@ -232,14 +199,6 @@ def _build(trt, onnx_path: Path, cfg: EngineConfig, strongly_typed: bool, flags,
     return bytes(plan), cache
 
 
-def _save_timing_cache(path: str, blob: bytes) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(target)
-
-
 def _check_onnx(art, tensorrt_version: str | None = None) -> dict:
     report = check_tensorrt_compat(art.file(ONNX_FILE), tensorrt_version=tensorrt_version)
     if not report["ok"]:
@@ -251,7 +210,7 @@ def _engine_record(m: dict, here: dict, flags, strongly_typed: bool, batches, cf
     """What an engine's manifest says beyond the common fields: where it runs, how it was built."""
     precision = "fp16" if "fp16" in flags and m["precision"] == "fp32" else m["precision"]
     return dict(
-        here, precision=precision, signature=m["signature"], solver=m.get("solver"), strongly_typed=strongly_typed,
+        here, precision=precision, signature=m["signature"], solver=m.get(SOLVER), strongly_typed=strongly_typed,
         builder_flags=list(flags), dynamic_batch=batches is not None, batch=batches[1] if batches else m.get("batch"),
         profile=dict(zip(("min", "opt", "max"), batches)) if batches else None, dla_core=cfg.dla_core,
         onnx_ops=report["ops"], onnx_notes=report["notes"], model_cost=m.get("model_cost"),
@@ -262,7 +221,7 @@ def _engine_record(m: dict, here: dict, flags, strongly_typed: bool, batches, cf
 def build_engine(src, cfg: EngineConfig, out) -> Artifact:
     """Stage: an ONNX artifact (fp32, fp16 or Q/DQ int8) → a `tensorrt-engine` artifact for this GPU."""
     check_output_path(out)
-    art = Artifact.load(src, kinds=ONNX_KINDS)
+    art = Artifact.load(src, kinds=STAGE_IO["export-tensorrt"].accepts)
     m = art.manifest
     _check_onnx(art)
     trt = import_tensorrt()
@@ -275,12 +234,12 @@ def build_engine(src, cfg: EngineConfig, out) -> Artifact:
     plan, cache = _build(trt, art.file(ONNX_FILE), cfg, strongly_typed, flags, m["signature"], batches)
     cmd = trtexec_command(art.file(ONNX_FILE).resolve(), cfg, precision=m["precision"], signature=m["signature"],
                           tensorrt_version=version, engine_file=ENGINE_FILE, batch=m.get("batch", 1))
-    with ArtifactWriter(out, kind="tensorrt-engine", stage="export", config=to_dict(cfg), parent=art) as w:
+    with ArtifactWriter(out, kind=STAGE_IO["export-tensorrt"].produces(), stage="export", config=to_dict(cfg), parent=art) as w:
         (w.dir / ENGINE_FILE).write_bytes(plan)
         (w.dir / TRTEXEC_FILE).write_text("#!/bin/sh\n# The same build with trtexec, run in this folder.\n"
                                           + shlex.join(map(str, cmd)) + "\n")
         shutil.copyfile(art.file(CONFIG_FILE), w.dir / CONFIG_FILE)
         w.manifest.update(_engine_record(m, here, flags, strongly_typed, batches, cfg, report))
     if cache is not None:
-        _save_timing_cache(cfg.timing_cache, cache)
+        write_atomic(cfg.timing_cache, cache)
     return w.artifact

@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact import Artifact, ArtifactWriter, check_output_path
+from ..checkpoint import CONFIG, load_checkpoint, model_signature
 from ..config import check_choice, check_positive, to_dict
-from ..errors import ConfigError, import_backend
-from .tensorrt import current_platform
+from ..errors import ConfigError
+from ..kinds import STAGE_IO
+from ..records import SOLVER
+from ..runtimes.engines import PROGRAM_FILE, current_platform, import_torch_tensorrt
 
-__all__ = ["PROGRAM_FILE", "SOURCE_KINDS", "TorchTensorRTConfig", "compile_torch_tensorrt", "import_torch_tensorrt"]
-
-PROGRAM_FILE = "model.ep"
-SOURCE_KINDS = ("unrolled", "pruned")
-HINT = "pip install torch-tensorrt (matching your torch; on Jetson: NVIDIA's JetPack wheels)"
+__all__ = ["TorchTensorRTConfig", "compile_torch_tensorrt"]
 
 
 @dataclass(frozen=True)
@@ -49,14 +48,7 @@ class TorchTensorRTConfig:
                               f"({self.min_batch}..{self.max_batch})")
 
 
-def import_torch_tensorrt():
-    """The torch_tensorrt module, or a one-line BackendMissingError with the install hint."""
-    return import_backend("torch_tensorrt", "torch-tensorrt", HINT)
-
-
 def _signature(model_cfg, cfg: TorchTensorRTConfig) -> dict:
-    from ..checkpoint import model_signature
-
     sig = model_signature(model_cfg)
     batch = "batch" if cfg.dynamic_batch else cfg.batch
     for spec in (*sig["inputs"].values(), *sig["outputs"].values()):
@@ -101,10 +93,9 @@ def _save(torch_tensorrt, torch, module, path: Path, examples, cfg: TorchTensorR
 
 def compile_torch_tensorrt(src, cfg: TorchTensorRTConfig, out) -> Artifact:
     """Stage: an unrolled (or pruned) model artifact → a `torch-tensorrt` artifact (ExportedProgram) for this GPU."""
-    from ..checkpoint import CONFIG, load_checkpoint
 
     check_output_path(out)
-    ckpt = load_checkpoint(src, kinds=SOURCE_KINDS)
+    ckpt = load_checkpoint(src, kinds=STAGE_IO["export-torch-tensorrt"].accepts)
     torch_tensorrt = import_torch_tensorrt()
     import torch
 
@@ -116,11 +107,11 @@ def compile_torch_tensorrt(src, cfg: TorchTensorRTConfig, out) -> Artifact:
     with torch.no_grad():
         module = torch_tensorrt.compile(model, ir="dynamo", inputs=specs, workspace_size=cfg.workspace_mb << 20,
                                         **_precision_kwargs(torch_tensorrt, torch, cfg.precision))
-    with ArtifactWriter(out, kind="torch-tensorrt", stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:
+    with ArtifactWriter(out, kind=STAGE_IO["export-torch-tensorrt"].produces(), stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:
         _save(torch_tensorrt, torch, module, w.dir / PROGRAM_FILE, examples, cfg)
         (w.dir / CONFIG).write_text(json.dumps(to_dict(ckpt.config), indent=2) + "\n")
         w.manifest.update(
-            here, precision=cfg.precision, signature=sig, solver=ckpt.artifact.manifest.get("solver"),
+            here, precision=cfg.precision, signature=sig, solver=ckpt.artifact.manifest.get(SOLVER),
             dynamic_batch=cfg.dynamic_batch, batch=cfg.batch, torch_tensorrt_version=torch_tensorrt.__version__,
             profile={"min": cfg.min_batch, "opt": cfg.batch, "max": cfg.max_batch} if cfg.dynamic_batch else None,
         )

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import check_choice, check_positive
+from ..diffusion import alphas_cumprod
 from ..errors import ConfigError
+from ..runtimes.numpy_sampler import sample
 
 __all__ = ["CalibrationConfig", "capture_calibration_set", "activation_ranges", "CALIBRATION_METHODS"]
 
@@ -52,8 +54,6 @@ class CalibrationConfig:
 
 def capture_calibration_set(runner, cfg: CalibrationConfig) -> dict[str, np.ndarray]:
     """The (x_t, t) the denoiser receives at every step while sampling cfg.n_images from seeded noise."""
-    from ..diffusion import alphas_cumprod
-    from ..runtimes.numpy_sampler import sample
 
     tc = runner.train_config()
     m = tc.model

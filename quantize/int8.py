@@ -24,10 +24,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Artifact, ArtifactWriter, check_output_path
+from ..checkpoint import CONFIG, read_train_config
 from ..config import check_choice, check_positive, to_dict
+from ..diffusion import alphas_cumprod
 from ..drift import error_by_timestep, psnr, rel_err
 from ..errors import ArtifactError, ConfigError, CunetEdgeError
-from .calibration import CalibrationConfig
+from ..evaluation import evaluate_images
+from ..export.onnx import OnnxExportConfig, export_onnx
+from ..kinds import STAGE_IO
+from ..records import SOLVER, precision_of
+from ..runtimes.base import open_runner
+from ..runtimes.numpy_sampler import sample
+from ..sampling import SampleConfig, generate_with_runner
+from ..timing import time_call, time_side_by_side
+from .calibration import CalibrationConfig, activation_ranges, capture_calibration_set
+from .lint import assert_tensorrt_qdq
+from .qdq import SCHEMES, insert_qdq, quantizable_nodes
 
 __all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance", "format_side_by_side"]
 
@@ -109,7 +122,6 @@ class _Validator:
 
 def _sensitivity(model, ranges, scheme, validator: _Validator) -> list[tuple[float, str]]:
     """The ε error of quantizing each layer alone, most harmful first."""
-    from .qdq import insert_qdq, quantizable_nodes
 
     nodes = quantizable_nodes(model, scheme)
     errs = [(validator.error(insert_qdq(model, ranges, scheme, float_nodes=set(nodes) - {n})), n) for n in nodes]
@@ -117,8 +129,6 @@ def _sensitivity(model, ranges, scheme, validator: _Validator) -> list[tuple[flo
 
 
 def _latency_ms(model, val: dict, batch: int) -> float:
-    from ..timing import time_call
-
     sess = _session(model)
     feed = {"x": np.ascontiguousarray(val["x"][:batch]), "t": val["t"][:batch]}
     return time_call(lambda: sess.run(["eps"], feed), warmup=3, min_iters=10, min_seconds=0.5)["p50_ms"]
@@ -126,7 +136,6 @@ def _latency_ms(model, val: dict, batch: int) -> float:
 
 def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, bar=None) -> dict:
     """Try 0, 1, 2, ... most sensitive layers in float; stop two steps after the first that passes."""
-    from .qdq import insert_qdq
 
     sens = _sensitivity(model, ranges, scheme, validator)
     order = [n for _, n in sens]
@@ -179,15 +188,10 @@ class _SessionRunner:
         return b if isinstance(b, int) else None
 
     def train_config(self):
-        from ..checkpoint import read_train_config
-
         return read_train_config(self.art)
 
 
 def _fid(model, art, n: int) -> float:
-    from ..evaluation import evaluate_images
-    from ..sampling import SampleConfig, generate_with_runner
-
     runner = _SessionRunner(model, art)
     return evaluate_images(generate_with_runner(runner, SampleConfig(n=n)), runner.train_config().data)["fid"]
 
@@ -211,7 +215,6 @@ def _validation_set(runner, cfg: QuantizeConfig) -> dict:
     """Held-out denoiser inputs from sampling runs with another seed, spread over the whole schedule."""
     import dataclasses
 
-    from .calibration import capture_calibration_set
 
     c = cfg.calibration
     held = capture_calibration_set(runner, dataclasses.replace(c, seed=c.seed + 1, n_images=max(4, c.n_images // 4)))
@@ -221,8 +224,6 @@ def _validation_set(runner, cfg: QuantizeConfig) -> dict:
 
 def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> float:
     """PSNR of the quantized model's samples against the FP32 model's, from the same seeded noise."""
-    from ..diffusion import alphas_cumprod
-    from ..runtimes.numpy_sampler import sample
 
     m = train_cfg.model
     shape, abar = (m.in_channels, m.image_size, m.image_size), alphas_cumprod(train_cfg.diffusion)
@@ -247,8 +248,6 @@ def _sizes(fp32_path: Path, model) -> dict:
 
 def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
     """The parent of `art` exported at fp16 into tmp (the model `export --precision fp16` ships), or why not."""
-    from ..artifact import Artifact
-    from ..export.onnx import OnnxExportConfig, export_onnx
 
     parent = art.manifest.get("parent") or {}
     try:
@@ -266,7 +265,6 @@ def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
 def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, cfg: QuantizeConfig,
                   note: str, threads: int = 1) -> dict:
     """FP32, FP16 and INT8 on ONNX Runtime CPU: ε vs FP32 on held-out inputs, size, p50 per call timed in turn."""
-    from ..timing import time_side_by_side
 
     models = {"fp32": fp32_path, "fp16": fp16_path, "int8": int8_model}
     sessions = {k: _session(m, threads) for k, m in models.items() if m is not None}
@@ -307,23 +305,20 @@ def format_side_by_side(table: dict) -> str:
 
 
 def _check_source(src):
-    from ..artifact import Artifact
-
     art = Artifact.load(src)
-    if art.kind == "onnx-int8":
-        raise ConfigError(f"{src} is already quantized (kind onnx-int8); quantize its FP32 parent instead")
-    if art.kind != "onnx":
+    io = STAGE_IO["quantize"]
+    if art.kind == io.produces():
+        raise ConfigError(f"{src} is already quantized (kind {art.kind}); quantize its FP32 parent instead")
+    if art.kind not in io.accepts:
         raise ArtifactError(f"{src} is an artifact of kind {art.kind!r}; quantize needs an ONNX artifact "
                             f"(cunet-edge export --format onnx)")
-    if art.manifest.get("precision") != "fp32":
+    if precision_of(art.manifest) != "fp32":
         raise ConfigError(f"{src} is a {art.manifest.get('precision')} ONNX model; quantize an fp32 export")
     return art
 
 
 def _calibrate(art, cfg: QuantizeConfig):
     """Calibration and validation sets from the FP32 model's own sampling, and activation ranges."""
-    from ..runtimes.base import open_runner
-    from .calibration import activation_ranges, capture_calibration_set
 
     with open_runner(art.path, "onnxruntime", threads=1) as r:
         calib = capture_calibration_set(r, cfg.calibration)
@@ -338,7 +333,7 @@ def _record(art, cfg: QuantizeConfig, scheme, calib, search, best, drift, sizes,
     tried = [{k: v for k, v in c.items() if k != "model"} for c in search["tried"]]
     return dict(
         precision="int8", target=cfg.target, scheme=to_dict(scheme), signature=m["signature"],
-        solver=m.get("solver"), model_cost=m.get("model_cost"), dynamic_batch=m.get("dynamic_batch"),
+        solver=m.get(SOLVER), model_cost=m.get("model_cost"), dynamic_batch=m.get("dynamic_batch"),
         batch=m.get("batch"), calibration={"inputs": int(calib["x"].shape[0]), "files": ["calibration/x.npy",
                                                                                        "calibration/t.npy"]},
         sensitivity=search["sensitivity"], tried=tried, float_nodes=best["float_nodes"],
@@ -352,9 +347,6 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     import onnx
     from rich.progress import Progress
 
-    from ..artifact import ArtifactWriter, check_output_path
-    from ..checkpoint import CONFIG, read_train_config
-    from .qdq import SCHEMES
 
     check_output_path(out)
     art = _check_source(src)
@@ -378,7 +370,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
              "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), cfg.drift_samples),
              "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
-    with ArtifactWriter(out, kind="onnx-int8", stage="quantize", config=to_dict(cfg), parent=art) as w:
+    with ArtifactWriter(out, kind=STAGE_IO["quantize"].produces(), stage="quantize", config=to_dict(cfg), parent=art) as w:
         onnx.save(best["model"], str(w.dir / "model.onnx"))
         (w.dir / "calibration").mkdir()
         np.save(w.dir / "calibration" / "x.npy", calib["x"])
@@ -393,7 +385,6 @@ def _lint(best: dict, cfg: QuantizeConfig) -> dict | None:
     """TensorRT's Q/DQ rules checked on the chosen model; a violation is a bug here, so it fails loudly."""
     if cfg.target != "tensorrt":
         return None
-    from .lint import assert_tensorrt_qdq
 
     report = assert_tensorrt_qdq(best["model"], float_nodes=set(best["float_nodes"]))
     return {k: report[k] for k in ("ok", "stats") if k in report}

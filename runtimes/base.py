@@ -15,9 +15,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ..artifact import Artifact
+from ..checkpoint import read_train_config
 from ..errors import ArtifactError, ConfigError
+from ..kinds import KINDS, kinds_run_by
+from ..records import check_solver_request, precision_of
 
-__all__ = ["Runner", "RUNTIMES", "RUNTIME_KINDS", "open_runner", "check_feed", "artifact_solver"]
+__all__ = ["Runner", "RUNTIMES", "open_runner", "check_feed"]
 
 # runtime name -> "module:class", imported on use (heavy backends stay unimported).
 RUNTIMES = {
@@ -26,15 +29,6 @@ RUNTIMES = {
     "tensorrt": "cunet_edge.runtimes.tensorrt_runner:TensorRTRunner",
     "torch-tensorrt": "cunet_edge.runtimes.torch_tensorrt_runner:TorchTensorRTRunner",
 }
-# runtime name -> the artifact kinds it can run.
-RUNTIME_KINDS = {
-    "torch": ("checkpoint", "unrolled", "pruned"),
-    "onnxruntime": ("onnx", "onnx-int8"),
-    "tensorrt": ("tensorrt-engine",),
-    "torch-tensorrt": ("torch-tensorrt",),
-}
-
-
 def check_feed(signature: dict, feed: dict[str, Any], where: str) -> None:
     """Names, dtypes and fixed dimensions of `feed` against a signature; one batch size for all inputs."""
     inputs = signature["inputs"]
@@ -60,12 +54,6 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join("B" if not isinstance(d, int) else str(d) for d in shape) + ")"
 
 
-def artifact_solver(manifest: dict) -> str:
-    """A short text for the solver baked into an artifact (or 'torchdiffeq' / 'none')."""
-    rec = manifest.get("solver")
-    return f"{rec['method']} x{rec['steps']}" if rec else "as trained"
-
-
 class Runner:
     """Base class: one artifact on one backend. Subclasses implement `_open`, `_infer`, and maybe `bind`."""
 
@@ -76,7 +64,7 @@ class Runner:
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
         self.signature = artifact.manifest["signature"]
-        self.precision = artifact.manifest.get("precision", self.precision)
+        self.precision = precision_of(artifact.manifest)
 
     def __enter__(self) -> "Runner":
         self._open()
@@ -123,8 +111,6 @@ class Runner:
 
     def train_config(self):
         """The training config the artifact descends from (diffusion schedule, data, model)."""
-        from ..checkpoint import read_train_config
-
         return read_train_config(self.artifact)
 
     def static_batch(self) -> int | None:
@@ -137,17 +123,17 @@ class Runner:
         return {"runtime": self.name, "precision": self.precision, "device": self.device}
 
 
-def open_runner(path: str | Path, runtime: str, *, solver: str | None = None, solver_steps: int | None = None,
-                **options) -> Runner:
-    """Open `path` on the named runtime (not yet entered); refuses artifacts the runtime cannot run."""
-    from ..unrolling import check_solver_request
-
+def open_runner(artifact: str | Path | Artifact, runtime: str, *, solver: str | None = None,
+                solver_steps: int | None = None, **options) -> Runner:
+    """Open an artifact (a path, or an Artifact already opened) on the named runtime (not yet entered);
+    refuses artifacts the runtime cannot run."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
-    art = Artifact.load(path)
-    kinds = RUNTIME_KINDS[runtime]
+    art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    path = art.path
+    kinds = kinds_run_by(runtime)
     if art.kind not in kinds:
-        hint = next((r for r, k in RUNTIME_KINDS.items() if art.kind in k), None)
+        hint = KINDS[art.kind].runtime if art.kind in KINDS else None
         raise ArtifactError(f"{path} is an artifact of kind {art.kind!r}; runtime {runtime!r} runs "
                             f"{', '.join(kinds)}" + (f" (use --runtime {hint})" if hint else ""))
     if "signature" not in art.manifest:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError
 from .base import Runner
+from .engines import ENGINE_FILE, check_engine_location, current_platform, import_tensorrt
 
 __all__ = ["TensorRTRunner"]
 
@@ -34,17 +35,15 @@ class TensorRTRunner(Runner):
         self._buffers: dict = {}
 
     def _open(self) -> None:
-        from ..export import tensorrt as build
-
-        trt = build.import_tensorrt()
-        build.check_engine_location(self.artifact.manifest, build.current_platform(), path=self.artifact.path)
+        trt = import_tensorrt()
+        check_engine_location(self.artifact.manifest, current_platform(), path=self.artifact.path)
         import torch
 
         self._trt, self._torch = trt, torch
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self._runtime.deserialize_cuda_engine(self.artifact.file(build.ENGINE_FILE).read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(self.artifact.file(ENGINE_FILE).read_bytes())
         if self.engine is None:
-            raise ArtifactError(f"TensorRT could not deserialize {self.artifact.file(build.ENGINE_FILE)}")
+            raise ArtifactError(f"TensorRT could not deserialize {self.artifact.file(ENGINE_FILE)}")
         self.context = self.engine.create_execution_context()
         # The current stream, so that CUDA events recorded around a call (bench) time the engine's work.
         self.stream = torch.cuda.current_stream()

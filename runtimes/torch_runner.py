@@ -6,8 +6,10 @@ from typing import Callable
 
 import numpy as np
 
+from ..checkpoint import load_checkpoint, with_solver
 from ..config import check_choice
 from ..errors import ConfigError
+from ..models import profile_model
 from .base import Runner
 
 __all__ = ["TorchRunner"]
@@ -47,11 +49,9 @@ class TorchRunner(Runner):
     def _open(self) -> None:
         import torch
 
-        from ..checkpoint import load_checkpoint, with_solver
-
         if self.threads:
             torch.set_num_threads(self.threads)
-        ckpt = with_solver(load_checkpoint(self.artifact.path, kinds=(self.artifact.kind,)), *self.solver)
+        ckpt = with_solver(load_checkpoint(self.artifact), *self.solver)
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self.model = ckpt.model.to(self.device, dtype).eval()
         self.dtype = dtype
@@ -62,10 +62,7 @@ class TorchRunner(Runner):
 
     def model_cost(self) -> dict:
         """Counted on a float32 CPU copy of the model with the solver it runs (FlopCounterMode)."""
-        from ..checkpoint import load_checkpoint, with_solver
-        from ..models import profile_model
-
-        ckpt = with_solver(load_checkpoint(self.artifact.path, kinds=(self.artifact.kind,)), *self.solver)
+        ckpt = with_solver(load_checkpoint(self.artifact), *self.solver)
         cost = profile_model(ckpt.model, ckpt.config.model)
         return {k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")}
 

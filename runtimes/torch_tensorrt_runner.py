@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .base import Runner
+from .engines import PROGRAM_FILE, check_engine_location, current_platform, import_torch_tensorrt
 
 __all__ = ["TorchTensorRTRunner"]
 
@@ -22,9 +23,6 @@ class TorchTensorRTRunner(Runner):
         self.module = None
 
     def _open(self) -> None:
-        from ..export.tensorrt import check_engine_location, current_platform
-        from ..export.torch_tensorrt import PROGRAM_FILE, import_torch_tensorrt
-
         torch_tensorrt = import_torch_tensorrt()  # registers the TensorRT ops the program calls
         check_engine_location(self.artifact.manifest, current_platform(), path=self.artifact.path)
         program = torch_tensorrt.load(str(self.artifact.file(PROGRAM_FILE)))

@@ -7,7 +7,8 @@ import json
 import pytest
 from cli_helpers import assert_one_line_error, cli_subprocess, run
 
-from cunet_edge.benchmark import BenchConfig, bench, metrics_section, parse_target
+from cunet_edge.benchmark import BenchConfig, bench, parse_target
+from cunet_edge.records import bench_section as metrics_section
 from cunet_edge.errors import ConfigError
 
 QUICK = ["--min-iters", 3, "--min-seconds", 0.05, "--rounds", 2, "--sampler-steps", 2, "--threads", 1]

@@ -10,9 +10,8 @@ from click.testing import CliRunner
 from conftest import TINY
 
 from cunet_edge.artifact import ArtifactWriter
-from cunet_edge.devices.estimate import (
-    CalibrateConfig, EstimateConfig, NodeCost, calibrate, estimate, format_estimate, graph_costs, roofline,
-)
+from cunet_edge.devices.estimate import CalibrateConfig, EstimateConfig, calibrate, estimate, format_estimate, roofline
+from cunet_edge.export.graph_cost import NodeCost, graph_costs
 from cunet_edge.errors import ArtifactError, ConfigError
 
 onnx = pytest.importorskip("onnx")

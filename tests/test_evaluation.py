@@ -15,14 +15,8 @@ import torch
 from cunet_edge import evaluation
 from cunet_edge.data import DataConfig, load_images
 from cunet_edge.errors import ConfigError, DatasetError
-from cunet_edge.evaluation import (
-    Classifier,
-    ClassifierConfig,
-    FeatureExtractor,
-    evaluate_images,
-    fid_kid,
-    load_or_train_classifier,
-)
+from cunet_edge.evaluation import ClassifierConfig, evaluate_images, fid_kid, load_or_train_classifier
+from cunet_edge.models.classifier import Classifier, FeatureExtractor
 
 DIGITS = DataConfig()
 TINY = ClassifierConfig(steps=20)  # cheap training for the cache tests; accuracy irrelevant

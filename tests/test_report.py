@@ -37,38 +37,13 @@ def _copy_artifact(src, dst):
     return dst
 
 
-def _pruned(unrolled, out):
-    """A `pruned` artifact as the prune stage will write one: zeroed smallest weights, prune and drift records.
-
-    The prune stage is being built elsewhere; this stands in for its output format only (the
-    weights are really pruned, by magnitude, and run like any model artifact).
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from cunet_edge.artifact import Artifact, ArtifactWriter
-
-    src = Artifact.load(unrolled)
-    state = load_file(str(src.file("model.safetensors")))
-    for name, w in state.items():
-        if w.ndim == 4:  # conv kernels: zero the 30% smallest by magnitude
-            cut = w.abs().flatten().kthvalue(max(1, int(0.3 * w.numel()))).values
-            state[name] = torch.where(w.abs() <= cut, torch.zeros_like(w), w)
-    with ArtifactWriter(out, kind="pruned", stage="prune", config={"ratio": 0.3}, parent=src) as w:
-        save_file(state, str(w.dir / "model.safetensors"))
-        shutil.copy(src.file("config.json"), w.dir / "config.json")
-        w.manifest.update(signature=src.manifest["signature"], solver=src.manifest["solver"],
-                          prune={"macs_ratio": 0.7, "params_ratio": 0.7},
-                          drift={"eps_rel_err": 0.123, "reference": "parent"})
-    return w.artifact.path
-
-
 @pytest.fixture(scope="module")
 def run_dir(tiny_checkpoint, tmp_path_factory):
     """checkpoint → unrolled (another solver) → onnx → int8 (cpu), plus a pruned branch and an unmeasured copy."""
     from cunet_edge.benchmark import BenchConfig, bench, parse_target
     from cunet_edge.evaluation import evaluate_checkpoint
     from cunet_edge.export.onnx import OnnxExportConfig, export_onnx
+    from cunet_edge.pruning import PruneConfig, prune
     from cunet_edge.quantize.calibration import CalibrationConfig
     from cunet_edge.quantize.int8 import QuantizeConfig, quantize_int8
     from cunet_edge.sampling import SampleConfig
@@ -82,7 +57,11 @@ def run_dir(tiny_checkpoint, tmp_path_factory):
     qcfg = QuantizeConfig(target="cpu", calibration=CalibrationConfig(n_images=4, sampler_steps=16, method="minmax"),
                           tolerance=0.5, select="fewest-float", val_n=16, drift_samples=4)
     int8 = quantize_int8(onnx, qcfg, root / "int8", progress=False).path
-    _pruned(unrolled, root / "pruned")
+    # The real prune stage (seconds-fast settings for the tiny model): its records must reach the report.
+    pytest.importorskip("torch_pruning")
+    pcfg = PruneConfig(target_macs=0.6, finetune_steps=2, ratio_step=0.1, importance_batches=2, batch_size=8,
+                       val_n=16, drift_samples=4, drift_sampler_steps=4)
+    prune(unrolled, pcfg, root / "pruned", progress=False)
     targets = [parse_target(str(ckpt)), parse_target(str(unrolled)), parse_target(str(onnx)), parse_target(str(int8))]
     bench(targets, BenchConfig(**QUICK), progress=False)
     bench([parse_target(str(onnx))], BenchConfig(batch=4, **QUICK), progress=False)
@@ -195,12 +174,20 @@ def test_drift_per_stage(made, run_dir):
     assert math.isfinite(int8["sample_psnr_db"]) and int8["sample_psnr_db"] > 5
 
 
-def test_pruned_stage_shows_up_without_special_code(made, run_dir):
-    _, result = made
+def test_real_prune_figures_reach_the_report(made, run_dir):
+    """The prune stage's own manifest record (not a hand-made one) gives the report's prune columns."""
+    out, result = made
+    manifest = json.loads((run_dir / "pruned" / "manifest.json").read_text())
+    record = manifest["pruning"]
     pruned = _row(result["variants"], "pruned")
-    assert pruned["kind"] == "pruned" and pruned["prune_macs_ratio"] == 0.7
+    assert pruned["kind"] == "pruned" and pruned["prune_macs_ratio"] == record["macs_ratio"] <= 0.6
     assert pruned["lineage"] == "ckpt → unrolled → pruned"
-    assert 0 < pruned["drift_prune"] < 1 and pruned["drift_prune"] != 0.123  # measured here, not the record
+    art = next(a for a in result["artifacts"] if a["artifact"] == "pruned")
+    assert art["pruning"]["after"] == record["after"] and art["recorded_drift"]["eps_rel_err"] == \
+        manifest["drift"]["eps_rel_err"]
+    # Measured here on the lineage's inputs, not copied from the record.
+    assert 0 < pruned["drift_prune"] and pruned["drift_prune"] != manifest["drift"]["eps_rel_err"]
+    assert f"{record['macs_ratio']:.2f}" in (out / "report.md").read_text()
     assert "prune" in result["stages"] and result["stages"].index("prune") < result["stages"].index("export")
 
 

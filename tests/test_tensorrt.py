@@ -17,14 +17,8 @@ import pytest
 from cunet_edge.artifact import ArtifactWriter
 from cunet_edge.config import from_dict, to_dict
 from cunet_edge.errors import ArtifactError, BackendMissingError, ConfigError
-from cunet_edge.export.tensorrt import (
-    EngineConfig,
-    build_engine,
-    builder_flags,
-    check_engine_location,
-    trtexec_command,
-    uses_strong_typing,
-)
+from cunet_edge.runtimes.engines import check_engine_location
+from cunet_edge.export.tensorrt import EngineConfig, build_engine, builder_flags, trtexec_command, uses_strong_typing
 from cunet_edge.export.trt_compat import check_tensorrt_compat, load_op_list
 from cunet_edge.runtimes.base import open_runner
 
@@ -389,7 +383,8 @@ def unrolled(tmp_path_factory):
     from cunet_edge.checkpoint import save_checkpoint
     from cunet_edge.models import build_model
     from cunet_edge.training import train_config_from_dict
-    from cunet_edge.unrolling import solver_record
+    from cunet_edge.models.explicit import nfe_per_step
+    from cunet_edge.records import solver_record
 
     data = json.loads(json.dumps(TINY))
     data["model"]["solver"] = {"method": "euler", "steps": 1, "unrolled": True}
@@ -398,7 +393,7 @@ def unrolled(tmp_path_factory):
     model = build_model(cfg.model)
     return save_checkpoint(tmp_path_factory.mktemp("unrolled") / "unrolled", cfg, model.state_dict(), step=0,
                            train_state=None, kind="unrolled", stage="unroll",
-                           extra={"solver": solver_record(cfg.model.solver, model.num_ode_blocks)})
+                           extra={"solver": solver_record("euler", 1, nfe_per_step("euler"), model.num_ode_blocks)})
 
 
 @pytest.fixture(scope="module")

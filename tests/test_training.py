@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from cunet_edge.errors import ConfigError
-from cunet_edge.training import TrainConfig, train, train_config_from_dict, train_config_from_options
+from cunet_edge.checkpoint import TrainConfig, train_config_from_dict, train_config_from_options
+from cunet_edge.training import train
 
 from conftest import TINY
 

@@ -12,7 +12,7 @@ import torchdiffeq
 
 from cunet_edge.errors import ConfigError
 from cunet_edge.models import CUNetConfig, SolverConfig, build_model, profile_model
-from cunet_edge.unrolling import UNROLLABLE, integrate_unrolled, nfe_per_step
+from cunet_edge.models.explicit import UNROLLABLE, integrate_unrolled, nfe_per_step
 
 SMALL = dict(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2), attn_resolutions=(4,),
              attn_heads=2, norm_groups=4, time_emb_dim=16)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..artifact import write_json_atomic
 from ..errors import OutputPathError
 
 __all__ = ["write_json", "check_file_output", "JSON_OPTION", "sampler_options"]
@@ -38,15 +38,10 @@ def write_json(path: str | None, data: Any) -> None:
     """Write `data` as JSON to path ('-' = stdout), atomically; do nothing if path is None."""
     if path is None:
         return
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     if path == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         return
-    target = check_file_output(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.absolute().parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, target)
+    write_json_atomic(check_file_output(path), data)
 
 
 def sampler_options(n_default: int):

@@ -2,7 +2,11 @@
 
 import click
 
-from ._common import JSON_OPTION, write_json
+from ..artifact import Artifact
+from ..benchmark import BenchConfig, format_bench, parse_target
+from ..benchmark import bench as run_bench
+from ..records import check_solver_request
+from ._common import JSON_OPTION, check_file_output, write_json
 
 
 @click.command()
@@ -28,10 +32,6 @@ from ._common import JSON_OPTION, write_json
 def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_graphs, threads, sampler_steps,
           sampler, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
     """Benchmark ARTIFACT (and --compare targets) on this machine; also stored in each artifact's metrics.json."""
-    from ..benchmark import BenchConfig, format_bench, parse_target
-    from ..benchmark import bench as run_bench
-    from ..unrolling import check_solver_request
-    from ._common import check_file_output
 
     cfg = BenchConfig(batch=batch, provider=provider, precision=precision, device=device, cuda_graphs=cuda_graphs,
                       threads=threads, sampler_steps=sampler_steps, sampler=sampler, min_iters=min_iters,
@@ -40,7 +40,6 @@ def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_g
         check_file_output(json_path)
     targets = [parse_target(artifact, runtime)] + [parse_target(spec) for spec in compare]
     if solver or solver_steps:
-        from ..artifact import Artifact
 
         for t in targets:
             check_solver_request(Artifact.load(t.path, verify=False).manifest, t.path, solver, solver_steps)

@@ -2,6 +2,9 @@
 
 import click
 
+from ..devices.deploy import DeployConfig, check_host, run_remote
+from ..devices.deploy import deploy as deploy_bundle
+
 
 @click.command()
 @click.argument("artifact", type=click.Path())
@@ -14,8 +17,6 @@ import click
 @click.option("--bench-batch", default=1, show_default=True, help="Batch of the remote bench.")
 def deploy(artifact, device, out, host, tarball, accept_new_host_key, bench_batch):
     """Bundle ARTIFACT (an ONNX or INT8 ONNX export) for a board: model, sampler, run.py, build_engine.py."""
-    from ..devices.deploy import DeployConfig, check_host, run_remote
-    from ..devices.deploy import deploy as deploy_bundle
 
     if host is not None:
         check_host(host)

@@ -2,6 +2,7 @@
 
 import click
 
+from ..devices.profiles import list_profiles, load_profile, profile_table
 from ._common import JSON_OPTION, write_json
 
 
@@ -9,12 +10,10 @@ from ._common import JSON_OPTION, write_json
 def devices():
     """Target device profiles: peak figures, DLA, JetPack/TensorRT versions, with sources in devices/README.md."""
 
-
 @devices.command("list")
 @JSON_OPTION
 def list_(json_path):
     """A table of every profile (throughput is peak and dense; '-' = no cited source)."""
-    from ..devices.profiles import list_profiles, load_profile, profile_table
 
     profiles = [load_profile(name) for name in list_profiles()]
     if json_path != "-":
@@ -27,7 +26,6 @@ def list_(json_path):
 @JSON_OPTION
 def show(name, json_path):
     """Every field of profile NAME (unknown values are shown as '-')."""
-    from ..devices.profiles import load_profile
 
     data = load_profile(name).to_dict()
     if json_path != "-":

@@ -2,7 +2,11 @@
 
 import click
 
-from ._common import JSON_OPTION, write_json
+from ..devices.estimate import CPU_DEVICE, CalibrateConfig, EstimateConfig, format_estimate
+from ..devices.estimate import calibrate as run_calibrate
+from ..devices.estimate import estimate as run_estimate
+from ..errors import ConfigError
+from ._common import JSON_OPTION, check_file_output, write_json
 
 
 @click.command()
@@ -20,11 +24,6 @@ from ._common import JSON_OPTION, write_json
 def estimate(artifact, device, precision, batch, sampler_steps, float_layers, launch_us, top, calibrate, threads,
              json_path):
     """Roofline latency per call and per image of ONNX ARTIFACT on --device (method: devices/README.md)."""
-    from ..devices.estimate import CPU_DEVICE, CalibrateConfig, EstimateConfig, format_estimate
-    from ..devices.estimate import calibrate as run_calibrate
-    from ..devices.estimate import estimate as run_estimate
-    from ..errors import ConfigError
-    from ._common import check_file_output
 
     cfg = EstimateConfig(precisions=tuple(precision), batch=batch, sampler_steps=sampler_steps,
                          float_layers=float_layers, launch_us=launch_us, top=top)

@@ -2,7 +2,9 @@
 
 import click
 
-from ._common import JSON_OPTION, sampler_options, write_json
+from ..evaluation import evaluate_checkpoint
+from ..sampling import SampleConfig
+from ._common import JSON_OPTION, check_file_output, sampler_options, write_json
 
 
 @click.command()
@@ -12,9 +14,6 @@ from ._common import JSON_OPTION, sampler_options, write_json
 @JSON_OPTION
 def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, runtime, provider, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
-    from ..evaluation import evaluate_checkpoint
-    from ..sampling import SampleConfig
-    from ._common import check_file_output
 
     cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
                        solver_steps=solver_steps)

@@ -2,6 +2,11 @@
 
 import click
 
+from ..artifact import check_output_path
+from ..config import check_choice
+from ..export.onnx import OnnxExportConfig, export_onnx
+from ..export.tensorrt import EngineConfig, build_engine
+from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
 from ._common import JSON_OPTION, write_json
 
 FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
@@ -24,13 +29,10 @@ FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
 def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance, workspace_mb, timing_cache,
            dla_core, json_path):
     """Export ARTIFACT (unrolled model → onnx / torch-tensorrt; onnx → tensorrt engine)."""
-    from ..artifact import check_output_path
-    from ..config import check_choice
 
     check_choice("format", fmt, FORMATS)
     check_output_path(out)
     if fmt == "onnx":
-        from ..export.onnx import OnnxExportConfig, export_onnx
 
         cfg = OnnxExportConfig(precision=precision, dynamic_batch=dynamic_batch, batch=batch, opset=opset,
                                tolerance=tolerance)
@@ -39,14 +41,12 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
         summary = (f"onnx {precision}, {art.manifest['nodes']['simplified']} nodes, vs PyTorch: rel err "
                    f"{v['rel_err']:.2e}, max abs {v['max_abs_err']:.2e}")
     elif fmt == "tensorrt":
-        from ..export.tensorrt import EngineConfig, build_engine
 
         art = build_engine(artifact, EngineConfig(workspace_mb=workspace_mb, timing_cache=timing_cache,
                                                   dla_core=dla_core), out)
         summary = (f"TensorRT {art.manifest['tensorrt_version']} engine for {art.manifest['gpu_name']} "
                    f"(sm {art.manifest['compute_capability']}); trtexec equivalent in {art.path}/trtexec.sh")
     else:
-        from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
 
         art = compile_torch_tensorrt(artifact, TorchTensorRTConfig(precision=precision, batch=batch,
                                                                    dynamic_batch=dynamic_batch), out)

@@ -2,6 +2,7 @@
 
 import click
 
+from ..inspection import inspect_artifact
 from ._common import JSON_OPTION, write_json
 
 
@@ -10,7 +11,6 @@ from ._common import JSON_OPTION, write_json
 @JSON_OPTION
 def inspect(artifact, json_path):
     """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT."""
-    from ..inspection import inspect_artifact
 
     info = inspect_artifact(artifact)
     click.echo(

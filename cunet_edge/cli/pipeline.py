@@ -2,6 +2,7 @@
 
 import click
 
+from ..pipeline import load_recipe, run_pipeline
 from ._common import JSON_OPTION, write_json
 
 
@@ -14,13 +15,12 @@ from ._common import JSON_OPTION, write_json
 @JSON_OPTION
 def pipeline(recipe, out, dry_run, search, progress, json_path):
     """Run RECIPE's stages in order into --out, skipping those already done with the same config and inputs."""
-    from ..pipeline import load_recipe, run_pipeline
 
     if dry_run:
         r = load_recipe(recipe, search=search)
         for i, s in enumerate(r.stages, 1):
             src = f" <- {', '.join(s.inputs)}" if s.inputs else ""
-            click.echo(f"[{i}/{len(r.stages)}] {s.name} ({s.stage}){src} -> {s.makes or 'metrics'}")
+            click.echo(f"[{i}/{len(r.stages)}] {s.name} ({s.stage}){src} -> {s.makes or s.definition.io.writes}")
         click.echo(f"{recipe}: {len(r.stages)} stages, all valid (dry run: nothing was run)")
         write_json(json_path, {"recipe": str(recipe), "valid": True,
                                "stages": [{"name": s.name, "stage": s.stage, "inputs": list(s.inputs),

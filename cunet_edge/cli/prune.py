@@ -2,6 +2,10 @@
 
 import click
 
+from ..artifact import check_output_path
+from ..pruning import PruneConfig
+from ..pruning import prune as run_prune
+from ..records import DRIFT, PRUNING
 from ._common import JSON_OPTION, write_json
 
 
@@ -29,9 +33,6 @@ from ._common import JSON_OPTION, write_json
 def prune(artifact, target_macs, target_params, importance, scope, iterative_steps, importance_batches, ratio_step,
           select, finetune_steps, distill_weight, lr, batch_size, seed, threads, progress, out, json_path):
     """Prune ARTIFACT (a continuous U-Net checkpoint, unrolled or not) and fine-tune it toward its parent."""
-    from ..artifact import check_output_path
-    from ..pruning import PruneConfig
-    from ..pruning import prune as run_prune
 
     options = dict(target_macs=target_macs, target_params=target_params, importance=importance, scope=scope,
                    iterative_steps=iterative_steps, importance_batches=importance_batches, ratio_step=ratio_step,
@@ -40,7 +41,7 @@ def prune(artifact, target_macs, target_params, importance, scope, iterative_ste
     cfg = PruneConfig(**{k: v for k, v in options.items() if v is not None})
     check_output_path(out)
     art = run_prune(artifact, cfg, out, progress=progress, threads=threads)
-    p, d = art.manifest["pruning"], art.manifest["drift"]
+    p, d = art.manifest[PRUNING], art.manifest[DRIFT]
     click.echo(f"{art.path}  {art.kind} pruned ({p['importance']}): {p['macs_ratio']:.3f}x MACs, "
                f"{p['params_ratio']:.3f}x params; eps rel err vs parent {d['after_pruning']['eps_rel_err']:.3f} "
                f"after pruning, {d['eps_rel_err']:.3f} after {p['finetune']['steps']} fine-tuning steps; "

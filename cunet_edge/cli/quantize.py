@@ -2,6 +2,10 @@
 
 import click
 
+from ..artifact import check_output_path
+from ..quantize.calibration import CalibrationConfig
+from ..quantize.int8 import QuantizeConfig, format_side_by_side, parse_tolerance, quantize_int8
+from ..records import DRIFT
 from ._common import JSON_OPTION, write_json
 
 
@@ -23,9 +27,6 @@ from ._common import JSON_OPTION, write_json
 def quantize(artifact, target, out, method, percentile, calibration_images, calibration_steps, seed, tolerance,
              max_float_layers, select, json_path):
     """Quantize ARTIFACT (an FP32 ONNX export) to INT8, keeping sensitive layers in float as needed."""
-    from ..artifact import check_output_path
-    from ..quantize.calibration import CalibrationConfig
-    from ..quantize.int8 import QuantizeConfig, format_side_by_side, parse_tolerance, quantize_int8
 
     eps_tol, fid_tol = parse_tolerance(tolerance)
     cal = CalibrationConfig(n_images=calibration_images, sampler_steps=calibration_steps, seed=seed, method=method,
@@ -35,7 +36,7 @@ def quantize(artifact, target, out, method, percentile, calibration_images, cali
     check_output_path(out)
     art = quantize_int8(artifact, cfg, out)
     m = art.manifest
-    d = m["drift"]
+    d = m[DRIFT]
     status = "within" if m["passed"] else "NOT within (best attempt saved, marked failing)"
     click.echo(f"{art.path}  int8 ({target}), {len(m['float_nodes'])} layers kept in float; eps rel err "
                f"{d['eps_rel_err']:.4f} {status} tolerance {m['tolerance']:g}; sample PSNR {d['sample_psnr_vs_parent']:.1f} dB; "

@@ -2,7 +2,10 @@
 
 import click
 
-from ._common import JSON_OPTION, write_json
+from ..report.render import FILES, json_safe
+from ..report.stage import ReportConfig
+from ..report.stage import report as run_report
+from ._common import JSON_OPTION, check_file_output, write_json
 
 
 @click.command()
@@ -17,10 +20,6 @@ from ._common import JSON_OPTION, write_json
 @JSON_OPTION
 def report(run_dir, out, device, samples, seed, no_measure, threads, replace, json_path):
     """Gather every artifact under RUN_DIR (lineage, metrics, drift per stage) into a report in --out."""
-    from ..report.render import FILES, json_safe
-    from ..report.stage import ReportConfig
-    from ..report.stage import report as run_report
-    from ._common import check_file_output
 
     cfg = ReportConfig(devices=tuple(device), measure=not no_measure, samples=samples, seed=seed, threads=threads)
     if json_path not in (None, "-"):

@@ -4,6 +4,10 @@ import os
 
 import click
 
+from ..checkpoint import train_config_from_options
+from ..config import check_positive
+from ..training import launch_data_parallel
+from ..training import train as run_training
 from ._common import JSON_OPTION, write_json
 
 
@@ -32,16 +36,12 @@ from ._common import JSON_OPTION, write_json
 def train(dataset, data_root, download, image_size, arch, steps, batch_size, lr, seed, method, solver_steps,
           rtol, atol, adjoint, config_file, threads, procs, progress, out, json_path):
     """Train on a dataset; re-running with the same --out resumes from the last save."""
-    from ..training import train as run_training
-    from ..training import train_config_from_options
 
     solver = {"method": method, "steps": solver_steps, "rtol": rtol, "atol": atol, "adjoint": adjoint}
     cfg = train_config_from_options(config_file, dataset=dataset, data_root=data_root, download=download,
                                     image_size=image_size, arch=arch, solver=solver, steps=steps,
                                     batch_size=batch_size, lr=lr, seed=seed)
     if procs != 1:
-        from ..config import check_positive
-        from ..training import launch_data_parallel
 
         check_positive("procs", procs)
         if "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it, with the same options

@@ -2,6 +2,12 @@
 
 import click
 
+from ..artifact import check_output_path
+from ..errors import ConfigError
+from ..records import SOLVER
+from ..sweep import SweepConfig, format_table, solver_sweep
+from ..unrolling import UnrollConfig
+from ..unrolling import unroll as run_unroll
 from ._common import JSON_OPTION, write_json
 
 
@@ -19,24 +25,19 @@ from ._common import JSON_OPTION, write_json
 @JSON_OPTION
 def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid_n, json_path):
     """Make an `unrolled` artifact from CHECKPOINT (same weights, no torchdiffeq), or --sweep the solvers."""
-    from ..artifact import check_output_path
-    from ..errors import ConfigError
 
     if sweep:
-        from ..sweep import SweepConfig, format_table, solver_sweep
 
         result = solver_sweep(checkpoint, SweepConfig(max_steps=max_steps, tolerance=tolerance, fid=fid, fid_n=fid_n))
         click.echo(format_table(result))
         return write_json(json_path, result)
-    from ..unrolling import UnrollConfig
-    from ..unrolling import unroll as run_unroll
 
     if out is None:
         raise ConfigError("--out is required (or pass --sweep)")
     cfg = UnrollConfig(method=method, steps=steps)
     check_output_path(out)
     art = run_unroll(checkpoint, cfg, out)
-    rec = art.manifest["solver"]
+    rec = art.manifest[SOLVER]
     click.echo(f"{art.path}  unrolled ({rec['method']} x{rec['steps']}: {rec['nfe_per_block']} NFE/block, "
                f"{rec['nfe_per_call']} NFE/call)")
     write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], **rec})

@@ -1,4 +1,4 @@
-"""Denoiser models: the continuous U-Net (neural-ODE blocks) and the DDPM U-Net baseline.
+"""Models: the continuous U-Net (neural-ODE blocks), the DDPM U-Net baseline, the FID feature classifier.
 
 Importing this package is cheap: the submodules (and torch with them) load on first use of
 a name, and diffusers only when a baseline U-Net is built.
@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..config import from_dict
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
     from .baseline import UNetConfig
+    from .classifier import Classifier, FeatureExtractor
     from .cunet import CUNetConfig
     from .profile import profile_model
     from .solver import SolverConfig
@@ -29,6 +31,8 @@ __all__ = [
     "model_config_from_dict",
     "build_model",
     "profile_model",
+    "Classifier",
+    "FeatureExtractor",
 ]
 
 # Registry: name → "module:attr", imported on use (see DESIGN §3).
@@ -37,6 +41,10 @@ _LAZY = {
     "CUNetConfig": "cunet:CUNetConfig",
     "UNetConfig": "baseline:UNetConfig",
     "profile_model": "profile:profile_model",
+    "SelfAttention": "cunet:SelfAttention",
+    "LAYER_WIDTHS": "cunet:LAYER_WIDTHS",
+    "Classifier": "classifier:Classifier",
+    "FeatureExtractor": "classifier:FeatureExtractor",
 }
 # arch → (config class, model class)
 ARCHS = {
@@ -64,7 +72,6 @@ def __dir__() -> list[str]:
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Parse a model config table, dispatching on its `arch` key (default "cunet")."""
-    from ..config import from_dict
 
     if not isinstance(data, dict):
         raise ConfigError(f"model config: expected a table, got {data!r}")

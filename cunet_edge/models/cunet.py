@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import check_choice, check_positive
 from ..errors import ConfigError
+from .explicit import integrate_unrolled
 from .solver import SolverConfig
 
 __all__ = [
@@ -250,8 +251,6 @@ class ODEBlock(nn.Module):
     def integrate(self, x: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """x(1) from (x, v) at s = 0: torchdiffeq (adjoint if asked), or the unrolled explicit loop."""
         if self.solver.unrolled:
-            from ..unrolling import integrate_unrolled
-
             xs = integrate_unrolled(lambda st: self.dynamics(st[0], st[1], emb), (x, v),
                                     self.solver.method, self.solver.steps)
             return xs[0]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from ..constants import PROFILE_TIMESTEP
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["profile_model", "count_params"]
-
-# Mid-range diffusion timestep: adaptive solvers' NFE varies with t, fixed ones do not.
-PROFILE_TIMESTEP = 500
 
 
 def count_params(model: nn.Module) -> int:
@@ -21,11 +20,12 @@ def count_params(model: nn.Module) -> int:
 def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     """Parameters, MACs, FLOPs and NFE of one network call, counted with FlopCounterMode.
 
-    Runs one seeded forward at t = 500 on a (batch, in_channels, image_size, image_size) input.
+    Runs one seeded forward at t = PROFILE_TIMESTEP on a (batch, in_channels, image_size, image_size) input.
     Every ODE-function evaluation the solver makes is counted, so for the continuous U-Net
     the MACs grow with the solver's NFE. MACs = FLOPs // 2 (FlopCounterMode counts a
     multiply-add as 2 FLOPs; convs, linears and matmuls only). Resets the model's NFE counter.
     """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     p = next(model.parameters())

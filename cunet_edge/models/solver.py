@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import check_positive
 from ..errors import ConfigError
+from .explicit import UNROLLABLE
 
 __all__ = ["SolverConfig", "solver_methods", "UniformGrid"]
 
@@ -63,7 +64,7 @@ class SolverConfig:
     methods); `rtol`/`atol` to adaptive ones (dopri5, dopri8, bosh3, fehlberg2,
     adaptive_heun). `adjoint` backpropagates with torchdiffeq's adjoint method (less memory,
     more function evaluations in the backward pass). `unrolled` replaces torchdiffeq by the
-    explicit loop of `cunet_edge.unrolling` (same coefficients, a static graph).
+    explicit loop of `cunet_edge.models.explicit` (same coefficients, a static graph).
     """
 
     # One midpoint step per block by default: measured on digits, it gives the best FID for the
@@ -87,8 +88,6 @@ class SolverConfig:
         check_positive("solver.rtol", self.rtol)
         check_positive("solver.atol", self.atol)
         if self.unrolled:
-            from ..unrolling import UNROLLABLE
-
             if self.method not in UNROLLABLE:
                 raise ConfigError(
                     f"solver.method {self.method!r} cannot be unrolled; unrollable methods: {', '.join(UNROLLABLE)}"

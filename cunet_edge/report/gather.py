@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..artifact import MANIFEST, Artifact
 from ..errors import ArtifactError, CunetEdgeError
+from ..inspection import inspect_artifact
+from ..kinds import MODEL_KINDS, kind_runtime
+from ..records import BENCH_SECTION, EVALUATE_SECTION, SOLVER, precision_of, prune_macs_ratio
 
 __all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_rows", "variant_label",
-           "recorded_drift", "DEFAULT_SAMPLER"]
+           "DEFAULT_SAMPLER"]
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-# `bench:RUNTIME:bB:SAMPLER-STEPS` (older runs: without the sampler), `evaluate:SAMPLER-STEPS` (and the
-# latest evaluation again as `evaluate`).
-BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
-EVALUATE_SECTION = re.compile(r"evaluate(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
 DEFAULT_SAMPLER = ("ddim", 50)  # what bench and evaluate use by default; grids of unmeasured artifacts too
 
 
@@ -169,7 +167,7 @@ def _train_config(node: Node) -> dict:
 
 
 def _solver_text(node: Node) -> str | None:
-    rec = node.art.manifest.get("solver")
+    rec = node.art.manifest.get(SOLVER)
     if rec:
         return f"{rec['method']} x{rec['steps']}"
     model = _train_config(node).get("model") or {}
@@ -198,10 +196,8 @@ def _cost(node: Node) -> dict:
             cost.setdefault("params", rec.get("params"))
             cost.setdefault("macs", rec.get("macs_per_call"))
             cost.setdefault("nfe_per_call", rec.get("nfe_per_call"))
-    from ..checkpoint import MODEL_KINDS
 
     if (cost.get("params") is None or cost.get("macs") is None) and node.kind in MODEL_KINDS:
-        from ..inspection import inspect_artifact
 
         try:
             info = inspect_artifact(node.art.path)
@@ -212,26 +208,11 @@ def _cost(node: Node) -> dict:
 
 
 def _prune_ratio(node: Node) -> float | None:
-    """The nearest prune record on the lineage (this stage or an ancestor): MACs kept / MACs before."""
+    """The nearest pruning record on the lineage (this stage or an ancestor): MACs kept / MACs before."""
     for n in reversed(node.lineage()):
-        rec = n.art.manifest.get("prune")
-        if isinstance(rec, dict):
-            for key in ("macs_ratio", "ratio", "params_ratio"):
-                if isinstance(rec.get(key), (int, float)):
-                    return float(rec[key])
-    return None
-
-
-def recorded_drift(art: Artifact) -> dict | None:
-    """What a stage recorded of its own drift against its parent: ε relative error (and sample PSNR)."""
-    m = art.manifest
-    drift = m.get("drift")
-    if isinstance(drift, dict) and isinstance(drift.get("eps_rel_err"), (int, float)):
-        return {"eps_rel_err": drift["eps_rel_err"], "sample_psnr_db": drift.get("sample_psnr_vs_parent"),
-                "against": drift.get("reference", "parent")}
-    ver = m.get("verification")
-    if isinstance(ver, dict) and isinstance(ver.get("rel_err"), (int, float)):
-        return {"eps_rel_err": ver["rel_err"], "sample_psnr_db": None, "against": ver.get("reference", "parent")}
+        ratio = prune_macs_ratio(n.art.manifest)
+        if ratio is not None:
+            return ratio
     return None
 
 
@@ -240,7 +221,7 @@ def artifact_facts(node: Node) -> dict:
     tc = _train_config(node)
     data = tc.get("data") or {}
     cost = _cost(node)
-    solver = node.art.manifest.get("solver") or {}
+    solver = node.art.manifest.get(SOLVER) or {}
     return {
         "artifact": node.name, "kind": node.kind, "stage": node.art.manifest.get("stage"),
         "parent": node.parent.name if node.parent else None,
@@ -281,12 +262,10 @@ def _evaluations(node: Node) -> list[dict]:
 
 
 def _variant_keys(node: Node, benches: list[dict], evs: list[dict]) -> list[tuple]:
-    from ..benchmark import KIND_RUNTIME
-
-    own = node.art.manifest.get("precision", "fp32")
+    own = precision_of(node.art.manifest)
     keys = {(b["runtime"], b.get("precision") or own, b.get("sampler", "ddim"), b.get("sampler_steps")) for b in benches}
     for ev in evs:
-        keys.add((ev.get("runtime") or KIND_RUNTIME.get(node.kind), own, ev.get("sampler", "ddim"),
+        keys.add((ev.get("runtime") or kind_runtime(node.kind), own, ev.get("sampler", "ddim"),
                   ev.get("sampler_steps")))
     return sorted(keys, key=lambda k: tuple(str(v) for v in k))
 
@@ -325,7 +304,7 @@ def _one_variant(key: tuple, benches: list[dict], evs: list[dict], own_precision
 
 def variant_rows(node: Node) -> list[dict]:
     """One row per (runtime, precision, sampler, steps) this artifact was measured at; one bare row if none."""
-    own = node.art.manifest.get("precision", "fp32")
+    own = precision_of(node.art.manifest)
     evs = _evaluations(node)
     benches = _bench_records(node)
     keys = _variant_keys(node, benches, evs)

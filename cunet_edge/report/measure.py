@@ -15,7 +15,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..devices.estimate import EstimateConfig, estimate
 from ..errors import CunetEdgeError
+from ..kinds import ONNX_KINDS, kind_runtime
+from ..quantize.calibration import CalibrationConfig, capture_calibration_set
+from ..runtimes.base import open_runner
+from ..sampling import SampleConfig, generate_with_runner
 from .gather import DEFAULT_SAMPLER, Node
 
 __all__ = ["EPS_RUNS", "EPS_STEPS", "measure_lineages", "estimate_devices", "rel_err", "psnr"]
@@ -69,12 +74,8 @@ def _sample_keys(members: list[Node], variants: dict[Node, list[dict]]) -> list[
 
 def _measure_one(node: Node, keys, inputs: dict | None, with_eps: bool, cfg) -> dict | None:
     """Run node on its runtime: capture the lineage's inputs if none yet, then its ε and its sample grids."""
-    from ..benchmark import KIND_RUNTIME
-    from ..quantize.calibration import CalibrationConfig, capture_calibration_set
-    from ..runtimes.base import open_runner
-    from ..sampling import SampleConfig, generate_with_runner
 
-    runtime = KIND_RUNTIME.get(node.kind)
+    runtime = kind_runtime(node.kind)
     try:
         with open_runner(node.art.path, runtime, **_runner_options(runtime, cfg.threads)) as r:
             if with_eps:
@@ -97,14 +98,12 @@ def measure_lineages(nodes: list[Node], variants: dict[Node, list[dict]], cfg,
     Each node draws grids at its own variants' sampler settings; the reference at all of its lineage's,
     so that every grid has one to be compared with. A lineage of one model has no drift to measure.
     """
-    from ..benchmark import KIND_RUNTIME
-
     trees: dict[Node, list[Node]] = {}
     for n in nodes:
         trees.setdefault(n.lineage()[0], []).append(n)
     for members in trees.values():
         order = sorted(members, key=lambda n: (len(n.lineage()), n.name))  # parents before children
-        runnable = [n for n in order if KIND_RUNTIME.get(n.kind)]
+        runnable = [n for n in order if kind_runtime(n.kind)]
         for n in order:
             if n not in runnable:
                 n.notes.append(f"kind {n.kind!r} runs on no runtime; no drift or samples measured")
@@ -121,7 +120,6 @@ def measure_lineages(nodes: list[Node], variants: dict[Node, list[dict]], cfg,
 
 def estimate_devices(node: Node, devices: tuple[str, ...]) -> None:
     """Roofline latency per call (batch 1) of an ONNX artifact on each device profile, or why there is none."""
-    from ..devices.estimate import ONNX_KINDS, EstimateConfig, estimate
 
     if node.kind not in ONNX_KINDS:
         return  # the estimator reads ONNX graphs; the report says so once, above the table

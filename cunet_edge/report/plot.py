@@ -7,10 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_pareto"]
+from ..errors import import_backend
 
+__all__ = ["plot_pareto", "check_plotting"]
+
+_HINT = "pip install 'cunet-edge[report]' (matplotlib draws the Pareto plot)"
 COLORS = {"fp32": "#4c72b0", "fp16": "#55a868", "bf16": "#8172b3", "int8": "#dd8452"}
 FRONT = "#c44e52"
+
+
+def check_plotting():
+    """matplotlib, or a one-line BackendMissingError with the install hint (checked before any work)."""
+    return import_backend("matplotlib", "matplotlib", _HINT)
 
 
 def _label(r: dict) -> str:
@@ -58,8 +66,6 @@ def _panel(ax, group: dict, rows: dict, p: dict) -> None:
 
 def plot_pareto(result: dict, path: Path) -> None:
     """Write the PNG at `path`; with nothing to plot, a panel that says what is missing."""
-    from .render import check_plotting
-
     check_plotting()
     from matplotlib.figure import Figure
 

@@ -11,25 +11,19 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import import_backend
+from ..kinds import ONNX_KINDS
+from .plot import check_plotting, plot_pareto
 
 __all__ = ["check_plotting", "write_all", "tables", "json_safe", "summary_lines", "PLOT", "FILES"]
 
 PLOT = "pareto.png"
 FILES = {"markdown": "report.md", "html": "report.html", "csv": "report.csv", "json": "report.json", "plot": PLOT}
-_HINT = "pip install 'cunet-edge[report]' (matplotlib draws the Pareto plot)"
 _DASH = "–"
-
-
-def check_plotting():
-    """matplotlib, or a one-line BackendMissingError with the install hint (checked before any work)."""
-    return import_backend("matplotlib", "matplotlib", _HINT)
 
 
 # --- cell formats -----------------------------------------------------------------------------------------
@@ -153,7 +147,7 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
         out.append(("devices", "Estimated latency on device profiles",
                     "Roofline estimates at batch 1 from the ONNX graph (a lower bound; see devices/README.md); "
                     "per image = per call × sampler steps. Only ONNX artifacts can be estimated; why a cell is n/a is "
-                    "in the notes.", devices, [r for r in rows if r["kind"] in ("onnx", "onnx-int8")]))
+                    "in the notes.", devices, [r for r in rows if r["kind"] in ONNX_KINDS]))
     return out
 
 
@@ -325,8 +319,6 @@ def json_safe(v):
 
 def write_all(result: dict, folder: Path) -> None:
     """Every report file into `folder` (the stage's temporary directory; it renames the folder when done)."""
-    from .plot import plot_pareto
-
     plot_pareto(result, folder / PLOT)
     _write_csv(result["variants"], folder / FILES["csv"])
     (folder / FILES["json"]).write_text(json.dumps(json_safe(result), indent=2, sort_keys=True, default=str) + "\n")

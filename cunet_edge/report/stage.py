@@ -22,10 +22,13 @@ from pathlib import Path
 
 from ..artifact import check_output_path, move_into_place, staging_dir
 from ..config import check_choice, check_positive, to_dict
+from ..data import save_image_grid
+from ..devices.profiles import list_profiles
 from ..errors import OutputPathError
+from ..records import pruning_record, recorded_drift
 from ..search import pareto_front as non_dominated
-from .gather import (DEFAULT_SAMPLER, Node, artifact_facts, find_artifacts, link_lineage, recorded_drift,
-                     variant_label, variant_rows)
+from . import render
+from .gather import DEFAULT_SAMPLER, Node, artifact_facts, find_artifacts, link_lineage, variant_label, variant_rows
 from .measure import EPS_RUNS, EPS_STEPS, estimate_devices, measure_lineages, psnr, rel_err
 
 __all__ = ["ReportConfig", "report", "pareto_front", "QUALITY_AXES", "LATENCY_AXES", "STAGE_ORDER"]
@@ -54,7 +57,6 @@ class ReportConfig:
         if self.threads is not None:
             check_positive("threads", self.threads)
         if self.devices:
-            from ..devices.profiles import list_profiles
 
             for d in self.devices:
                 check_choice("device", d, list_profiles())
@@ -88,7 +90,7 @@ def _stage_drift(node: Node) -> tuple[dict[str, float], list[str]]:
         stage = hop.art.manifest.get("stage") or hop.kind
         if hop.eps is not None and hop.parent is not None and hop.parent.eps is not None:
             value, source = rel_err(hop.eps, hop.parent.eps), "measured"
-        elif (rec := recorded_drift(hop.art)) is not None:
+        elif (rec := recorded_drift(hop.art.manifest)) is not None:
             value, source = rec["eps_rel_err"], "recorded"
         else:
             sources.append(f"{stage}: unknown")
@@ -217,7 +219,6 @@ def _slug(text: str) -> str:
 def _write_grids(nodes: list[Node], folder: Path) -> None:
     import torch
 
-    from ..data import save_image_grid
 
     for node in nodes:
         if not node.in_run:
@@ -233,7 +234,7 @@ def _artifact_record(node: Node) -> dict:
             "stage": node.art.manifest.get("stage"), "in_run": node.in_run,
             "parent": node.parent.name if node.parent else None, "parent_note": node.parent_note,
             "reference": node.reference.name if node.reference else None,
-            "recorded_drift": recorded_drift(node.art), "prune": node.art.manifest.get("prune"),
+            "recorded_drift": recorded_drift(node.art.manifest), "pruning": pruning_record(node.art.manifest),
             "metrics_sections": sorted(node.metrics), "estimates": node.estimates, "notes": node.notes}
 
 
@@ -249,7 +250,6 @@ def report(run_dir: str | Path, cfg: ReportConfig, out: str | Path, *, replace: 
     """Stage: every artifact under run_dir → the report files in `out` (a directory, written atomically)."""
     from rich.progress import Progress
 
-    from . import render
 
     out = check_output_path(out, exist_ok=replace)
     render.check_plotting()

@@ -1,0 +1,94 @@
+"""The one table of artifact kinds, and of what each stage accepts and produces.
+
+Every command, stage, runner and the pipeline's recipe check read these tables; nothing else
+lists kinds. A kind names what the artifact holds and which runtime runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+__all__ = ["Kind", "KINDS", "MODEL_KINDS", "ONNX_KINDS", "RUNNABLE_KINDS", "StageIO", "STAGE_IO", "runtime_for",
+           "kind_runtime", "kinds_run_by"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An artifact kind: what it holds, and the runtime that runs it (None: nothing runs it)."""
+
+    holds: str
+    runtime: str | None
+
+
+KINDS: dict[str, Kind] = {
+    "checkpoint": Kind("a torch model as config.json + model.safetensors, its ODE blocks on torchdiffeq", "torch"),
+    "unrolled": Kind("a torch model whose ODE solvers are baked in as explicit fixed steps", "torch"),
+    "pruned": Kind("an unrolled torch model with channels removed", "torch"),
+    "onnx": Kind("an ONNX model (fp32 or fp16) of an unrolled or pruned model", "onnxruntime"),
+    "onnx-int8": Kind("an ONNX model with INT8 Q/DQ nodes", "onnxruntime"),
+    "tensorrt-engine": Kind("a serialized TensorRT engine, tied to the GPU and TensorRT that built it", "tensorrt"),
+    "torch-tensorrt": Kind("a torch-tensorrt compiled program (torch.export)", "torch-tensorrt"),
+}
+# Kinds that hold a torch model as config.json + model.safetensors.
+MODEL_KINDS = tuple(k for k, v in KINDS.items() if v.runtime == "torch")
+ONNX_KINDS = tuple(k for k, v in KINDS.items() if v.runtime == "onnxruntime")
+# What runs on this machine's CPU runtimes (torch, ONNX Runtime): what bench/evaluate can take anywhere.
+RUNNABLE_KINDS = MODEL_KINDS + ONNX_KINDS
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """What a stage accepts (input kinds; () for none) and produces (output kind for each input kind;
+    `makes` when it is the same for all; None: no artifact), and what it writes when it makes no artifact."""
+
+    accepts: tuple[str, ...] = ()
+    makes: str | None = None
+    by_input: dict[str, str] = field(default_factory=dict)
+    writes: str | None = None  # e.g. "metrics" (into its inputs' metrics.json) or "report" (report files)
+
+    def produces(self, input_kind: str | None = None) -> str | None:
+        return self.by_input.get(input_kind, self.makes) if input_kind is not None else self.makes
+
+
+STAGE_IO: dict[str, StageIO] = {
+    "train": StageIO(makes="checkpoint"),
+    "load": StageIO(),  # takes no input stage: the model it names is one of MODEL_KINDS, and it makes that kind
+    "unroll": StageIO(("checkpoint",), "unrolled"),
+    # Pruning keeps the model's form: a checkpoint stays a checkpoint, an unrolled model becomes `pruned`.
+    "prune": StageIO(MODEL_KINDS, by_input={"checkpoint": "checkpoint", "unrolled": "pruned", "pruned": "pruned"}),
+    "sweep": StageIO(("checkpoint",), writes="a table"),
+    "export": StageIO(("unrolled", "pruned"), "onnx"),
+    "export-tensorrt": StageIO(ONNX_KINDS, "tensorrt-engine"),
+    "export-torch-tensorrt": StageIO(("unrolled", "pruned"), "torch-tensorrt"),
+    "quantize": StageIO(("onnx",), "onnx-int8"),
+    "sample": StageIO(tuple(KINDS), writes="images"),  # every kind runs on some runtime
+    "evaluate": StageIO(tuple(KINDS), writes="metrics"),
+    "bench": StageIO(tuple(KINDS), writes="metrics"),
+    "inspect": StageIO(MODEL_KINDS),
+    "estimate": StageIO(ONNX_KINDS),
+    "deploy": StageIO(ONNX_KINDS),
+    "pareto": StageIO(RUNNABLE_KINDS, writes="metrics"),
+    "report": StageIO(writes="report"),  # reads the whole run folder
+}
+
+
+def runtime_for(kind: str, where: object = "the artifact") -> str:
+    """The runtime that runs artifacts of `kind`, or a ConfigError saying none does."""
+    spec = KINDS.get(kind)
+    if spec is None or spec.runtime is None:
+        raise ConfigError(f"{where} is an artifact of kind {kind!r}, which no runtime runs")
+    return spec.runtime
+
+
+def kind_runtime(kind: str) -> str | None:
+    """The runtime of `kind`, or None when nothing runs it (or the kind is unknown)."""
+    spec = KINDS.get(kind)
+    return spec.runtime if spec else None
+
+
+def kinds_run_by(runtime: str) -> tuple[str, ...]:
+    """The kinds a runtime runs."""
+    return tuple(k for k, v in KINDS.items() if v.runtime == runtime)
+

@@ -1,0 +1,160 @@
+"""Manifest records and metrics sections, defined once: the writer and every reader use these.
+
+An artifact's `manifest.json` carries, besides what `ArtifactWriter` writes, records that stages
+add and later stages, the report and the device tools read:
+
+- `solver`: the solver baked in at unroll time (`solver_record`), carried on by every later stage;
+  `check_solver_request` refuses to run such an artifact with other solver settings.
+- `pruning`: what `prune` removed (`pruning_record` reads it; `prune_macs_ratio` the headline).
+- `drift`: what a stage changed against its parent (`recorded_drift` reads it, or export's `verification`).
+- `precision`: fp32, fp16 or int8 (the quantize stage's record sits at the top level of its manifest).
+
+An artifact's `metrics.json` holds one section per measurement: `bench_section` and
+`evaluate_section` name them, `BENCH_SECTION` / `EVALUATE_SECTION` parse them back, and
+`write_metrics` / `read_metrics` are the only code that touches the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .artifact import write_json_atomic
+from .errors import ConfigError
+
+__all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "MODEL_COST", "VERIFICATION", "METRICS", "RESULT",
+           "solver_record", "check_solver_request", "solver_text", "pruning_record", "prune_macs_ratio",
+           "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
+           "write_metrics", "read_metrics"]
+
+SOLVER = "solver"
+TRAINED_SOLVER = "trained_solver"
+PRUNING = "pruning"
+DRIFT = "drift"
+PRECISION = "precision"
+MODEL_COST = "model_cost"
+VERIFICATION = "verification"
+METRICS = "metrics.json"
+# A pipeline stage that measures in place (bench, evaluate, pareto) writes its own result here, in its folder.
+RESULT = "result.json"
+
+
+# --- solver --------------------------------------------------------------------------------------------
+
+
+def solver_record(method: str, steps: int, nfe_per_step: int, ode_blocks: int) -> dict:
+    """What an unrolled artifact records of its baked-in solver (checked by every later stage)."""
+    per_block = nfe_per_step * steps
+    return {"method": method, "steps": steps, "nfe_per_block": per_block, "nfe_per_call": per_block * ode_blocks,
+            "ode_blocks": ode_blocks}
+
+
+def check_solver_request(manifest: dict, where, method: str | None = None, steps: int | None = None) -> None:
+    """Refuse to run an artifact whose solver was baked in at unroll time with other solver settings.
+
+    Every artifact made from an unrolled one carries the same `solver` record in its manifest,
+    so ONNX files, quantized models and engines refuse a mismatched request the same way.
+    """
+    rec = manifest.get(SOLVER)
+    if rec is None or (method is None and steps is None):
+        return
+    want = (method or rec["method"], steps or rec["steps"])
+    if want != (rec["method"], rec["steps"]):
+        raise ConfigError(
+            f"{where} has its solver baked in at unroll time ({rec['method']} x{rec['steps']}); it cannot run "
+            f"{want[0]} x{want[1]}: unroll the checkpoint again with --method {want[0]} --steps {want[1]}"
+        )
+
+
+def solver_text(manifest: dict) -> str:
+    """A short text for the solver baked into an artifact, or 'as trained'."""
+    rec = manifest.get(SOLVER)
+    return f"{rec['method']} x{rec['steps']}" if rec else "as trained"
+
+
+# --- pruning, drift, precision ----------------------------------------------------------------------------
+
+
+def pruning_record(manifest: dict) -> dict | None:
+    """The `pruning` record of a pruned artifact (None for any other)."""
+    rec = manifest.get(PRUNING)
+    return rec if isinstance(rec, dict) else None
+
+
+def prune_macs_ratio(manifest: dict) -> float | None:
+    """MACs kept / MACs before, from a `pruning` record (params ratio if MACs were not counted)."""
+    rec = pruning_record(manifest)
+    if rec is None:
+        return None
+    for key in ("macs_ratio", "params_ratio"):
+        if isinstance(rec.get(key), (int, float)):
+            return float(rec[key])
+    return None
+
+
+def recorded_drift(manifest: dict) -> dict | None:
+    """What a stage recorded of its own drift against its parent: ε relative error (and sample PSNR)."""
+    drift = manifest.get(DRIFT)
+    if isinstance(drift, dict) and isinstance(drift.get("eps_rel_err"), (int, float)):
+        return {"eps_rel_err": drift["eps_rel_err"], "sample_psnr_db": drift.get("sample_psnr_vs_parent"),
+                "against": drift.get("reference", "parent")}
+    ver = manifest.get(VERIFICATION)
+    if isinstance(ver, dict) and isinstance(ver.get("rel_err"), (int, float)):
+        return {"eps_rel_err": ver["rel_err"], "sample_psnr_db": None, "against": ver.get("reference", "parent")}
+    return None
+
+
+def precision_of(manifest: dict) -> str:
+    """The numeric precision an artifact runs at (fp32 unless a stage recorded another)."""
+    return manifest.get(PRECISION, "fp32")
+
+
+# --- metrics.json sections --------------------------------------------------------------------------------
+
+# `bench:RUNTIME:bB:SAMPLER-STEPS` (older runs: without the sampler), `evaluate:SAMPLER-STEPS` (and the
+# latest evaluation again as `evaluate`).
+BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
+EVALUATE_SECTION = re.compile(r"evaluate(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
+
+
+def bench_section(row: dict) -> str:
+    """metrics.json section of a bench row: `bench:RUNTIME:bB:SAMPLER-STEPS`, with the device and non-default
+    options (`bench:torch-cuda-fp16-graphs:b16:ddim-50`) and the sampler of the per-image latency, so that
+    variants of one artifact (and its per-image latency at several sampler settings) do not overwrite each other."""
+    parts = [row["runtime"]]
+    if row["runtime"] == "torch":
+        parts += [str(row["device"])] if row.get("device") not in (None, "cpu") else []
+        parts += [str(row["precision"])] if row.get("precision") not in (None, "fp32") else []
+        parts += ["graphs"] if row.get("cuda_graphs") else []
+    else:
+        parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
+        parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []
+    return f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
+
+
+def evaluate_section(sampler: str, steps: int) -> str:
+    """metrics.json section of an evaluation at one sampler setting: `evaluate:SAMPLER-STEPS`."""
+    return f"evaluate:{sampler}-{steps}"
+
+
+def read_metrics(artifact_dir: str | Path) -> dict[str, Any]:
+    """The artifact's metrics.json ({} when there is none); a file that is not a JSON table is a ValueError."""
+    path = Path(artifact_dir) / METRICS
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON table")
+    return data
+
+
+def write_metrics(artifact_dir: str | Path, section: str, metrics: dict) -> None:
+    """Merge `metrics` under `section` into the artifact's metrics.json, atomically (an unreadable file starts anew)."""
+    try:
+        current = read_metrics(artifact_dir)
+    except (ValueError, UnicodeDecodeError):
+        current = {}
+    current[section] = metrics
+    write_json_atomic(Path(artifact_dir) / METRICS, current)
