@@ -15,12 +15,13 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from .config import check_choice
 from .errors import BackendMissingError, ConfigError, DatasetError, OutputPathError
+
+if TYPE_CHECKING:  # torch loads with the data, not with DataConfig (read by `cunet-edge train --help`)
+    import torch
 
 __all__ = [
     "DATASETS",
@@ -106,6 +107,8 @@ def _load_all(cfg: DataConfig, root: str) -> dict[str, tuple[torch.Tensor, torch
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear, antialiased resize of (N, C, H, W) to (N, C, size, size)."""
+    import torch
+
     if x.shape[-2:] == (size, size):
         return x.contiguous()
     chunks = [
@@ -120,6 +123,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _load_digits(size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """scikit-learn's 1,797 8x8 digits with a fixed, stratified 80/20 split."""
+    import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -160,6 +164,8 @@ def _load_torchvision(name: str, root: Path, size: int, download: bool) -> dict:
 
 def _torchvision_tensors(ds, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a torchvision dataset's raw uint8 array directly (no per-item PIL round trip)."""
+    import torch
+
     data = torch.as_tensor(ds.data)
     # MNIST-style datasets hold (N, H, W); CIFAR holds (N, H, W, C).
     data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
@@ -184,6 +190,7 @@ def _list_image_files(root: Path) -> list[Path]:
 def _read_image(path: Path) -> torch.Tensor:
     """One image as float (C, H, W) in [0, 1]: 1 channel for grayscale modes, else RGB."""
     import numpy as np
+    import torch
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -203,6 +210,8 @@ def _read_image(path: Path) -> torch.Tensor:
 
 def _load_folder(root: Path, size: int) -> dict[str, tuple[torch.Tensor, None]]:
     """Every image under root, resized square, split 80/20 by the hash order of their paths."""
+    import torch
+
     files = _list_image_files(root)
     raw = [_read_image(p) for p in files]
     channels = 3 if any(img.shape[0] == 3 for img in raw) else 1
@@ -247,6 +256,8 @@ def save_image_grid(
 
 def _grid_array(images: torch.Tensor, nrow: int | None, scale: int | None):
     """Tile images into one uint8 (H, W) or (H, W, 3) array with a grey 2-pixel border."""
+    import torch
+
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
         raise ConfigError(f"save_image_grid needs (N, 1|3, H, W) images, got {tuple(images.shape)}")
     n, c, h, w = images.shape

@@ -2,16 +2,17 @@
 
 import click
 
+from ..sampling import SampleConfig
 from ._common import sampler_options
 
 
 @click.command()
-@sampler_options(n_default=64)
+@sampler_options(SampleConfig)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--runtime", help="torch, onnxruntime, tensorrt, torch-tensorrt (default: from the artifact's kind).")
 def sample(artifact, n, sampler, steps, eta, seed, solver, solver_steps, out, runtime):
     """Sample ARTIFACT (a model, or an exported one on its runtime) and save a PNG grid."""
-    from ..sampling import SampleConfig, write_sample_grid
+    from ..sampling import write_sample_grid
     from ._common import check_file_output
 
     cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,

@@ -1,8 +1,13 @@
 """`cunet-edge unroll`: write each ODE block's solver out as explicit steps, or sweep the choices."""
 
+from functools import partial
+
 import click
 
-from ._common import JSON_OPTION, write_json
+from ..sweep import SweepConfig
+from ._common import JSON_OPTION, config_option, write_json
+
+sweep_option = partial(config_option, SweepConfig)
 
 
 @click.command()
@@ -12,10 +17,10 @@ from ._common import JSON_OPTION, write_json
 @click.option("--steps", type=int, help="Solver steps over ODE time [0, 1] per block (default: as trained).")
 @click.option("--out", type=click.Path(), help="Directory of the unrolled artifact.")
 @click.option("--sweep", is_flag=True, help="Measure every method x steps 1..--max-steps instead of unrolling.")
-@click.option("--max-steps", default=8, show_default=True, help="Largest step count in the sweep.")
-@click.option("--tolerance", default=0.01, show_default=True, help="Max eps relative error vs the trained model.")
-@click.option("--fid", is_flag=True, help="FID for every sweep row (always for recommended/trained/adaptive).")
-@click.option("--fid-n", default=1000, show_default=True, help="Samples per FID.")
+@sweep_option("--max-steps", help="Largest step count in the sweep.")
+@sweep_option("--tolerance", help="Max eps relative error vs the trained model.")
+@sweep_option("--fid", is_flag=True, help="FID for every sweep row (always for recommended/trained/adaptive).")
+@sweep_option("--fid-n", help="Samples per FID.")
 @JSON_OPTION
 def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid_n, json_path):
     """Make an `unrolled` artifact from CHECKPOINT (same weights, no torchdiffeq), or --sweep the solvers."""
@@ -23,7 +28,7 @@ def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid
     from ..errors import ConfigError
 
     if sweep:
-        from ..sweep import SweepConfig, format_table, solver_sweep
+        from ..sweep import format_table, solver_sweep
 
         result = solver_sweep(checkpoint, SweepConfig(max_steps=max_steps, tolerance=tolerance, fid=fid, fid_n=fid_n))
         click.echo(format_table(result))
