@@ -253,20 +253,20 @@ def test_option_defaults_are_the_config_defaults(label):
         if not isinstance(p, click.Option):
             continue
         if p.name not in fields:
-            assert p.name in RUN_OPTIONS, f"{label} --{p.name}: map it to its config field in _fields()"
+            assert p.name in RUN_OPTIONS, f"{label} {p.opts[0]}: map it to its config field in _fields()"
             continue
         wants = [_default(owner, path) for owner, path in fields[p.name]]
         default = None if p.default in (None, (), getattr(click.core, "UNSET", None)) else p.default
         if default is not None:
             got = float(default) if isinstance(default, str) and isinstance(wants[0], float) else default
-            assert all(got == w for w in wants), f"{label} --{p.name} defaults to {default!r}, the config to {wants}"
-            assert p.show_default or p.is_flag, f"{label} --{p.name}: --help should show the default"
+            assert all(got == w for w in wants), f"{label} {p.opts[0]} defaults to {default!r}, the config to {wants}"
+            assert p.show_default or p.is_flag, f"{label} {p.opts[0]}: --help should show the default"
         shown = re.search(r"\[default: (.*)\]", p.get_help_record(ctx)[1] or "")
         if shown:  # "X", or "X for onnx, Y for torch-tensorrt"
             values = [s.split(" for ")[0] for s in shown.group(1).split(", ")]
             for w in wants:
                 text = (p.opts[0] if w else p.secondary_opts[0]).lstrip("-") if p.secondary_opts else str(w)
-                assert text in values, f"{label} --{p.name} --help shows {shown.group(1)!r}, the config {w!r}"
+                assert text in values, f"{label} {p.opts[0]} --help shows {shown.group(1)!r}, the config {w!r}"
 
 
 class _Called(Exception):
