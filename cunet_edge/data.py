@@ -20,9 +20,8 @@ from .artifact import write_atomic
 from .config import check_choice
 from .errors import BackendMissingError, ConfigError, DatasetError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the data, not with DataConfig (read by `cunet-edge train --help`)
     import torch
-
 
 __all__ = [
     "DATASETS",

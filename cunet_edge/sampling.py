@@ -16,7 +16,8 @@ from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
 from .runtimes.base import open_runner
 
-__all__ = ["SampleConfig", "generate", "generate_with_runner", "open_for_sampling", "draw_images", "write_sample_grid"]
+__all__ = ["SampleConfig", "EvaluateConfig", "generate", "generate_with_runner", "open_for_sampling", "draw_images",
+           "write_sample_grid"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class SampleConfig:
             raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
         if self.solver_steps is not None:
             check_positive("solver_steps", self.solver_steps)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(SampleConfig):
+    """A SampleConfig for FID/KID: 1,000 images by default (a 64-image FID says little; the README's are at 1,000)."""
+
+    n: int = 1000
 
 
 def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import re
 import shutil
 
+import click
 import pytest
 from cli_helpers import assert_one_line_error, cli_subprocess, run
 from PIL import Image
@@ -154,3 +158,162 @@ def test_non_image_files_in_folder_dataset(tmp_path):
 def test_debug_shows_traceback(tmp_path):
     proc = cli_subprocess("--debug", "sample", tmp_path / "nope", "--out", tmp_path / "g.png")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+# --- defaults: every option that fills a config field takes the field's default, shown in --help ----------------
+
+# Options that are not config fields: where output goes, how the run is shown or launched, what to load.
+RUN_OPTIONS = {"json_path", "out", "progress", "procs", "config_file", "runtime", "provider", "compare", "fmt",
+               "sweep", "device", "calibrate", "host", "accept_new_host_key", "replace", "dry_run", "search",
+               "solver", "solver_steps", "threads"}
+
+
+def _fields():
+    """command -> {option: [(default config, its class or a function; the field or parameter the value goes to)]}."""
+    from cunet_edge.benchmark import BenchConfig
+    from cunet_edge.devices.deploy import DeployConfig, run_remote
+    from cunet_edge.devices.estimate import CalibrateConfig, EstimateConfig
+    from cunet_edge.export.onnx import OnnxExportConfig
+    from cunet_edge.export.tensorrt import EngineConfig
+    from cunet_edge.export.torch_tensorrt import TorchTensorRTConfig
+    from cunet_edge.pruning import PruneConfig
+    from cunet_edge.quantize.int8 import QuantizeConfig
+    from cunet_edge.report.stage import ReportConfig
+    from cunet_edge.sampling import EvaluateConfig, SampleConfig
+    from cunet_edge.sweep import SweepConfig
+    from cunet_edge.training import TrainConfig
+    from cunet_edge.unrolling import UnrollConfig
+
+    def same(cfg, *names):
+        return {n: [(cfg, n)] for n in names}
+
+    t, q, r, e = TrainConfig(), QuantizeConfig(), ReportConfig(), EstimateConfig()
+    sampler = ("n", "sampler", "steps", "eta", "seed", "solver", "solver_steps")
+    return {
+        "train": {"dataset": [(t, "data.name")], "data_root": [(t, "data.root")], "arch": [(t, "model.arch")],
+                  "image_size": [(t, "data.image_size"), (t, "model.image_size")], "download": [(t, "data.download")],
+                  "method": [(t, "model.solver.method")], "solver_steps": [(t, "model.solver.steps")],
+                  **{n: [(t, f"model.solver.{n}")] for n in ("rtol", "atol", "adjoint")},
+                  **same(t, "steps", "batch_size", "lr", "seed")},
+        "unroll": {**same(UnrollConfig(), "method", "steps"),
+                   **same(SweepConfig(), "max_steps", "tolerance", "fid", "fid_n")},
+        "prune": same(PruneConfig, "target_macs", "target_params", "importance", "scope", "iterative_steps",
+                      "importance_batches", "ratio_step", "select", "finetune_steps", "distill_weight", "lr",
+                      "batch_size", "seed"),
+        "export": {**{n: [(OnnxExportConfig(), n), (TorchTensorRTConfig(), n)]
+                      for n in ("precision", "dynamic_batch", "batch")},
+                   **same(OnnxExportConfig(), "opset", "tolerance"),
+                   **same(EngineConfig(), "workspace_mb", "timing_cache", "dla_core")},
+        "quantize": {"calibration_images": [(q, "calibration.n_images")],
+                     "calibration_steps": [(q, "calibration.sampler_steps")],
+                     **{n: [(q, f"calibration.{n}")] for n in ("method", "percentile", "seed")},
+                     **same(q, "target", "tolerance", "max_float_layers", "select")},
+        "sample": same(SampleConfig(), *sampler),
+        "evaluate": same(EvaluateConfig(), *sampler),
+        "bench": same(BenchConfig(), "batch", "provider", "precision", "device", "cuda_graphs", "threads",
+                      "sampler_steps", "sampler", "min_iters", "min_seconds", "rounds"),
+        "report": {"device": [(r, "devices")], **same(r, "samples", "seed", "measure", "threads")},
+        "estimate": {"precision": [(e, "precisions")], "threads": [(CalibrateConfig(), "threads")],
+                     **same(e, "batch", "sampler_steps", "float_layers", "launch_us", "top")},
+        "deploy": {"tarball": [(DeployConfig, "tarball")], "bench_batch": [(run_remote, "bench_batch")]},
+    }
+
+
+def _default(owner, path):
+    """The default at `path` of a config instance, of a dataclass's field, or of a function's parameter."""
+    if isinstance(owner, type):
+        field = {f.name: f for f in dataclasses.fields(owner)}[path]
+        return field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+    if callable(owner):
+        return inspect.signature(owner).parameters[path].default
+    for attr in path.split("."):
+        owner = getattr(owner, attr)
+    return owner
+
+
+def _commands():
+    """label -> (command name, click command) of every command and subcommand."""
+    from cunet_edge.cli import COMMANDS, main
+
+    ctx, out = click.Context(main), {}
+    for name in COMMANDS:
+        cmd = main.get_command(ctx, name)
+        for sub, c in cmd.commands.items() if isinstance(cmd, click.Group) else [("", cmd)]:
+            out[f"{name} {sub}".strip()] = name, c
+    return out
+
+
+@pytest.mark.parametrize("label", list(_commands()))
+def test_option_defaults_are_the_config_defaults(label):
+    """An option filling a config field defaults to the field's default (or to None: the config applies it),
+    and --help shows that default. Hard-coding another default in a decorator fails here."""
+    name, cmd = _commands()[label]
+    fields, ctx = _fields().get(name, {}), click.Context(cmd)
+    for p in cmd.params:
+        if not isinstance(p, click.Option):
+            continue
+        if p.name not in fields:
+            assert p.name in RUN_OPTIONS, f"{label} {p.opts[0]}: map it to its config field in _fields()"
+            continue
+        wants = [_default(owner, path) for owner, path in fields[p.name]]
+        default = None if p.default in (None, (), getattr(click.core, "UNSET", None)) else p.default
+        if default is not None:
+            got = float(default) if isinstance(default, str) and isinstance(wants[0], float) else default
+            assert all(got == w for w in wants), f"{label} {p.opts[0]} defaults to {default!r}, the config to {wants}"
+            assert p.show_default or p.is_flag, f"{label} {p.opts[0]}: --help should show the default"
+        shown = re.search(r"\[default: (.*)\]", p.get_help_record(ctx)[1] or "")
+        if shown:  # "X", or "X for onnx, Y for torch-tensorrt"
+            values = [s.split(" for ")[0] for s in shown.group(1).split(", ")]
+            for w in wants:
+                text = (p.opts[0] if w else p.secondary_opts[0]).lstrip("-") if p.secondary_opts else str(w)
+                assert text in values, f"{label} {p.opts[0]} --help shows {shown.group(1)!r}, the config {w!r}"
+
+
+class _Called(Exception):
+    """Raised by a stand-in for a library stage, carrying what the command passed it."""
+
+
+@pytest.mark.parametrize("args, stage, index, config, required", [
+    (["train", "--out", "{tmp}/o"], "cunet_edge.training:train", 0, "cunet_edge.training:TrainConfig", {}),
+    (["unroll", "c", "--out", "{tmp}/o"], "cunet_edge.unrolling:unroll", 1, "cunet_edge.unrolling:UnrollConfig", {}),
+    (["unroll", "c", "--sweep"], "cunet_edge.sweep:solver_sweep", 1, "cunet_edge.sweep:SweepConfig", {}),
+    (["prune", "c", "--target-macs", "0.5", "--out", "{tmp}/o"], "cunet_edge.pruning:prune", 1,
+     "cunet_edge.pruning:PruneConfig", {"target_macs": 0.5}),
+    (["export", "u", "--out", "{tmp}/o"], "cunet_edge.export.onnx:export_onnx", 1,
+     "cunet_edge.export.onnx:OnnxExportConfig", {}),
+    (["export", "o", "--format", "tensorrt", "--out", "{tmp}/o"], "cunet_edge.export.tensorrt:build_engine", 1,
+     "cunet_edge.export.tensorrt:EngineConfig", {}),
+    (["export", "u", "--format", "torch-tensorrt", "--out", "{tmp}/o"],
+     "cunet_edge.export.torch_tensorrt:compile_torch_tensorrt", 1,
+     "cunet_edge.export.torch_tensorrt:TorchTensorRTConfig", {}),
+    (["quantize", "o", "--out", "{tmp}/o"], "cunet_edge.quantize.int8:quantize_int8", 1,
+     "cunet_edge.quantize.int8:QuantizeConfig", {}),
+    (["sample", "c", "--out", "{tmp}/g.png"], "cunet_edge.sampling:write_sample_grid", 2,
+     "cunet_edge.sampling:SampleConfig", {}),
+    (["evaluate", "c"], "cunet_edge.evaluation:evaluate_checkpoint", 1, "cunet_edge.sampling:EvaluateConfig", {}),
+    (["bench", "c", "--runtime", "torch"], "cunet_edge.benchmark:bench", 1, "cunet_edge.benchmark:BenchConfig", {}),
+    (["report", "r", "--out", "{tmp}/o"], "cunet_edge.report.stage:report", 1,
+     "cunet_edge.report.stage:ReportConfig", {}),
+    (["estimate", "o", "--device", "any"], "cunet_edge.devices.estimate:estimate", 2,
+     "cunet_edge.devices.estimate:EstimateConfig", {}),
+    (["estimate", "o", "--calibrate"], "cunet_edge.devices.estimate:calibrate", 2,
+     "cunet_edge.devices.estimate:CalibrateConfig", {}),
+    (["deploy", "o", "--device", "any", "--out", "{tmp}/o"], "cunet_edge.devices.deploy:deploy", 1,
+     "cunet_edge.devices.deploy:DeployConfig", {"device": "any"}),
+])
+def test_unset_options_leave_the_config_defaults(args, stage, index, config, required, tmp_path, monkeypatch):
+    """Run with no options, each command hands its stage a config equal to the dataclass's own defaults."""
+    import importlib
+
+    def load(spec):
+        module, attr = spec.split(":")
+        return importlib.import_module(module), attr
+
+    def stand_in(*a, **kw):
+        raise _Called(a[index])
+
+    monkeypatch.setattr(*load(stage), stand_in)
+    module, cls = load(config)
+    with pytest.raises(_Called) as got:
+        run(*[a.format(tmp=tmp_path) for a in args])
+    assert got.value.args[0] == getattr(module, cls)(**required)

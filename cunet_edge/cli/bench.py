@@ -1,12 +1,16 @@
 """`cunet-edge bench`: latency per call and per image of artifacts on their runtimes, side by side."""
 
+from functools import partial
+
 import click
 
 from ..artifact import Artifact
 from ..benchmark import BenchConfig, format_bench, parse_target
 from ..benchmark import bench as run_bench
 from ..records import check_solver_request
-from ._common import JSON_OPTION, check_file_output, write_json
+from ._common import JSON_OPTION, check_file_output, config_option, write_json
+
+option = partial(config_option, BenchConfig)
 
 
 @click.command()
@@ -15,17 +19,17 @@ from ._common import JSON_OPTION, check_file_output, write_json
 @click.option("--compare", multiple=True, metavar="PATH[@RUNTIME[:OPTS]]",
               help="More targets timed side by side (repeat). OPTS override the run's options for that target: "
                    "torch fp32|tf32|fp16,graphs,cpu|cuda; onnxruntime cpu|cuda|tensorrt,spin|nospin (e.g. m@torch:fp16,graphs).")
-@click.option("--batch", default=1, show_default=True, help="Batch size per network call.")
-@click.option("--provider", default="cpu", show_default=True, help="onnxruntime: cpu, cuda or tensorrt.")
-@click.option("--precision", default="fp32", show_default=True, help="torch: fp32, or on CUDA tf32 or fp16.")
-@click.option("--device", default="auto", show_default=True, help="torch: auto, cpu or cuda.")
-@click.option("--cuda-graphs", is_flag=True, help="torch on CUDA: replay one captured CUDA graph per call.")
-@click.option("--threads", type=int, help="CPU threads for torch and onnxruntime.")
-@click.option("--sampler-steps", default=50, show_default=True, help="Sampler steps for the per-image latency.")
-@click.option("--sampler", default="ddim", show_default=True, help="ddim or ddpm for the per-image latency.")
-@click.option("--min-iters", default=50, show_default=True, help="At least this many timed calls per target.")
-@click.option("--min-seconds", default=2.0, show_default=True, help="And at least this long per target.")
-@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds over the targets.")
+@option("--batch", help="Batch size per network call.")
+@option("--provider", help="onnxruntime: cpu, cuda or tensorrt.")
+@option("--precision", help="torch: fp32, or on CUDA tf32 or fp16.")
+@option("--device", help="torch: auto, cpu or cuda.")
+@option("--cuda-graphs", is_flag=True, help="torch on CUDA: replay one captured CUDA graph per call.")
+@option("--threads", type=int, help="CPU threads for torch and onnxruntime.")
+@option("--sampler-steps", help="Sampler steps for the per-image latency.")
+@option("--sampler", help="ddim or ddpm for the per-image latency.")
+@option("--min-iters", help="At least this many timed calls per target.")
+@option("--min-seconds", help="And at least this long per target.")
+@option("--rounds", help="Interleaved rounds over the targets.")
 @click.option("--solver", help="Expected solver method: refused if the artifact has another one baked in.")
 @click.option("--solver-steps", type=int, help="Expected solver steps: refused if the artifact has others baked in.")
 @JSON_OPTION

@@ -4,6 +4,7 @@ import click
 
 from ..devices.deploy import DeployConfig, check_host, run_remote
 from ..devices.deploy import deploy as deploy_bundle
+from ._common import config_option
 
 
 @click.command()
@@ -11,10 +12,10 @@ from ..devices.deploy import deploy as deploy_bundle
 @click.option("--device", required=True, help="Device profile name (see `cunet-edge devices`).")
 @click.option("--out", required=True, type=click.Path(), help="Directory of the bundle.")
 @click.option("--host", help="USER@HOST: copy the bundle there over ssh, build the engine, selfcheck and bench.")
-@click.option("--tarball/--no-tarball", default=True, show_default=True, help="Also write OUT.tar.gz.")
+@config_option(DeployConfig, "--tarball/--no-tarball", help="Also write OUT.tar.gz.")
 @click.option("--accept-new-host-key", is_flag=True,
               help="Trust a host key seen for the first time (default: only keys already in known_hosts).")
-@click.option("--bench-batch", default=1, show_default=True, help="Batch of the remote bench.")
+@config_option(run_remote, "--bench-batch", help="Batch of the remote bench.")
 def deploy(artifact, device, out, host, tarball, accept_new_host_key, bench_batch):
     """Bundle ARTIFACT (an ONNX or INT8 ONNX export) for a board: model, sampler, run.py, build_engine.py."""
 

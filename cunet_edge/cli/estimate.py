@@ -1,23 +1,28 @@
 """`cunet-edge estimate`: roofline latency of an ONNX artifact on a device profile, or calibrated on this CPU."""
 
+from functools import partial
+
 import click
 
-from ..devices.estimate import CPU_DEVICE, CalibrateConfig, EstimateConfig, format_estimate
+from ..devices.estimate import CPU_DEVICE, DEFAULT_LAUNCH_US, CalibrateConfig, EstimateConfig, format_estimate
 from ..devices.estimate import calibrate as run_calibrate
 from ..devices.estimate import estimate as run_estimate
 from ..errors import ConfigError
-from ._common import JSON_OPTION, check_file_output, write_json
+from ._common import JSON_OPTION, check_file_output, config_option, write_json
+
+option = partial(config_option, EstimateConfig)
 
 
 @click.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--device", help="A profile from `cunet-edge devices list`, or `cpu` (this machine, implies --calibrate).")
 @click.option("--precision", multiple=True, help="fp32, fp16 or int8; repeat for several (default: the artifact's).")
-@click.option("--batch", default=1, show_default=True, help="Batch size per network call.")
-@click.option("--sampler-steps", default=50, show_default=True, help="Network calls per image.")
-@click.option("--float-layers", default="fp32", show_default=True, help="int8: precision of the unquantized layers.")
-@click.option("--launch-us", type=float, help="Overhead per executed node, us (default 5; measured on this CPU).")
-@click.option("--top", default=10, show_default=True, help="How many of the slowest nodes to list.")
+@option("--batch", help="Batch size per network call.")
+@option("--sampler-steps", help="Network calls per image.")
+@option("--float-layers", help="int8: precision of the unquantized layers.")
+@click.option("--launch-us", type=float,
+              help=f"Overhead per executed node, us (default {DEFAULT_LAUNCH_US:g}; measured on this CPU).")
+@option("--top", help="How many of the slowest nodes to list.")
 @click.option("--calibrate", is_flag=True, help="Measure this CPU, estimate on it and compare with ONNX Runtime here.")
 @click.option("--threads", type=int, help="--calibrate: CPU threads for the peak and ONNX Runtime.")
 @JSON_OPTION

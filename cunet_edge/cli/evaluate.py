@@ -3,20 +3,20 @@
 import click
 
 from ..evaluation import evaluate_checkpoint
-from ..sampling import SampleConfig
+from ..sampling import EvaluateConfig
 from ._common import JSON_OPTION, check_file_output, sampler_options, write_json
 
 
 @click.command()
-@sampler_options(n_default=1000)
+@sampler_options(EvaluateConfig)
 @click.option("--runtime", help="torch, onnxruntime, tensorrt, torch-tensorrt (default: from the artifact's kind).")
 @click.option("--provider", help="onnxruntime: cpu, cuda or tensorrt.")
 @JSON_OPTION
 def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, runtime, provider, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
 
-    cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
-                       solver_steps=solver_steps)
+    cfg = EvaluateConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
+                         solver_steps=solver_steps)
     if json_path not in (None, "-"):
         check_file_output(json_path)
     options = {"provider": provider} if provider else {}

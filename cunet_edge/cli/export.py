@@ -4,25 +4,28 @@ import click
 
 from ..artifact import check_output_path
 from ..config import check_choice
-from ..export.onnx import OnnxExportConfig, export_onnx
+from ..export.onnx import DEFAULT_TOLERANCE, OnnxExportConfig, export_onnx
 from ..export.tensorrt import EngineConfig, build_engine
 from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
-from ._common import JSON_OPTION, write_json
+from ._common import JSON_OPTION, config_option, write_json
 
 FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
+# Options both model formats take: None when not given, so each format's config applies its own default.
+BOTH = {"onnx": OnnxExportConfig, "torch-tensorrt": TorchTensorRTConfig}
 
 
 @click.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, tensorrt or torch-tensorrt.")
+@click.option("--format", "fmt", default=FORMATS[0], show_default=True, help="onnx, tensorrt or torch-tensorrt.")
 @click.option("--out", required=True, type=click.Path(), help="Directory of the exported artifact.")
-@click.option("--precision", default="fp32", show_default=True,
-              help="onnx / torch-tensorrt: fp32 or fp16 (a typed FP16 graph). Engines take the ONNX's.")
-@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="Batch dimension of the inputs.")
-@click.option("--batch", default=1, show_default=True, help="Static batch size (or the typical one when dynamic).")
-@click.option("--opset", default=18, show_default=True, help="ONNX opset (>= 18).")
-@click.option("--tolerance", type=float, help="Max relative error vs PyTorch (default 1e-4 fp32, 2e-2 fp16).")
-@click.option("--workspace-mb", default=1024, show_default=True, help="tensorrt: builder workspace limit.")
+@config_option(BOTH, "--precision",
+               help="onnx / torch-tensorrt: fp32 or fp16 (a typed FP16 graph). Engines take the ONNX's.")
+@config_option(BOTH, "--dynamic-batch/--static-batch", help="Batch dimension of the inputs.")
+@config_option(BOTH, "--batch", help="Static batch size (or the typical one when dynamic).")
+@config_option(OnnxExportConfig, "--opset", help="ONNX opset (>= 18).")
+@click.option("--tolerance", type=float, help="Max relative error vs PyTorch (default "
+              + ", ".join(f"{v:g} {p}" for p, v in DEFAULT_TOLERANCE.items()) + ").")
+@config_option(EngineConfig, "--workspace-mb", help="tensorrt: builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="tensorrt: timing cache file to reuse.")
 @click.option("--dla-core", type=int, help="tensorrt: DLA core (GPU fallback on).")
 @JSON_OPTION
@@ -32,13 +35,14 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
 
     check_choice("format", fmt, FORMATS)
     check_output_path(out)
+    given = {k: v for k, v in dict(precision=precision, dynamic_batch=dynamic_batch, batch=batch).items()
+             if v is not None}
     if fmt == "onnx":
 
-        cfg = OnnxExportConfig(precision=precision, dynamic_batch=dynamic_batch, batch=batch, opset=opset,
-                               tolerance=tolerance)
+        cfg = OnnxExportConfig(**given, opset=opset, tolerance=tolerance)
         art = export_onnx(artifact, cfg, out)
         v = art.manifest["verification"]
-        summary = (f"onnx {precision}, {art.manifest['nodes']['simplified']} nodes, vs PyTorch: rel err "
+        summary = (f"onnx {cfg.precision}, {art.manifest['nodes']['simplified']} nodes, vs PyTorch: rel err "
                    f"{v['rel_err']:.2e}, max abs {v['max_abs_err']:.2e}")
     elif fmt == "tensorrt":
 
@@ -48,9 +52,9 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
                    f"(sm {art.manifest['compute_capability']}); trtexec equivalent in {art.path}/trtexec.sh")
     else:
 
-        art = compile_torch_tensorrt(artifact, TorchTensorRTConfig(precision=precision, batch=batch,
-                                                                   dynamic_batch=dynamic_batch), out)
-        summary = f"torch-tensorrt ExportedProgram ({precision})"
+        cfg = TorchTensorRTConfig(**given)
+        art = compile_torch_tensorrt(artifact, cfg, out)
+        summary = f"torch-tensorrt ExportedProgram ({cfg.precision})"
     click.echo(f"{art.path}  {summary}")
     write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "kind": art.kind,
                            **{k: art.manifest.get(k) for k in ("precision", "verification", "model_cost")}})

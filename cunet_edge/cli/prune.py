@@ -1,31 +1,34 @@
 """`cunet-edge prune`: remove channels from a continuous U-Net to a MACs or parameter target, then fine-tune."""
 
+from functools import partial
+
 import click
 
 from ..artifact import check_output_path
 from ..pruning import PruneConfig
 from ..pruning import prune as run_prune
-from ..records import DRIFT, PRUNING
-from ._common import JSON_OPTION, write_json
+from ._common import JSON_OPTION, config_option, write_json
+
+# None when not given: PruneConfig applies its default (shown in --help).
+option = partial(config_option, PruneConfig, unset=True)
 
 
 @click.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--target-macs", type=float, help="Keep at most this fraction of the parent's MACs per call, in (0, 1).")
 @click.option("--target-params", type=float, help="Keep at most this fraction of the parent's parameters, in (0, 1).")
-@click.option("--importance", help="taylor (diffusion-loss gradients over the schedule; default) or l1.")
-@click.option("--scope", help="global (default: one ranking across layers) or local (one ratio in every layer).")
-@click.option("--iterative-steps", type=int, help="Rounds of prune + fine-tune, importance re-estimated (default 1).")
-@click.option("--importance-batches", type=int,
-              help="Batches of Taylor gradients, timesteps stratified over the schedule (default 8).")
-@click.option("--ratio-step", type=float, help="Spacing of the pruning ratios scanned at each round (default 0.01).")
-@click.option("--select", help="Among ratios meeting the target: least-error (default: closest eps to the parent) "
-                               "or largest (the most MACs/params kept).")
-@click.option("--finetune-steps", type=int, help="Fine-tuning optimizer steps after pruning (default 500; 0: none).")
-@click.option("--distill-weight", type=float, help="Weight of the MSE to the parent's eps in the loss (default 20).")
-@click.option("--lr", type=float, help="Peak fine-tuning learning rate (default 1e-3).")
-@click.option("--batch-size", type=int, help="Batch size of importance estimation and fine-tuning (default 64).")
-@click.option("--seed", type=int, help="Seed of the importance batches, fine-tuning and drift (default 0).")
+@option("--importance", help="taylor (diffusion-loss gradients over the schedule) or l1.")
+@option("--scope", help="global (one ranking across layers) or local (one ratio in every layer).")
+@option("--iterative-steps", help="Rounds of prune + fine-tune, importance re-estimated.")
+@option("--importance-batches", help="Batches of Taylor gradients, timesteps stratified over the schedule.")
+@option("--ratio-step", help="Spacing of the pruning ratios scanned at each round.")
+@option("--select", help="Among ratios meeting the target: least-error (closest eps to the parent) "
+                         "or largest (the most MACs/params kept).")
+@option("--finetune-steps", help="Fine-tuning optimizer steps after pruning (0: none).")
+@option("--distill-weight", help="Weight of the MSE to the parent's eps in the loss.")
+@option("--lr", help="Peak fine-tuning learning rate.")
+@option("--batch-size", help="Batch size of importance estimation and fine-tuning.")
+@option("--seed", help="Seed of the importance batches, fine-tuning and drift.")
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--out", required=True, type=click.Path(), help="Directory of the pruned artifact.")
@@ -41,7 +44,7 @@ def prune(artifact, target_macs, target_params, importance, scope, iterative_ste
     cfg = PruneConfig(**{k: v for k, v in options.items() if v is not None})
     check_output_path(out)
     art = run_prune(artifact, cfg, out, progress=progress, threads=threads)
-    p, d = art.manifest[PRUNING], art.manifest[DRIFT]
+    p, d = art.manifest["pruning"], art.manifest["drift"]
     click.echo(f"{art.path}  {art.kind} pruned ({p['importance']}): {p['macs_ratio']:.3f}x MACs, "
                f"{p['params_ratio']:.3f}x params; eps rel err vs parent {d['after_pruning']['eps_rel_err']:.3f} "
                f"after pruning, {d['eps_rel_err']:.3f} after {p['finetune']['steps']} fine-tuning steps; "

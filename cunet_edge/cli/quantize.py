@@ -1,28 +1,33 @@
 """`cunet-edge quantize`: INT8 Q/DQ from an FP32 ONNX artifact, calibrated on the diffusion process."""
 
+from functools import partial
+
 import click
 
 from ..artifact import check_output_path
 from ..quantize.calibration import CalibrationConfig
 from ..quantize.int8 import QuantizeConfig, format_side_by_side, parse_tolerance, quantize_int8
-from ..records import DRIFT
-from ._common import JSON_OPTION, write_json
+from ._common import JSON_OPTION, config_option, default_of, write_json
+
+option = partial(config_option, QuantizeConfig)
+TOLERANCE = default_of(QuantizeConfig, "tolerance")
+SELECT = {t: QuantizeConfig(target=t).selection for t in ("cpu", "tensorrt")}  # select None: by target
 
 
 @click.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--target", default="tensorrt", show_default=True, help="tensorrt (symmetric S8 Q/DQ) or cpu (U8S8).")
+@option("--target", help="tensorrt (symmetric S8 Q/DQ) or cpu (U8S8).")
 @click.option("--out", required=True, type=click.Path(), help="Directory of the INT8 artifact.")
-@click.option("--method", default="percentile", show_default=True, help="Calibration: minmax, percentile or entropy.")
-@click.option("--percentile", default=99.99, show_default=True, help="Percentile for --method percentile.")
-@click.option("--calibration-images", default=32, show_default=True, help="Seeded sampling runs captured.")
-@click.option("--calibration-steps", default=20, show_default=True, help="Sampler steps per run (inputs per image).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the calibration runs.")
-@click.option("--tolerance", default="0.03", show_default=True,
-              help="Max eps relative error vs the FP32 model: '0.03' (FID check: 'eps=0.03,fid=0.10').")
-@click.option("--max-float-layers", default=32, show_default=True, help="Most layers kept in float by the fallback.")
+@option("--method", field="calibration.method", help="Calibration: minmax, percentile or entropy.")
+@option("--percentile", field="calibration.percentile", help="Percentile for --method percentile.")
+@option("--calibration-images", field="calibration.n_images", help="Seeded sampling runs captured.")
+@option("--calibration-steps", field="calibration.sampler_steps", help="Sampler steps per run (inputs per image).")
+@option("--seed", field="calibration.seed", help="Seed of the calibration runs.")
+@click.option("--tolerance", default=str(TOLERANCE), show_default=True,
+              help=f"Max eps relative error vs the FP32 model (FID check too: 'eps={TOLERANCE},fid=0.10').")
+@option("--max-float-layers", help="Most layers kept in float by the fallback.")
 @click.option("--select", type=click.Choice(["fastest", "fewest-float"]),
-              help="Among passing layouts (default: fastest for cpu, fewest-float for tensorrt).")
+              help=f"Among passing layouts (default: {SELECT['cpu']} for cpu, {SELECT['tensorrt']} for tensorrt).")
 @JSON_OPTION
 def quantize(artifact, target, out, method, percentile, calibration_images, calibration_steps, seed, tolerance,
              max_float_layers, select, json_path):
@@ -36,7 +41,7 @@ def quantize(artifact, target, out, method, percentile, calibration_images, cali
     check_output_path(out)
     art = quantize_int8(artifact, cfg, out)
     m = art.manifest
-    d = m[DRIFT]
+    d = m["drift"]
     status = "within" if m["passed"] else "NOT within (best attempt saved, marked failing)"
     click.echo(f"{art.path}  int8 ({target}), {len(m['float_nodes'])} layers kept in float; eps rel err "
                f"{d['eps_rel_err']:.4f} {status} tolerance {m['tolerance']:g}; sample PSNR {d['sample_psnr_vs_parent']:.1f} dB; "

@@ -7,7 +7,7 @@ from ._common import check_file_output, sampler_options
 
 
 @click.command()
-@sampler_options(n_default=64)
+@sampler_options(SampleConfig)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--runtime", help="torch, onnxruntime, tensorrt, torch-tensorrt (default: from the artifact's kind).")
 def sample(artifact, n, sampler, steps, eta, seed, solver, solver_steps, out, runtime):

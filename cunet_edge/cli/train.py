@@ -6,16 +6,17 @@ import click
 
 from ..checkpoint import train_config_from_options
 from ..config import check_positive
+from ..data import DataConfig
 from ..training import launch_data_parallel
 from ..training import train as run_training
-from ._common import JSON_OPTION, write_json
+from ._common import JSON_OPTION, config_option, write_json
 
 
 @click.command()
 @click.option("--dataset", help="digits (embedded), mnist, fashion-mnist, cifar10, or folder (with --data-root).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder of images / torchvision data root.")
 @click.option("--download/--no-download", default=None, help="Let torchvision download its dataset.")
-@click.option("--image-size", type=int, help="Square image size (default 16).")
+@config_option(DataConfig, "--image-size", unset=True, help="Square image size.")
 @click.option("--arch", type=click.Choice(["cunet", "unet"]), help="Continuous U-Net or the DDPM U-Net baseline.")
 @click.option("--steps", type=int, help="Optimizer steps (total, including resumed ones).")
 @click.option("--batch-size", type=int, help="Global batch size (split over torchrun processes).")

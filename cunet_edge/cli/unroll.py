@@ -1,14 +1,17 @@
 """`cunet-edge unroll`: write each ODE block's solver out as explicit steps, or sweep the choices."""
 
+from functools import partial
+
 import click
 
 from ..artifact import check_output_path
 from ..errors import ConfigError
-from ..records import SOLVER
 from ..sweep import SweepConfig, format_table, solver_sweep
 from ..unrolling import UnrollConfig
 from ..unrolling import unroll as run_unroll
-from ._common import JSON_OPTION, write_json
+from ._common import JSON_OPTION, config_option, write_json
+
+sweep_option = partial(config_option, SweepConfig)
 
 
 @click.command()
@@ -18,10 +21,10 @@ from ._common import JSON_OPTION, write_json
 @click.option("--steps", type=int, help="Solver steps over ODE time [0, 1] per block (default: as trained).")
 @click.option("--out", type=click.Path(), help="Directory of the unrolled artifact.")
 @click.option("--sweep", is_flag=True, help="Measure every method x steps 1..--max-steps instead of unrolling.")
-@click.option("--max-steps", default=8, show_default=True, help="Largest step count in the sweep.")
-@click.option("--tolerance", default=0.01, show_default=True, help="Max eps relative error vs the trained model.")
-@click.option("--fid", is_flag=True, help="FID for every sweep row (always for recommended/trained/adaptive).")
-@click.option("--fid-n", default=1000, show_default=True, help="Samples per FID.")
+@sweep_option("--max-steps", help="Largest step count in the sweep.")
+@sweep_option("--tolerance", help="Max eps relative error vs the trained model.")
+@sweep_option("--fid", is_flag=True, help="FID for every sweep row (always for recommended/trained/adaptive).")
+@sweep_option("--fid-n", help="Samples per FID.")
 @JSON_OPTION
 def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid_n, json_path):
     """Make an `unrolled` artifact from CHECKPOINT (same weights, no torchdiffeq), or --sweep the solvers."""
@@ -37,7 +40,7 @@ def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid
     cfg = UnrollConfig(method=method, steps=steps)
     check_output_path(out)
     art = run_unroll(checkpoint, cfg, out)
-    rec = art.manifest[SOLVER]
+    rec = art.manifest["solver"]
     click.echo(f"{art.path}  unrolled ({rec['method']} x{rec['steps']}: {rec['nfe_per_block']} NFE/block, "
                f"{rec['nfe_per_call']} NFE/call)")
     write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], **rec})
