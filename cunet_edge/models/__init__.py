@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from .baseline import UNetConfig
-    from .cunet import CUNetConfig
+    from .cunet import CUNetConfig, count_nfe
     from .profile import profile_model
     from .solver import SolverConfig
 
@@ -29,6 +29,7 @@ __all__ = [
     "model_config_from_dict",
     "build_model",
     "profile_model",
+    "count_nfe",
 ]
 
 # Registry: name → "module:attr", imported on use (see DESIGN §3).
@@ -37,6 +38,7 @@ _LAZY = {
     "CUNetConfig": "cunet:CUNetConfig",
     "UNetConfig": "baseline:UNetConfig",
     "profile_model": "profile:profile_model",
+    "count_nfe": "cunet:count_nfe",
 }
 # arch → (config class, model class)
 ARCHS = {

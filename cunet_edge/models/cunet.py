@@ -8,6 +8,8 @@ and the state really is (features, velocity).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +26,8 @@ __all__ = [
     "ContinuousUNet",
     "ODEBlock",
     "ODEFunc",
+    "NFECounter",
+    "count_nfe",
     "SelfAttention",
     "timestep_embedding",
     "ACTIVATIONS",
@@ -197,10 +201,10 @@ class ODEFunc(nn.Module):
         self.emb_proj = nn.Linear(emb_dim, 2 * hidden)
         self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1)
         self.act = make_activation(activation)
-        self.nfe = 0
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
+        # No Python side effects here (no evaluation counter): torch.compile would guard on it
+        # and recompile on every call. `count_nfe` counts evaluations with temporary hooks.
         h = self.act(self.conv1(self.norm1(torch.cat([x, v], dim=1))))
         # act before the projection, as in DDPM ResBlocks: emb ends in a Linear.
         scale, shift = self.emb_proj(self.act(emb))[:, :, None, None].chunk(2, dim=1)
@@ -420,11 +424,35 @@ class ContinuousUNet(nn.Module):
     def num_ode_blocks(self) -> int:
         return len(self.ode_blocks())
 
-    @property
-    def nfe(self) -> int:
-        """ODE-function evaluations since the last `reset_nfe()` (forward and adjoint passes)."""
-        return sum(block.func.nfe for block in self.ode_blocks())
 
-    def reset_nfe(self) -> None:
-        for block in self.ode_blocks():
-            block.func.nfe = 0
+@dataclass
+class NFECounter:
+    """ODE-function evaluations counted by `count_nfe` (still readable after its block ends)."""
+
+    count: int = 0
+
+
+@contextmanager
+def count_nfe(model: nn.Module) -> Iterator[NFECounter]:
+    """Count the ODE-function evaluations of every ODE block in `model` while the block is open.
+
+    Forward and adjoint passes alike: the adjoint method evaluates the ODE function again when
+    `.backward()` runs inside the block. A forward hook on each `ODEFunc` does the counting and
+    is removed on exit, so the model itself never carries a counter (torch.compile would guard
+    on it and recompile on every call). A model without ODE blocks counts 0.
+
+        with count_nfe(model) as nfe:
+            model(x, t)
+        nfe.count
+    """
+    counter = NFECounter()
+
+    def hook(_module: nn.Module, _args: object, _output: object) -> None:
+        counter.count += 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ODEFunc)]
+    try:
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
