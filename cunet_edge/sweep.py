@@ -19,7 +19,7 @@ from .drift import draw_samples, psnr, rel_err, schedule_inputs
 from .errors import ConfigError
 from .evaluation import evaluate_images
 from .kinds import STAGE_IO
-from .models import SolverConfig, build_model
+from .models import SolverConfig, build_model, count_nfe
 from .models.explicit import UNROLLABLE, nfe_per_step
 from .records import solver_record
 from .timing import time_call, time_side_by_side
@@ -103,11 +103,10 @@ def solver_sweep(src, sweep: SweepConfig, *, progress: bool = True) -> dict:
         raise ConfigError(f"{src} is a {ckpt.config.model.arch!r} model; the solver sweep needs a continuous U-Net")
     trained = ckpt.config.model.solver
     adaptive_model, _ = _with_solver(ckpt, SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5))
-    adaptive_model.reset_nfe()
     inputs = schedule_inputs(ckpt.config, sweep.n_inputs, sweep.seed)
-    with torch.no_grad():
+    with torch.no_grad(), count_nfe(adaptive_model) as adaptive_nfe:
         refs = {"inputs": inputs, "trained": ckpt.model(*inputs), "adaptive": adaptive_model(*inputs)}
-    refs["adaptive_nfe"] = adaptive_model.nfe  # on the n_inputs batch: dopri5's steps depend on it
+    refs["adaptive_nfe"] = adaptive_nfe.count  # on the n_inputs batch: dopri5's steps depend on it
     refs["samples"] = _samples(ckpt.model, ckpt, sweep.drift_samples, sweep.sampler_steps, sweep.seed)
     configs = [(m, s) for m in sweep.methods for s in range(1, sweep.max_steps + 1)]
     rows = []
@@ -149,14 +148,14 @@ def _summarize(rows, ckpt, adaptive_model, refs, sweep: SweepConfig) -> dict:
     """Pick the cheapest row within tolerance; FIDs for it, the trained model and the adaptive one."""
     import torch
 
+
     ok = [r for r in rows if r["eps_rel_err_vs_trained"] <= sweep.tolerance]
     best = min(ok, key=lambda r: (r["nfe_per_call"], r["latency_ms_b1"])) if ok else None
     m = ckpt.config.model
-    ckpt.model.reset_nfe()
-    with torch.no_grad():
+    with torch.no_grad(), count_nfe(ckpt.model) as trained_nfe:
         ckpt.model(torch.randn(1, m.in_channels, m.image_size, m.image_size), torch.full((1,), PROFILE_TIMESTEP))
     out = {"rows": rows, "recommended": best, "tolerance": sweep.tolerance,
-           "trained": {"nfe_per_call": ckpt.model.nfe},
+           "trained": {"nfe_per_call": trained_nfe.count},
            "adaptive": {"nfe_per_call": refs["adaptive_nfe"], "rtol": 1e-5, "atol": 1e-5}}
     if best is not None:
         model, _ = _with_solver(ckpt, dataclasses.replace(m.solver, method=best["method"], steps=best["steps"],

@@ -17,6 +17,7 @@ from cunet_edge.models import (
     SolverConfig,
     UNetConfig,
     build_model,
+    count_nfe,
     model_config_from_dict,
     profile_model,
 )
@@ -189,20 +190,39 @@ def test_every_solver_runs(method):
     cfg = tiny(method)
     model = make(cfg)
     x, t = inputs(cfg)
-    with torch.no_grad():
+    with torch.no_grad(), count_nfe(model) as nfe:
         y = model(x, t)
     assert y.shape == x.shape and torch.isfinite(y).all()
-    assert model.nfe >= model.num_ode_blocks
+    assert nfe.count >= model.num_ode_blocks
 
 
-def test_fixed_steps_set_nfe():
-    model = make(tiny("midpoint", steps=3))
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_fixed_steps_set_nfe(unrolled):
+    model = make(tiny("midpoint", steps=3, unrolled=unrolled))
     x, t = inputs(model.cfg)
+    with torch.no_grad(), count_nfe(model) as nfe:
+        model(x, t)
+    assert nfe.count == 2 * 3 * model.num_ode_blocks
+    # The hooks leave with the block: later calls count nowhere, and the model keeps no state.
     with torch.no_grad():
         model(x, t)
-    assert model.nfe == 2 * 3 * model.num_ode_blocks
-    model.reset_nfe()
-    assert model.nfe == 0
+    assert nfe.count == 2 * 3 * model.num_ode_blocks
+    assert not any(m._forward_hooks for m in model.modules())
+    with torch.no_grad(), count_nfe(model) as again:
+        model(x, t)
+    assert again.count == nfe.count
+
+
+def test_nfe_counts_adjoint_pass():
+    """The adjoint method evaluates the ODE function again in backward: midpoint x1, 2 more per block."""
+    model = make(tiny("midpoint", adjoint=True))
+    x, t = inputs(model.cfg)
+    blocks = model.num_ode_blocks
+    with count_nfe(model) as nfe:
+        y = model(x, t)
+        assert nfe.count == 2 * blocks
+        y.square().sum().backward()
+    assert nfe.count == 4 * blocks
 
 
 def _grads(adjoint: bool) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .baseline import UNetConfig
     from .classifier import Classifier, FeatureExtractor
     from .cunet import CUNetConfig
-    from .profile import profile_model
+    from .profile import count_nfe, profile_model
     from .solver import SolverConfig
 
     ModelConfig = CUNetConfig | UNetConfig
@@ -33,6 +33,7 @@ __all__ = [
     "profile_model",
     "Classifier",
     "FeatureExtractor",
+    "count_nfe",
 ]
 
 # Registry: name → "module:attr", imported on use (see DESIGN §3).
@@ -45,6 +46,7 @@ _LAZY = {
     "LAYER_WIDTHS": "cunet:LAYER_WIDTHS",
     "Classifier": "classifier:Classifier",
     "FeatureExtractor": "classifier:FeatureExtractor",
+    "count_nfe": "profile:count_nfe",
 }
 # arch → (config class, model class)
 ARCHS = {

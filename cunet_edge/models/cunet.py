@@ -198,10 +198,10 @@ class ODEFunc(nn.Module):
         self.emb_proj = nn.Linear(emb_dim, 2 * hidden)
         self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1)
         self.act = make_activation(activation)
-        self.nfe = 0
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
+        # No Python side effects here (no evaluation counter): torch.compile would guard on it
+        # and recompile on every call. `count_nfe` counts evaluations with temporary hooks.
         h = self.act(self.conv1(self.norm1(torch.cat([x, v], dim=1))))
         # act before the projection, as in DDPM ResBlocks: emb ends in a Linear.
         scale, shift = self.emb_proj(self.act(emb))[:, :, None, None].chunk(2, dim=1)
@@ -418,12 +418,3 @@ class ContinuousUNet(nn.Module):
     @property
     def num_ode_blocks(self) -> int:
         return len(self.ode_blocks())
-
-    @property
-    def nfe(self) -> int:
-        """ODE-function evaluations since the last `reset_nfe()` (forward and adjoint passes)."""
-        return sum(block.func.nfe for block in self.ode_blocks())
-
-    def reset_nfe(self) -> None:
-        for block in self.ode_blocks():
-            block.func.nfe = 0

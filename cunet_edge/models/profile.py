@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..constants import PROFILE_TIMESTEP
@@ -9,7 +12,8 @@ from ..constants import PROFILE_TIMESTEP
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["profile_model", "count_params"]
+
+__all__ = ["profile_model", "count_params", "count_nfe", "NFECounter"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -23,7 +27,7 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     Runs one seeded forward at t = PROFILE_TIMESTEP on a (batch, in_channels, image_size, image_size) input.
     Every ODE-function evaluation the solver makes is counted, so for the continuous U-Net
     the MACs grow with the solver's NFE. MACs = FLOPs // 2 (FlopCounterMode counts a
-    multiply-add as 2 FLOPs; convs, linears and matmuls only). Resets the model's NFE counter.
+    multiply-add as 2 FLOPs; convs, linears and matmuls only).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -34,16 +38,49 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     x = x.to(device=p.device, dtype=p.dtype)
     t = torch.full((batch,), PROFILE_TIMESTEP, dtype=torch.long, device=p.device)
     ode_blocks = getattr(model, "num_ode_blocks", 0)
-    if ode_blocks:
-        model.reset_nfe()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), counter, count_nfe(model) as nfe:
         model(x, t)
     flops = int(counter.get_total_flops())
     return {
         "params": count_params(model),
         "macs": flops // 2,
         "flops": flops,
-        "nfe_per_call": model.nfe if ode_blocks else 1,
+        "nfe_per_call": nfe.count if ode_blocks else 1,
         "ode_blocks": int(ode_blocks),
     }
+
+
+@dataclass
+class NFECounter:
+    """ODE-function evaluations counted by `count_nfe` (still readable after its block ends)."""
+
+    count: int = 0
+
+
+@contextmanager
+def count_nfe(model: nn.Module) -> Iterator[NFECounter]:
+    """Count the ODE-function evaluations of every ODE block in `model` while the block is open.
+
+    Forward and adjoint passes alike: the adjoint method evaluates the ODE function again when
+    `.backward()` runs inside the block. A forward hook on each `ODEFunc` does the counting and
+    is removed on exit, so the model itself never carries a counter (torch.compile would guard
+    on it and recompile on every call). A model without ODE blocks counts 0. (Here, not beside the
+    model, so that importing it does not import torch.)
+
+        with count_nfe(model) as nfe:
+            model(x, t)
+        nfe.count
+    """
+    counter = NFECounter()
+
+    def hook(_module: nn.Module, _args: object, _output: object) -> None:
+        counter.count += 1
+
+    funcs = [block.func for block in model.ode_blocks()] if hasattr(model, "ode_blocks") else []
+    handles = [f.register_forward_hook(hook) for f in funcs]
+    try:
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
