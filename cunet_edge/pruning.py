@@ -66,7 +66,7 @@ class PruneConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 20
-    distill_weight: float = 20.0  # best FID of 1, 10, 20, 100 on digits (README)
+    distill_weight: float = 20.0  # best FID of 1, 10, 20, 100 on digits (docs/results/2026-11-27-pruning.md)
     seed: int = 0
     val_n: int = 64
     drift_samples: int = 16

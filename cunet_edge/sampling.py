@@ -49,7 +49,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig(SampleConfig):
-    """A SampleConfig for FID/KID: 1,000 images by default (a 64-image FID says little; the README's are at 1,000)."""
+    """A SampleConfig for FID/KID: 1,000 images by default (a 64-image FID says little; docs/results' are at 1,000)."""
 
     n: int = 1000
 

@@ -22,7 +22,7 @@ class OnnxRuntimeRunner(Runner):
     `spinning` False stops idle intra-op threads from spin-waiting between operators (None keeps
     ONNX Runtime's default, spinning). On a small shared CPU the spinning threads compete with the
     ones doing work: on the 2-core CPU here, INT8 at batch 16 with 2 threads ran 1.25x faster
-    without spinning, FP32 1.1x slower (see the README's INT8 section).
+    without spinning, FP32 1.1x slower (docs/results/2026-11-27-int8-cpu.md).
     """
 
     name = "onnxruntime"

@@ -317,3 +317,18 @@ def test_unset_options_leave_the_config_defaults(args, stage, index, config, req
     with pytest.raises(_Called) as got:
         run(*[a.format(tmp=tmp_path) for a in args])
     assert got.value.args[0] == getattr(module, cls)(**required)
+
+
+def test_command_reference_shows_the_current_help():
+    """docs/commands.md's `--help` blocks are what the commands print now (scripts/help_blocks.py rewrites them)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "help_blocks.py"
+    spec = importlib.util.spec_from_file_location("help_blocks", path)
+    blocks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blocks)
+    text = blocks.PAGE.read_text()
+    assert len(blocks.BLOCK.findall(text)) >= 17  # the group, every command, and the devices subcommands
+    _, stale = blocks.refresh(text)
+    assert not stale, f"stale --help blocks in docs/commands.md: {stale}; run python scripts/help_blocks.py"
