@@ -108,7 +108,8 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
 
 
 def open_for_sampling(art: Artifact, cfg: SampleConfig, runtime: str | None = None, **options):
-    """A runner for an opened artifact on `runtime` (default: the one that runs its kind), checked against cfg's solver."""
+    """A runner for an opened artifact on `runtime` (default: the one that runs its kind), checked against
+    cfg's solver."""
     return open_runner(art, runtime or runtime_for(art.kind, art.path), solver=cfg.solver,
                        solver_steps=cfg.solver_steps, **options)
 

@@ -68,7 +68,8 @@ class SolverConfig:
     """
 
     # One midpoint step per block by default: measured on digits, it gives the best FID for the
-    # 10-minute CPU budget (the paper's one 3/8-rule rk4 step costs twice the evaluations). See docs/results/2026-11-27-digits-training.md.
+    # 10-minute CPU budget (the paper's one 3/8-rule rk4 step costs twice the evaluations).
+    # See docs/results/2026-11-27-digits-training.md.
     method: str = "midpoint"
     steps: int = 1
     rtol: float = 1e-3
