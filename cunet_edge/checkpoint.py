@@ -55,7 +55,7 @@ class TrainConfig:
     save_every: int = 500
     sample_n: int = 64
     sample_steps: int = 50
-    # Train a fixed-step solver through the explicit loop of `cunet_edge.unrolling` (the same
+    # Train a fixed-step solver through the explicit loop of `cunet_edge.models.explicit` (the same
     # Butcher coefficients as torchdiffeq's fixed grid, so the same function; 1.4x the steps per
     # second on the 2-core CPU). The checkpoint keeps the solver config as given (torchdiffeq).
     # Adaptive solvers and the adjoint method always train through torchdiffeq.

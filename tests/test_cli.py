@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import shutil
+import sys
 
 import click
 import pytest
@@ -312,7 +313,16 @@ def test_unset_options_leave_the_config_defaults(args, stage, index, config, req
     def stand_in(*a, **kw):
         raise _Called(a[index])
 
-    monkeypatch.setattr(*load(stage), stand_in)
+    # The command module imports the stage at its top, under its own name: patch it wherever it is bound.
+    importlib.import_module(f"cunet_edge.cli.{args[0]}")
+    home, attr = load(stage)
+    original = getattr(home, attr)
+    monkeypatch.setattr(home, attr, stand_in)
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("cunet_edge.cli") and mod is not None:
+            for key, value in list(vars(mod).items()):
+                if value is original:
+                    monkeypatch.setattr(mod, key, stand_in)
     module, cls = load(config)
     with pytest.raises(_Called) as got:
         run(*[a.format(tmp=tmp_path) for a in args])
