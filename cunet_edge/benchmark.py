@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .kinds import runtime_for
 from .records import SOLVER, bench_section, write_metrics
 from .runtimes.base import open_runner
-from .runtimes.numpy_sampler import SAMPLERS
+from .runtimes.numpy_sampler import SAMPLERS, sampling_timesteps
 from .timing import collect_samples, summarize_ms, time_call, wall_clock_ms
 
 __all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops",
@@ -157,10 +157,10 @@ def image_call(runner, cfg: BenchConfig, abar, shape):
     b = runner.static_batch() or 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, *shape), dtype=np.float32)
-    eps = runner.eps_fn()
+    eps, ts = runner.eps_fn(), sampling_timesteps(len(abar), cfg.sampler_steps)
 
     def run():
-        SAMPLERS[cfg.sampler](eps, x.copy(), abar, cfg.sampler_steps,
+        SAMPLERS[cfg.sampler](eps, x.copy(), abar, ts,
                               noise=lambda s: rng.standard_normal(s, dtype=np.float32))
         runner.synchronize()
 

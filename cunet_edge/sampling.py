@@ -86,6 +86,7 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
     m = tc.model
     shape = (m.in_channels, m.image_size, m.image_size)
     abar = alphas_cumprod(tc.diffusion)
+    ts = numpy_sampler.sampling_timesteps(len(abar), cfg.steps)
     g = torch.Generator().manual_seed(cfg.seed)
     fixed = runner.static_batch()
     size = fixed or cfg.batch_size
@@ -100,7 +101,7 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
                 z = torch.randn((b, *s[1:]), generator=g).numpy()
                 return np.concatenate([z, np.zeros((s[0] - b, *s[1:]), np.float32)]) if s[0] > b else z
 
-            x = numpy_sampler.SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, cfg.steps, noise=draw,
+            x = numpy_sampler.SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, ts, noise=draw,
                                       clip=tc.diffusion.clip_denoised, **kwargs)
             out.append(torch.from_numpy(np.clip(x[:b], -1, 1)))
             bar.update(task, advance=b)

@@ -50,17 +50,22 @@ def test_samplers_recover_single_point_distribution(sampler, steps):
     cfg = DiffusionConfig(schedule="cosine")
     target = torch.linspace(-0.9, 0.9, 16, dtype=torch.float64).view(1, 1, 4, 4)
     x = torch.randn((3, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sampler(Oracle(target, cfg), x, cfg, steps, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    out = sampler(Oracle(target, cfg), x, alphas_cumprod(cfg), sampling_timesteps(cfg, steps),
+                  noise=lambda s: torch.randn(s, generator=g, dtype=torch.float64))
     assert torch.allclose(out, target.expand_as(out), atol=1e-6)
 
 
 def test_ddpm_refuses_other_eta_and_ddim_checks_eta():
     cfg = DiffusionConfig()
     x = torch.zeros(1, 1, 2, 2)
+    abar, ts = alphas_cumprod(cfg), sampling_timesteps(cfg, 2)
     with pytest.raises(ConfigError, match="eta"):
-        sample_ddpm(Oracle(x, cfg), x, cfg, 2, eta=0.0)
+        sample_ddpm(Oracle(x, cfg), x, abar, ts, eta=0.0)
     with pytest.raises(ConfigError, match="eta"):
-        sample_ddim(Oracle(x, cfg), x, cfg, 2, eta=1.5)
+        sample_ddim(Oracle(x, cfg), x, abar, ts, eta=1.5)
+    with pytest.raises(ConfigError, match="sampling timesteps must be distinct integers in 999..0"):
+        sample_ddim(Oracle(x, cfg), x, abar, [0, 999])
 
 
 def test_loss_is_zero_for_oracle_and_positive_otherwise():

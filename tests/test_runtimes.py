@@ -57,22 +57,27 @@ def test_open_runner_refusals(tiny_unrolled, tiny_onnx):
 
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 1.0)])
 def test_numpy_sampler_equals_torch_sampler(runner_target, tiny_unrolled, sampler, eta):
-    """Same model, same noise: the numpy sampler over any runner draws the torch sampler's images."""
+    """Same model, same noise: the numpy sampler over any runner draws the torch sampler's images.
+
+    The samplers alone, on a denoiser both compute exactly, are pinned in tests/test_samplers.py.
+    """
     from cunet_edge.runtimes.numpy_sampler import SAMPLERS as NP_SAMPLERS
 
     from cunet_edge.checkpoint import load_checkpoint
-    from cunet_edge.diffusion import SAMPLERS, alphas_cumprod
+    from cunet_edge.diffusion import SAMPLERS, alphas_cumprod, sampling_timesteps
 
     path, runtime = runner_target
     model = load_checkpoint(tiny_unrolled).model  # the torch model the ONNX file was exported from
     with open_runner(path, runtime) as r:
         cfg = r.train_config().diffusion
         x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+        abar, ts = alphas_cumprod(cfg), sampling_timesteps(cfg, 6)
         g_np = torch.Generator().manual_seed(4)
         g_pt = torch.Generator().manual_seed(4)
         with torch.no_grad():
-            ref = SAMPLERS[sampler](model, x.clone(), cfg, 6, eta=eta, generator=g_pt).numpy()
-        ours = NP_SAMPLERS[sampler](r.eps_fn(), x.numpy().copy(), alphas_cumprod(cfg), 6, eta=eta,
+            ref = SAMPLERS[sampler](model, x.clone(), abar, ts, eta=eta, clip=cfg.clip_denoised,
+                                    noise=lambda s: torch.randn(s, generator=g_pt)).numpy()
+        ours = NP_SAMPLERS[sampler](r.eps_fn(), x.numpy().copy(), abar, ts, eta=eta, clip=cfg.clip_denoised,
                                     noise=lambda s: torch.randn(s, generator=g_np).numpy())
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-4 if runtime == "onnxruntime" else 1e-5)

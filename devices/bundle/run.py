@@ -429,7 +429,9 @@ def one_image_ms(backend, bundle, args):
     rng = np.random.default_rng(0)
     x = rng.standard_normal([b] + bundle["image_shape"]).astype(np.float32)
     t0 = time.perf_counter()
-    sampler.SAMPLERS[args.sampler](backend, x, np.load(here("schedule.npy")), args.steps,
+    abar = np.load(here("schedule.npy"))
+    ts = sampler.sampling_timesteps(len(abar), args.steps)
+    sampler.SAMPLERS[args.sampler](backend, x, abar, ts,
                                    noise=lambda s: rng.standard_normal(s).astype(np.float32),
                                    clip=bundle["clip_denoised"])
     return (time.perf_counter() - t0) * 1e3
