@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_helpers import assert_one_line_error, cli_subprocess, run
+from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess, run
 
 from cunet_edge.benchmark import BenchConfig, bench, parse_target
 from cunet_edge.records import bench_section as metrics_section
@@ -31,7 +31,7 @@ def test_bench_compares_torch_and_onnxruntime(tiny_unrolled, tiny_onnx, tmp_path
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["peak_mem_mb"] > 10
         assert r["image_latency_ms"] <= r["image_p90_ms"] and r["image_reps"] == 3
         assert r["images_per_s"] == pytest.approx(2 / (r["mean_ms"] / 1e3))
-        assert r["solver"]["method"] == "rk4" and r["macs_per_call"] == rows[0]["macs_per_call"] > 0
+        assert r["solver"]["method"] == "euler" and r["macs_per_call"] == rows[0]["macs_per_call"] > 0
     assert rows[0]["speedup_vs_first"] == 1.0
     assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["p50_ms"] / rows[1]["p50_ms"])
     assert data["matmul_peak_gflops"] > 0.1 and data["machine"]["cpu_count"] >= 1
@@ -80,12 +80,12 @@ def test_image_latency_counts_every_sampler_step(tiny_onnx):
 
 
 def test_bench_bad_input(tiny_unrolled, tiny_onnx, tmp_path):
-    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--batch", 0), "batch must be")
-    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--runtime", "tensorrt"),
+    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--batch", 0), "batch must be")  # the real entry point
+    assert_one_line_error(cli_in_process("bench", tiny_onnx, "--runtime", "tensorrt"),
                           "kind 'onnx'; runtime 'tensorrt' runs tensorrt-engine (use --runtime onnxruntime)")
-    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--provider", "cuda", *QUICK), "CUDAExecutionProvider")
-    assert_one_line_error(cli_subprocess("bench", tiny_onnx, "--solver", "euler"),
-                          "solver baked in at unroll time (rk4 x2); it cannot run euler x2")
-    assert_one_line_error(cli_subprocess("bench", tmp_path / "nothing"), "nothing")
+    assert_one_line_error(cli_in_process("bench", tiny_onnx, "--provider", "cuda", *QUICK), "CUDAExecutionProvider")
+    assert_one_line_error(cli_in_process("bench", tiny_onnx, "--solver", "midpoint"),
+                          "solver baked in at unroll time (euler x3); it cannot run midpoint x3")
+    assert_one_line_error(cli_in_process("bench", tmp_path / "nothing"), "nothing")
     with pytest.raises(ConfigError, match="rounds"):
         BenchConfig(rounds=0)

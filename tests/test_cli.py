@@ -11,7 +11,7 @@ import sys
 
 import click
 import pytest
-from cli_helpers import assert_one_line_error, cli_subprocess, run
+from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess, run
 from PIL import Image
 
 
@@ -66,19 +66,20 @@ def test_unroll_makes_an_artifact_that_samples_like_its_parent(tiny_checkpoint, 
     assert run("sample", out, "--n", 4, "--steps", 3, "--solver", "euler", "--solver-steps", 1,
                "--out", tmp_path / "c.png").exit_code == 0
     assert (tmp_path / "c.png").read_bytes() == (tmp_path / "a.png").read_bytes()
-    assert_one_line_error(cli_subprocess("sample", out, "--n", 4, "--solver", "rk4", "--out", tmp_path / "d.png"),
+    assert_one_line_error(cli_in_process("sample", out, "--n", 4, "--solver", "rk4", "--out", tmp_path / "d.png"),
                           "solver baked in at unroll time (euler x1); it cannot run rk4 x1")
     assert not (tmp_path / "d.png").exists()
     # A checkpoint runs through torchdiffeq with whatever solver is asked for.
     assert run("sample", tiny_checkpoint, "--n", 4, "--steps", 3, "--solver", "rk4", "--solver-steps", 2,
                "--out", tmp_path / "e.png").exit_code == 0
     assert (tmp_path / "e.png").read_bytes() != (tmp_path / "a.png").read_bytes()
-    assert_one_line_error(cli_subprocess("sample", tiny_checkpoint, "--solver", "nope", "--out", tmp_path / "f.png"),
+    assert_one_line_error(cli_in_process("sample", tiny_checkpoint, "--solver", "nope", "--out", tmp_path / "f.png"),
                           "nope")
-    assert_one_line_error(cli_subprocess("unroll", out, "--out", tmp_path / "again"), "of kind 'unrolled'")
-    assert_one_line_error(cli_subprocess("unroll", tiny_checkpoint, "--method", "dopri5", "--out", tmp_path / "x"),
+    assert_one_line_error(cli_subprocess("unroll", out, "--out", tmp_path / "again"),
+                          "of kind 'unrolled'")  # the real entry point
+    assert_one_line_error(cli_in_process("unroll", tiny_checkpoint, "--method", "dopri5", "--out", tmp_path / "x"),
                           "method 'dopri5' is not one of: euler, midpoint, heun2, heun3, rk4")
-    assert_one_line_error(cli_subprocess("unroll", tiny_checkpoint, "--steps", 0, "--out", tmp_path / "x"), "steps")
+    assert_one_line_error(cli_in_process("unroll", tiny_checkpoint, "--steps", 0, "--out", tmp_path / "x"), "steps")
     assert not (tmp_path / "x").exists()
 
 
@@ -94,20 +95,21 @@ def test_train_resumes_from_its_own_output(tiny_config_file, tmp_path):
 
 def test_missing_truncated_corrupted_and_mismatched_checkpoints(tiny_checkpoint, tmp_path):
     grid = tmp_path / "g.png"
-    assert_one_line_error(cli_subprocess("sample", tmp_path / "nope", "--out", grid), "does not exist")
+    assert_one_line_error(cli_subprocess("sample", tmp_path / "nope", "--out", grid),
+                          "does not exist")  # the real entry point; the rest in process
     bad = tmp_path / "bad"
     shutil.copytree(tiny_checkpoint, bad)
     weights = bad / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    assert_one_line_error(cli_subprocess("sample", bad, "--out", grid), "truncated")
+    assert_one_line_error(cli_in_process("sample", bad, "--out", grid), "truncated")
     weights.write_bytes(data[:-4] + b"\0\0\0\0")
-    assert_one_line_error(cli_subprocess("inspect", bad), "corrupted")
+    assert_one_line_error(cli_in_process("inspect", bad), "corrupted")
     weights.write_bytes(data)
     cfg = json.loads((bad / "config.json").read_text())
     cfg["model"]["base_channels"] = 12
     _rewrite(bad, "config.json", json.dumps(cfg))
-    assert_one_line_error(cli_subprocess("sample", bad, "--out", grid), "does not match its architecture")
+    assert_one_line_error(cli_in_process("sample", bad, "--out", grid), "does not match its architecture")
     assert not grid.exists()
 
 
@@ -141,7 +143,8 @@ def _rewrite(art, name, text):
 )
 def test_bad_input_is_one_line(args, match, tmp_path):
     (tmp_path / "afile").write_text("not a directory")
-    proc = cli_subprocess(*[a.format(tmp=tmp_path) for a in args])
+    # evaluate's through the real entry point (train's and sample's are in the tests around), the rest in process
+    proc = (cli_subprocess if args[0] == "evaluate" else cli_in_process)(*[a.format(tmp=tmp_path) for a in args])
     assert_one_line_error(proc, match)
     assert not (tmp_path / "o").exists() and not (tmp_path / "g.png").exists()
 

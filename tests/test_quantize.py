@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from cli_helpers import assert_one_line_error, cli_subprocess
+from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess
 from onnx import numpy_helper
 
 from cunet_edge.errors import ConfigError
@@ -128,13 +128,13 @@ def test_tolerance_parsing():
 
 def test_quantize_bad_input(tiny_unrolled, tiny_onnx, tiny_int8_cpu, tmp_path):
     assert_one_line_error(cli_subprocess("quantize", tiny_unrolled, "--out", tmp_path / "a"),
-                          "quantize needs an ONNX artifact")
-    assert_one_line_error(cli_subprocess("quantize", tiny_int8_cpu.path, "--out", tmp_path / "b"), "already quantized")
-    assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--calibration-images", 2, "--calibration-steps", 4,
+                          "quantize needs an ONNX artifact")  # the real entry point
+    assert_one_line_error(cli_in_process("quantize", tiny_int8_cpu.path, "--out", tmp_path / "b"), "already quantized")
+    assert_one_line_error(cli_in_process("quantize", tiny_onnx, "--calibration-images", 2, "--calibration-steps", 4,
                                          "--out", tmp_path / "c"), "too few calibration samples")
-    assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--tolerance", "abc", "--out", tmp_path / "d"),
+    assert_one_line_error(cli_in_process("quantize", tiny_onnx, "--tolerance", "abc", "--out", tmp_path / "d"),
                           "tolerance 'abc' cannot be parsed")
-    assert_one_line_error(cli_subprocess("quantize", tiny_onnx, "--target", "tpu", "--out", tmp_path / "e"),
+    assert_one_line_error(cli_in_process("quantize", tiny_onnx, "--target", "tpu", "--out", tmp_path / "e"),
                           "target 'tpu' is not one of: tensorrt, cpu")
     assert not any(tmp_path.iterdir())
 

@@ -44,9 +44,9 @@ def test_open_runner_refusals(tiny_unrolled, tiny_onnx):
         open_runner(tiny_onnx, "tflite")
     with pytest.raises(ArtifactError, match=r"kind 'onnx'; runtime 'torch' runs .* \(use --runtime onnxruntime\)"):
         open_runner(tiny_onnx, "torch")
-    with pytest.raises(ConfigError, match=r"solver baked in at unroll time \(rk4 x2\); it cannot run euler x2"):
-        open_runner(tiny_onnx, "onnxruntime", solver="euler")
-    open_runner(tiny_onnx, "onnxruntime", solver="rk4", solver_steps=2)  # the baked settings are fine
+    with pytest.raises(ConfigError, match=r"solver baked in at unroll time \(euler x3\); it cannot run midpoint x3"):
+        open_runner(tiny_onnx, "onnxruntime", solver="midpoint")
+    open_runner(tiny_onnx, "onnxruntime", solver="euler", solver_steps=3)  # the baked settings are fine
     with pytest.raises(ConfigError, match="CUDAExecutionProvider"):
         with open_runner(tiny_onnx, "onnxruntime", provider="cuda"):
             pass

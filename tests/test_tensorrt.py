@@ -397,11 +397,11 @@ def unrolled(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(unrolled, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from cunet_edge.export.onnx import OnnxExportConfig, export_onnx
+def exported(tiny_onnx):
+    """The session's exported unrolled model (tests/conftest.py): an ONNX export costs seconds, so it is shared."""
+    from cunet_edge.artifact import Artifact
 
-    return export_onnx(unrolled.path, OnnxExportConfig(batch=4), tmp_path_factory.mktemp("onnx") / "onnx")
+    return Artifact.load(tiny_onnx)
 
 
 def test_exported_unrolled_model_is_tensorrt_compatible(exported):

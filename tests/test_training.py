@@ -15,6 +15,7 @@ from cunet_edge.errors import ConfigError
 from cunet_edge.checkpoint import TrainConfig, train_config_from_dict, train_config_from_options
 from cunet_edge.training import train
 
+from cli_helpers import cli_in_process
 from conftest import TINY
 
 
@@ -131,8 +132,7 @@ def test_ddp_two_cpu_processes(tiny_config_file, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["train_step"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary dirs left
-    bad = subprocess.run([sys.executable, "-m", "cunet_edge", "train", "--procs", "0", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, env=env)
+    bad = cli_in_process("train", "--procs", 0, "--out", tmp_path / "x")  # (the entry point is the run above)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == ["error: procs must be > 0, got 0"]
 
 
