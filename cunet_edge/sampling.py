@@ -10,7 +10,7 @@ from .artifact import Artifact
 from .checkpoint import load_checkpoint, with_solver
 from .config import check_choice, check_positive
 from .data import save_image_grid
-from .diffusion import SAMPLERS, alphas_cumprod, sample
+from .diffusion import SAMPLERS, alphas_cumprod, sample, sampling_timesteps
 from .errors import ConfigError
 from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
@@ -45,6 +45,11 @@ class SampleConfig:
             raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
         if self.solver_steps is not None:
             check_positive("solver_steps", self.solver_steps)
+        # Checked here, before any work: the numpy sampler (exported models) can only raise ValueError.
+        if self.eta is not None and self.sampler == "ddpm" and self.eta != 1.0:
+            raise ConfigError(f"the ddpm sampler has eta = 1; got eta={self.eta} (use --sampler ddim for other values)")
+        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"ddim eta must be in [0, 1], got {self.eta}")
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,11 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
     import torch
     from rich.progress import Progress
 
-
     tc = runner.train_config()
     m = tc.model
     shape = (m.in_channels, m.image_size, m.image_size)
     abar = alphas_cumprod(tc.diffusion)
-    ts = numpy_sampler.sampling_timesteps(len(abar), cfg.steps)
+    ts = sampling_timesteps(tc.diffusion, cfg.steps)  # a ConfigError (not the numpy twin's ValueError)
     g = torch.Generator().manual_seed(cfg.seed)
     fixed = runner.static_batch()
     size = fixed or cfg.batch_size

@@ -180,3 +180,16 @@ def eps_pt_module():
             return eps_pt(x, t)
 
     return Eps()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"sampler": "ddim", "eta": 1.5}, r"ddim eta must be in \[0, 1\], got 1.5"),
+    ({"sampler": "ddpm", "eta": 0.5}, "the ddpm sampler has eta = 1; got eta=0.5"),
+])
+def test_sample_config_refuses_bad_eta_before_any_work(kw, message):
+    """Exported models sample through the numpy twin, which can only raise ValueError: SampleConfig checks first."""
+    from cunet_edge.errors import ConfigError
+    from cunet_edge.sampling import SampleConfig
+
+    with pytest.raises(ConfigError, match=message):
+        SampleConfig(**kw)
