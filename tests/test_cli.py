@@ -96,7 +96,7 @@ def test_train_resumes_from_its_own_output(tiny_config_file, tmp_path):
 def test_missing_truncated_corrupted_and_mismatched_checkpoints(tiny_checkpoint, tmp_path):
     grid = tmp_path / "g.png"
     assert_one_line_error(cli_subprocess("sample", tmp_path / "nope", "--out", grid),
-                          "does not exist")  # the real entry point; the rest in process
+                          "does not exist")  # the real entry point (and inspect's below); the rest in process
     bad = tmp_path / "bad"
     shutil.copytree(tiny_checkpoint, bad)
     weights = bad / "model.safetensors"
@@ -104,7 +104,7 @@ def test_missing_truncated_corrupted_and_mismatched_checkpoints(tiny_checkpoint,
     weights.write_bytes(data[: len(data) // 2])
     assert_one_line_error(cli_in_process("sample", bad, "--out", grid), "truncated")
     weights.write_bytes(data[:-4] + b"\0\0\0\0")
-    assert_one_line_error(cli_in_process("inspect", bad), "corrupted")
+    assert_one_line_error(cli_subprocess("inspect", bad), "corrupted")
     weights.write_bytes(data)
     cfg = json.loads((bad / "config.json").read_text())
     cfg["model"]["base_channels"] = 12
