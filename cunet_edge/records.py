@@ -24,8 +24,8 @@ from typing import Any
 from .artifact import write_json_atomic
 from .errors import ConfigError
 
-__all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "MODEL_COST", "VERIFICATION", "METRICS", "RESULT",
-           "solver_record", "check_solver_request", "solver_text", "pruning_record", "prune_macs_ratio",
+__all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "VERIFICATION", "METRICS", "RESULT",
+           "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
            "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
            "write_metrics", "read_metrics"]
 
@@ -34,7 +34,6 @@ TRAINED_SOLVER = "trained_solver"
 PRUNING = "pruning"
 DRIFT = "drift"
 PRECISION = "precision"
-MODEL_COST = "model_cost"
 VERIFICATION = "verification"
 METRICS = "metrics.json"
 # A pipeline stage that measures in place (bench, evaluate, pareto) writes its own result here, in its folder.
@@ -66,12 +65,6 @@ def check_solver_request(manifest: dict, where, method: str | None = None, steps
             f"{where} has its solver baked in at unroll time ({rec['method']} x{rec['steps']}); it cannot run "
             f"{want[0]} x{want[1]}: unroll the checkpoint again with --method {want[0]} --steps {want[1]}"
         )
-
-
-def solver_text(manifest: dict) -> str:
-    """A short text for the solver baked into an artifact, or 'as trained'."""
-    rec = manifest.get(SOLVER)
-    return f"{rec['method']} x{rec['steps']}" if rec else "as trained"
 
 
 # --- pruning, drift, precision ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from ..artifact import MANIFEST, Artifact
 from ..errors import ArtifactError, CunetEdgeError
 from ..inspection import inspect_artifact
 from ..kinds import MODEL_KINDS, kind_runtime
-from ..records import BENCH_SECTION, EVALUATE_SECTION, SOLVER, precision_of, prune_macs_ratio
+from ..records import BENCH_SECTION, EVALUATE_SECTION, SOLVER, precision_of, prune_macs_ratio, read_metrics
 
 __all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_rows", "variant_label",
            "DEFAULT_SAMPLER"]
@@ -93,11 +93,10 @@ def find_artifacts(run_dir: str | Path) -> tuple[list[Node], list[dict]]:
             skipped.append({"path": name, "reason": str(exc)})
             continue
         node = Node(art, name)
-        metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
-        if not isinstance(metrics, dict):
+        try:
+            node.metrics = read_metrics(path)
+        except (OSError, ValueError, UnicodeDecodeError):  # not JSON, or not a table
             node.notes.append("metrics.json is unreadable; its measurements are left out")
-            metrics = {}
-        node.metrics = metrics
         nodes.append(node)
     if not nodes:
         raise ArtifactError(f"no artifacts under {run_dir}: no directory in it holds a valid {MANIFEST}"
