@@ -104,7 +104,7 @@ def run_evaluate(cfg, ctx):
     for a in ctx.inputs:
         runtime = runtime_for(a.kind, a.path)
         options = {"threads": ctx.settings.threads} if runtime == "onnxruntime" and ctx.settings.threads else {}
-        m = evaluate_checkpoint(a.path, cfg, progress=ctx.progress, runtime=runtime, **options)
+        m = evaluate_checkpoint(a, cfg, progress=ctx.progress, runtime=runtime, **options)
         print(f"  {a.path.name}: FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}), "
               f"confident {100 * m['frac_confident']:.1f}%  [{runtime}]")
         rows.append(m)
