@@ -61,7 +61,6 @@ def schedule_inputs(train_cfg, n: int, seed: int):
 
 def draw_samples(model, train_cfg, n: int, steps: int, seed: int):
     """n DDIM samples of a torch model from seeded noise (the same noise for the same seed)."""
-
     m = train_cfg.model
     device = next(model.parameters()).device
     return sample(model, n, (m.in_channels, m.image_size, m.image_size), train_cfg.diffusion,

@@ -31,7 +31,6 @@ def _pruned_widths(model_cfg) -> dict[str, list[int]] | None:
 
 def inspect_artifact(path: str | Path) -> dict[str, Any]:
     """params, MACs per call (every solver evaluation counted), NFE per call, configs, lineage."""
-
     ckpt = load_checkpoint(path, kinds=STAGE_IO["inspect"].accepts)
     m = ckpt.config.model
     prof = profile_model(ckpt.model, m)

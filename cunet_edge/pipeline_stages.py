@@ -54,7 +54,6 @@ def run_train(cfg, ctx):
 
 def run_load(cfg: LoadConfig, ctx):
     """The model, verified; a link to it in the run folder makes it part of the run (and of its report)."""
-
     art = Artifact.load(cfg.resolve())
     if ctx.out.is_symlink():
         ctx.out.unlink()
@@ -86,7 +85,6 @@ def run_quantize(cfg, ctx):
 
 def run_bench(cfg, ctx):
     """All inputs timed side by side in one bench run, each on its kind's runtime."""
-
     if cfg.threads is None and ctx.settings.threads:
         cfg = replace(cfg, threads=ctx.settings.threads)
     targets = [BenchTarget(str(a.path), runtime_for(a.kind, a.path)) for a in ctx.inputs]
@@ -98,7 +96,6 @@ def run_bench(cfg, ctx):
 
 def run_evaluate(cfg, ctx):
     """FID/KID of each input's samples (stored in its metrics.json), on its kind's runtime."""
-
     _threads(ctx)
     rows = []
     for a in ctx.inputs:
@@ -114,7 +111,6 @@ def run_evaluate(cfg, ctx):
 
 def run_report(cfg, ctx):
     """The report over every artifact in the run folder, into the stage's own folder."""
-
     report(ctx.run_dir, cfg, ctx.out)
     print(f"  report: {ctx.out / 'report.html'}")
     return None

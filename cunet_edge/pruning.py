@@ -108,7 +108,6 @@ def _load_source(src):
 
 def _check_reachable(ckpt, cfg: PruneConfig, base: dict) -> float:
     """Refuse, before any work, a target below the model with every width at its floor; returns that floor."""
-
     m = ckpt.config.model
     g = m.norm_groups
     floors = {"enc_widths": g, "dec_widths": g, "ode_hidden": g, "up_widths": 1, "v0_hidden": 1}
@@ -239,7 +238,6 @@ def _pruned_config(m, model):
 
 def _rebuild(model_cfg, state: dict, device):
     """A fresh model from the config, loaded strictly with `state`: the pruned widths must be all it takes."""
-
     model = build_model(model_cfg).to(device)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -51,7 +51,6 @@ class SweepConfig:
 
 def _with_solver(ckpt, solver):
     """A copy of the checkpoint's model with another solver and the same weights."""
-
     cfg = dataclasses.replace(ckpt.config.model, solver=solver)
     model = build_model(cfg)
     model.load_state_dict(ckpt.model.state_dict())

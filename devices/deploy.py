@@ -82,7 +82,6 @@ def tarball_path(out: str | Path) -> Path:
 
 def _check_device(profile, art: Artifact) -> str:
     """Refuse what the board cannot run, before any work; return the artifact's precision."""
-
     precision = precision_of(art.manifest)
     check_request(profile, precision=precision, model_bytes=art.file("model.onnx").stat().st_size)
     if profile.python and tuple(int(p) for p in profile.python.split(".")[:2]) < MIN_PYTHON:
@@ -107,7 +106,6 @@ def _image_spec(art: Artifact) -> tuple[list[int], int | None]:
 
 def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) -> list[list[str]]:
     """trtexec builds matching build_engine.py: the GPU build, and a DLA one when the board has DLA."""
-
     version = profile.tensorrt or "10.0"  # desktop profiles list none: assume a current TensorRT
     batch = art.manifest.get("batch", 1)
     kw = {"precision": precision, "signature": art.manifest["signature"], "tensorrt_version": version,

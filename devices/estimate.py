@@ -178,7 +178,6 @@ def _estimate_all(art, profile: DeviceProfile, precisions, cfg: EstimateConfig, 
 
 def estimate(path: str | Path, device: str, cfg: EstimateConfig) -> dict:
     """Roofline latency per network call and per image of ONNX artifact `path` on device profile `device`."""
-
     profile = _resolve_device(device)
     art = Artifact.load(path, kinds=STAGE_IO["estimate"].accepts)
     precisions = _precisions(art, cfg)

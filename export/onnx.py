@@ -154,7 +154,6 @@ def _graph_macs(model, batch: int) -> int:
     Lower than PyTorch's count when the exporter drops solver evaluations that never reach the
     output (the last stage of a one-step solver only updates the velocity, which is not output).
     """
-
     flops = sum(c.flops for c in graph_costs(model, batch, "fp32") if c.op in ("Conv", "MatMul", "Gemm"))
     return flops // (2 * batch)
 

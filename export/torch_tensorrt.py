@@ -93,7 +93,6 @@ def _save(torch_tensorrt, torch, module, path: Path, examples, cfg: TorchTensorR
 
 def compile_torch_tensorrt(src, cfg: TorchTensorRTConfig, out) -> Artifact:
     """Stage: an unrolled (or pruned) model artifact → a `torch-tensorrt` artifact (ExportedProgram) for this GPU."""
-
     check_output_path(out)
     ckpt = load_checkpoint(src, kinds=STAGE_IO["export-torch-tensorrt"].accepts)
     torch_tensorrt = import_torch_tensorrt()

@@ -54,7 +54,6 @@ class CalibrationConfig:
 
 def capture_calibration_set(runner, cfg: CalibrationConfig) -> dict[str, np.ndarray]:
     """The (x_t, t) the denoiser receives at every step while sampling cfg.n_images from seeded noise."""
-
     tc = runner.train_config()
     m = tc.model
     xs, ts = [], []

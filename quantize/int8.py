@@ -122,7 +122,6 @@ class _Validator:
 
 def _sensitivity(model, ranges, scheme, validator: _Validator) -> list[tuple[float, str]]:
     """The ε error of quantizing each layer alone, most harmful first."""
-
     nodes = quantizable_nodes(model, scheme)
     errs = [(validator.error(insert_qdq(model, ranges, scheme, float_nodes=set(nodes) - {n})), n) for n in nodes]
     return sorted(errs, key=lambda e: (-e[0], e[1]))
@@ -136,7 +135,6 @@ def _latency_ms(model, val: dict, batch: int) -> float:
 
 def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, bar=None) -> dict:
     """Try 0, 1, 2, ... most sensitive layers in float; stop two steps after the first that passes."""
-
     sens = _sensitivity(model, ranges, scheme, validator)
     order = [n for _, n in sens]
     tried, passed_at = [], None
@@ -224,7 +222,6 @@ def _validation_set(runner, cfg: QuantizeConfig) -> dict:
 
 def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> float:
     """PSNR of the quantized model's samples against the FP32 model's, from the same seeded noise."""
-
     m = train_cfg.model
     shape, abar = (m.in_channels, m.image_size, m.image_size), alphas_cumprod(train_cfg.diffusion)
     imgs = []
@@ -248,7 +245,6 @@ def _sizes(fp32_path: Path, model) -> dict:
 
 def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
     """The parent of `art` exported at fp16 into tmp (the model `export --precision fp16` ships), or why not."""
-
     parent = art.manifest.get("parent") or {}
     try:
         src = Artifact.load(parent.get("path", ""))
@@ -265,7 +261,6 @@ def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
 def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, cfg: QuantizeConfig,
                   note: str, threads: int = 1) -> dict:
     """FP32, FP16 and INT8 on ONNX Runtime CPU: ε vs FP32 on held-out inputs, size, p50 per call timed in turn."""
-
     models = {"fp32": fp32_path, "fp16": fp16_path, "int8": int8_model}
     sessions = {k: _session(m, threads) for k, m in models.items() if m is not None}
 
@@ -319,7 +314,6 @@ def _check_source(src):
 
 def _calibrate(art, cfg: QuantizeConfig):
     """Calibration and validation sets from the FP32 model's own sampling, and activation ranges."""
-
     with open_runner(art.path, "onnxruntime", threads=1) as r:
         calib = capture_calibration_set(r, cfg.calibration)
         val = _validation_set(r, cfg)

@@ -36,7 +36,6 @@ option = partial(config_option, BenchConfig)
 def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_graphs, threads, sampler_steps,
           sampler, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
     """Benchmark ARTIFACT (and --compare targets) on this machine; also stored in each artifact's metrics.json."""
-
     cfg = BenchConfig(batch=batch, provider=provider, precision=precision, device=device, cuda_graphs=cuda_graphs,
                       threads=threads, sampler_steps=sampler_steps, sampler=sampler, min_iters=min_iters,
                       min_seconds=min_seconds, rounds=rounds)

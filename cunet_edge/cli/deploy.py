@@ -18,7 +18,6 @@ from ._common import config_option
 @config_option(run_remote, "--bench-batch", help="Batch of the remote bench.")
 def deploy(artifact, device, out, host, tarball, accept_new_host_key, bench_batch):
     """Bundle ARTIFACT (an ONNX or INT8 ONNX export) for a board: model, sampler, run.py, build_engine.py."""
-
     if host is not None:
         check_host(host)
     art = deploy_bundle(artifact, DeployConfig(device=device, tarball=tarball), out)

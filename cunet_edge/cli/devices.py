@@ -14,7 +14,6 @@ def devices():
 @JSON_OPTION
 def list_(json_path):
     """A table of every profile (throughput is peak and dense; '-' = no cited source)."""
-
     profiles = [load_profile(name) for name in list_profiles()]
     if json_path != "-":
         click.echo(profile_table(profiles))
@@ -26,7 +25,6 @@ def list_(json_path):
 @JSON_OPTION
 def show(name, json_path):
     """Every field of profile NAME (unknown values are shown as '-')."""
-
     data = load_profile(name).to_dict()
     if json_path != "-":
         width = max(map(len, data))

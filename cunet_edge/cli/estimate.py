@@ -29,7 +29,6 @@ option = partial(config_option, EstimateConfig)
 def estimate(artifact, device, precision, batch, sampler_steps, float_layers, launch_us, top, calibrate, threads,
              json_path):
     """Roofline latency per call and per image of ONNX ARTIFACT on --device (method: devices/README.md)."""
-
     cfg = EstimateConfig(precisions=tuple(precision), batch=batch, sampler_steps=sampler_steps,
                          float_layers=float_layers, launch_us=launch_us, top=top)
     calibrate = calibrate or device == CPU_DEVICE

@@ -14,7 +14,6 @@ from ._common import JSON_OPTION, check_file_output, sampler_options, write_json
 @JSON_OPTION
 def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, runtime, provider, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
-
     cfg = EvaluateConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
                          solver_steps=solver_steps)
     if json_path not in (None, "-"):

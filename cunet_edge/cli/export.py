@@ -32,7 +32,6 @@ BOTH = {"onnx": OnnxExportConfig, "torch-tensorrt": TorchTensorRTConfig}
 def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance, workspace_mb, timing_cache,
            dla_core, json_path):
     """Export ARTIFACT (unrolled model → onnx / torch-tensorrt; onnx → tensorrt engine)."""
-
     check_choice("format", fmt, FORMATS)
     check_output_path(out)
     given = {k: v for k, v in dict(precision=precision, dynamic_batch=dynamic_batch, batch=batch).items()

@@ -11,7 +11,6 @@ from ._common import JSON_OPTION, write_json
 @JSON_OPTION
 def inspect(artifact, json_path):
     """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT."""
-
     info = inspect_artifact(artifact)
     click.echo(
         f"{info['kind']} {info['arch']}: {info['params']:,} params, {info['macs'] / 1e6:.2f} M MACs/call, "

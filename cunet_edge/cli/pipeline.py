@@ -15,7 +15,6 @@ from ._common import JSON_OPTION, write_json
 @JSON_OPTION
 def pipeline(recipe, out, dry_run, search, progress, json_path):
     """Run RECIPE's stages in order into --out, skipping those already done with the same config and inputs."""
-
     if dry_run:
         r = load_recipe(recipe, search=search)
         for i, s in enumerate(r.stages, 1):

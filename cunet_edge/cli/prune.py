@@ -36,7 +36,6 @@ option = partial(config_option, PruneConfig, unset=True)
 def prune(artifact, target_macs, target_params, importance, scope, iterative_steps, importance_batches, ratio_step,
           select, finetune_steps, distill_weight, lr, batch_size, seed, threads, progress, out, json_path):
     """Prune ARTIFACT (a continuous U-Net checkpoint, unrolled or not) and fine-tune it toward its parent."""
-
     options = dict(target_macs=target_macs, target_params=target_params, importance=importance, scope=scope,
                    iterative_steps=iterative_steps, importance_batches=importance_batches, ratio_step=ratio_step,
                    select=select, finetune_steps=finetune_steps, distill_weight=distill_weight, lr=lr,

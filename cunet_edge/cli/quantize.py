@@ -32,7 +32,6 @@ SELECT = {t: QuantizeConfig(target=t).selection for t in ("cpu", "tensorrt")}  #
 def quantize(artifact, target, out, method, percentile, calibration_images, calibration_steps, seed, tolerance,
              max_float_layers, select, json_path):
     """Quantize ARTIFACT (an FP32 ONNX export) to INT8, keeping sensitive layers in float as needed."""
-
     eps_tol, fid_tol = parse_tolerance(tolerance)
     cal = CalibrationConfig(n_images=calibration_images, sampler_steps=calibration_steps, seed=seed, method=method,
                             percentile=percentile)

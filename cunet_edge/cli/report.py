@@ -21,7 +21,6 @@ from ._common import JSON_OPTION, check_file_output, config_option, write_json
 @JSON_OPTION
 def report(run_dir, out, device, samples, seed, measure, threads, replace, json_path):
     """Gather every artifact under RUN_DIR (lineage, metrics, drift per stage) into a report in --out."""
-
     cfg = ReportConfig(devices=tuple(device), measure=measure, samples=samples, seed=seed, threads=threads)
     if json_path not in (None, "-"):
         check_file_output(json_path)

@@ -12,7 +12,6 @@ from ._common import check_file_output, sampler_options
 @click.option("--runtime", help="torch, onnxruntime, tensorrt, torch-tensorrt (default: from the artifact's kind).")
 def sample(artifact, n, sampler, steps, eta, seed, solver, solver_steps, out, runtime):
     """Sample ARTIFACT (a model, or an exported one on its runtime) and save a PNG grid."""
-
     cfg = SampleConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
                        solver_steps=solver_steps)
     check_file_output(out, ".png")

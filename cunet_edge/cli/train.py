@@ -37,7 +37,6 @@ from ._common import JSON_OPTION, config_option, write_json
 def train(dataset, data_root, download, image_size, arch, steps, batch_size, lr, seed, method, solver_steps,
           rtol, atol, adjoint, config_file, threads, procs, progress, out, json_path):
     """Train on a dataset; re-running with the same --out resumes from the last save."""
-
     solver = {"method": method, "steps": solver_steps, "rtol": rtol, "atol": atol, "adjoint": adjoint}
     cfg = train_config_from_options(config_file, dataset=dataset, data_root=data_root, download=download,
                                     image_size=image_size, arch=arch, solver=solver, steps=steps,

@@ -28,7 +28,6 @@ sweep_option = partial(config_option, SweepConfig)
 @JSON_OPTION
 def unroll(checkpoint, method, steps, out, sweep, max_steps, tolerance, fid, fid_n, json_path):
     """Make an `unrolled` artifact from CHECKPOINT (same weights, no torchdiffeq), or --sweep the solvers."""
-
     if sweep:
 
         result = solver_sweep(checkpoint, SweepConfig(max_steps=max_steps, tolerance=tolerance, fid=fid, fid_n=fid_n))

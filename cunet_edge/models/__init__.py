@@ -74,7 +74,6 @@ def __dir__() -> list[str]:
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Parse a model config table, dispatching on its `arch` key (default "cunet")."""
-
     if not isinstance(data, dict):
         raise ConfigError(f"model config: expected a table, got {data!r}")
     arch = data.get("arch", "cunet")

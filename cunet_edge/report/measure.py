@@ -74,7 +74,6 @@ def _sample_keys(members: list[Node], variants: dict[Node, list[dict]]) -> list[
 
 def _measure_one(node: Node, keys, inputs: dict | None, with_eps: bool, cfg) -> dict | None:
     """Run node on its runtime: capture the lineage's inputs if none yet, then its ε and its sample grids."""
-
     runtime = kind_runtime(node.kind)
     try:
         with open_runner(node.art.path, runtime, **_runner_options(runtime, cfg.threads)) as r:
@@ -120,7 +119,6 @@ def measure_lineages(nodes: list[Node], variants: dict[Node, list[dict]], cfg,
 
 def estimate_devices(node: Node, devices: tuple[str, ...]) -> None:
     """Roofline latency per call (batch 1) of an ONNX artifact on each device profile, or why there is none."""
-
     if node.kind not in ONNX_KINDS:
         return  # the estimator reads ONNX graphs; the report says so once, above the table
     for d in devices:
