@@ -19,5 +19,10 @@ if ! python -c "import torch" >/dev/null 2>&1; then
     pip install -q "torch==2.13.0"
   fi
 fi
-pip install -q -e ".[onnx,dev]"
+# Hold torch where it is: a test extra that pulls torchvision must take the build matching this torch,
+# not upgrade torch to the newest (CUDA) release.
+CONSTRAINTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS"' EXIT
+python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$CONSTRAINTS"
+pip install -q -c "$CONSTRAINTS" -e ".[onnx,dev]"
 python -c "import cunet_edge, torch; print('cunet-edge', cunet_edge.__version__, 'torch', torch.__version__)"
