@@ -13,7 +13,12 @@ from .models import profile_model
 __all__ = ["inspect_artifact"]
 
 
-def _solver_summary(model_cfg) -> str:
+def _solver_summary(model_cfg, prof: dict) -> str:
+    if model_cfg.arch == "imported":  # the network's own code: what it solves, if anything, was counted
+        what = f"imported {model_cfg.source} network"
+        if prof.get("ode_blocks"):
+            return f"torchdiffeq inside the {what} ({prof['ode_blocks']} solve(s) per call)"
+        return f"none ({what}, no torchdiffeq solve)"
     solver = getattr(model_cfg, "solver", None)
     if solver is None:
         return "none (discrete U-Net)"
@@ -49,8 +54,9 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         "model": to_dict(m),
         "widths": _pruned_widths(m),
         "solver": to_dict(m.solver) if hasattr(m, "solver") else None,
-        "solver_summary": _solver_summary(m),
+        "solver_summary": _solver_summary(m, prof),
         "diffusion": to_dict(ckpt.config.diffusion),
         "train_step": man.get("train_step"),
+        "import": man.get("import"),
         "signature": man.get("signature"),
     }

@@ -55,6 +55,8 @@ class StageIO:
 STAGE_IO: dict[str, StageIO] = {
     "train": StageIO(makes="checkpoint"),
     "load": StageIO(),  # takes no input stage: the model it names is one of MODEL_KINDS, and it makes that kind
+    # (or, importing a model trained elsewhere, what `import` makes)
+    "import": StageIO(makes="checkpoint"),
     "unroll": StageIO(("checkpoint",), "unrolled"),
     # Pruning keeps the model's form: a checkpoint stays a checkpoint, an unrolled model becomes `pruned`.
     "prune": StageIO(MODEL_KINDS, by_input={"checkpoint": "checkpoint", "unrolled": "pruned", "pruned": "pruned"}),

@@ -82,7 +82,9 @@ class StageDef:
 
 
 def _load_kind(cfg: stages.LoadConfig) -> str:
-    """The kind of the model a `load` stage names (checked when the recipe is planned)."""
+    """The kind of the model a `load` stage names (checked when the recipe is planned); an import makes a checkpoint."""
+    if cfg.imports:
+        return STAGE_IO["import"].produces()
     p = cfg.resolve()
     try:
         art = Artifact.load(p, verify=False)

@@ -7,14 +7,16 @@ inputs in place (bench and evaluate write each input's metrics.json and a result
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .artifact import Artifact, write_json_atomic
 from .benchmark import BenchTarget, bench, format_bench
 from .errors import ConfigError
 from .evaluation import evaluate_checkpoint
 from .export.onnx import export_onnx
+from .importing import SPEC_TABLES, ImportSpec, import_model, load_import_spec, parse_import_spec, spec_fingerprint
 from .kinds import runtime_for
 from .pruning import prune
 from .quantize.int8 import format_side_by_side, quantize_int8
@@ -29,16 +31,49 @@ __all__ = ["LoadConfig", "run_train", "run_load", "run_unroll", "run_prune", "ru
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """An already trained model to start from instead of training: `path` (relative to the working folder)."""
+    """A model to start from instead of training: an artifact of ours (`path`), or a model trained elsewhere,
+    imported (`spec`: an import spec file, or its tables inline: `[stage.network]`, `[stage.weights]`, ...).
+
+    `path`, `spec` and `code_dir` are relative to the working folder; paths inside a spec file to its folder,
+    and paths in inline tables to the working folder. An import is checked whole when the recipe is planned,
+    and `fingerprint` (the hash of the spec and of every file it reads) makes the stage run again when one changes.
+    """
 
     path: str = ""
+    spec: str = ""
+    code_dir: str = ""
+    network: dict[str, Any] | None = None
+    weights: dict[str, Any] | None = None
+    diffusion: dict[str, Any] | None = None
+    image: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    fingerprint: str = field(default="", init=False)
 
     def __post_init__(self):
+        inline = any(getattr(self, k) is not None for k in SPEC_TABLES)
+        if (bool(self.path), bool(self.spec), inline).count(True) != 1:
+            raise ConfigError("load needs one of: path = \"CHECKPOINT_DIR\" (a model artifact), spec = \"IMPORT.toml\" "
+                              "(a model to import), or the import spec's tables ([stage.network], [stage.weights], ...)")
+        if self.code_dir and self.path:
+            raise ConfigError("load: code_dir is for imports (spec or [stage.network]), not for path")
         if not self.path:
-            raise ConfigError("load needs path = \"CHECKPOINT_DIR\"")
+            object.__setattr__(self, "fingerprint", spec_fingerprint(self.import_spec()))
+
+    @property
+    def imports(self) -> bool:
+        return not self.path
 
     def resolve(self) -> Path:
         return Path(self.path).expanduser()
+
+    def import_spec(self) -> ImportSpec:
+        """The import spec this stage names (a file) or holds (inline tables), checked."""
+        if self.spec:
+            spec = load_import_spec(self.spec)
+        else:
+            tables = {k: getattr(self, k) for k in SPEC_TABLES if getattr(self, k) is not None}
+            spec = parse_import_spec(tables, Path.cwd(), where="load stage's import tables")
+        return spec.with_code_dir(self.code_dir) if self.code_dir else spec
 
 
 def _threads(ctx) -> None:
@@ -53,7 +88,13 @@ def run_train(cfg, ctx):
 
 
 def run_load(cfg: LoadConfig, ctx):
-    """The model, verified; a link to it in the run folder makes it part of the run (and of its report)."""
+    """The model, verified; a link to it in the run folder makes it part of the run (and of its report).
+
+    An import writes the imported checkpoint into the run folder itself."""
+    if cfg.imports:
+        art = import_model(cfg.import_spec(), ctx.out)
+        print(f"  imported {art.manifest['import']['network']} ({art.manifest['import']['source']})")
+        return art
     art = Artifact.load(cfg.resolve())
     if ctx.out.is_symlink():
         ctx.out.unlink()

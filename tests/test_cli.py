@@ -180,6 +180,7 @@ def _fields():
     from cunet_edge.export.onnx import OnnxExportConfig
     from cunet_edge.export.tensorrt import EngineConfig
     from cunet_edge.export.torch_tensorrt import TorchTensorRTConfig
+    from cunet_edge.importing import import_model
     from cunet_edge.pruning import PruneConfig
     from cunet_edge.quantize.int8 import QuantizeConfig
     from cunet_edge.report.stage import ReportConfig
@@ -220,6 +221,7 @@ def _fields():
         "estimate": {"precision": [(e, "precisions")], "threads": [(CalibrateConfig(), "threads")],
                      **same(e, "batch", "sampler_steps", "float_layers", "launch_us", "top")},
         "deploy": {"tarball": [(DeployConfig, "tarball")], "bench_batch": [(run_remote, "bench_batch")]},
+        "import": {"code_dir": [(import_model, "code_dir")]},
     }
 
 

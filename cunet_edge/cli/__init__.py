@@ -17,6 +17,7 @@ __all__ = ["main", "COMMANDS"]
 # name -> "module:attr", imported on use so `cunet-edge --help` stays light.
 COMMANDS = {
     "train": "cunet_edge.cli.train:train",
+    "import": "cunet_edge.cli.import_cmd:import_",
     "sample": "cunet_edge.cli.sample:sample",
     "evaluate": "cunet_edge.cli.evaluate:evaluate",
     "inspect": "cunet_edge.cli.inspect:inspect",
@@ -34,6 +35,7 @@ COMMANDS = {
 
 _SUMMARIES = {
     "train": "Train a continuous U-Net (or baseline U-Net) diffusion model.",
+    "import": "Import a model trained elsewhere (own code, diffusers, denoising-diffusion-pytorch) as a checkpoint.",
     "sample": "Draw samples from a checkpoint into a PNG grid.",
     "evaluate": "FID/KID and classifier confidence of a checkpoint's samples.",
     "inspect": "Parameters, MACs per call and solver NFE of an artifact.",

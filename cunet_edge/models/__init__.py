@@ -1,4 +1,4 @@
-"""Models: the continuous U-Net (neural-ODE blocks), the DDPM U-Net baseline, the FID feature classifier.
+"""Models: the continuous U-Net (neural-ODE blocks), the DDPM U-Net baseline, imported networks, the FID classifier.
 
 Importing this package is cheap: the submodules (and torch with them) load on first use of
 a name, and diffusers only when a baseline U-Net is built.
@@ -18,15 +18,18 @@ if TYPE_CHECKING:
     from .baseline import UNetConfig
     from .classifier import Classifier, FeatureExtractor
     from .cunet import CUNetConfig
+    from .imported import ImportedConfig, resolve_module_file
     from .profile import count_nfe, profile_model
     from .solver import SolverConfig
 
-    ModelConfig = CUNetConfig | UNetConfig
+    ModelConfig = CUNetConfig | UNetConfig | ImportedConfig
 
 __all__ = [
     "SolverConfig",
     "CUNetConfig",
     "UNetConfig",
+    "ImportedConfig",
+    "resolve_module_file",
     "ModelConfig",
     "model_config_from_dict",
     "build_model",
@@ -41,6 +44,8 @@ _LAZY = {
     "SolverConfig": "solver:SolverConfig",
     "CUNetConfig": "cunet:CUNetConfig",
     "UNetConfig": "baseline:UNetConfig",
+    "ImportedConfig": "imported:ImportedConfig",
+    "resolve_module_file": "imported:resolve_module_file",
     "profile_model": "profile:profile_model",
     "SelfAttention": "cunet:SelfAttention",
     "LAYER_WIDTHS": "cunet:LAYER_WIDTHS",
@@ -52,6 +57,7 @@ _LAZY = {
 ARCHS = {
     "cunet": ("cunet:CUNetConfig", "cunet:ContinuousUNet"),
     "unet": ("baseline:UNetConfig", "baseline:BaselineUNet"),
+    "imported": ("imported:ImportedConfig", "imported:ImportedDenoiser"),
 }
 
 
@@ -64,7 +70,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return _load(_LAZY[name])
     if name == "ModelConfig":
-        return _load(_LAZY["CUNetConfig"]) | _load(_LAZY["UNetConfig"])
+        return _load(_LAZY["CUNetConfig"]) | _load(_LAZY["UNetConfig"]) | _load(_LAZY["ImportedConfig"])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

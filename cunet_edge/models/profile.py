@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..constants import PROFILE_TIMESTEP
@@ -27,7 +27,9 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     Runs one seeded forward at t = PROFILE_TIMESTEP on a (batch, in_channels, image_size, image_size) input.
     Every ODE-function evaluation the solver makes is counted, so for the continuous U-Net
     the MACs grow with the solver's NFE. MACs = FLOPs // 2 (FlopCounterMode counts a
-    multiply-add as 2 FLOPs; convs, linears and matmuls only).
+    multiply-add as 2 FLOPs; convs, linears and matmuls only). A network without ODE blocks of
+    ours (an imported one) counts the ODE-function evaluations of the torchdiffeq solves it makes, if
+    any; `ode_blocks` is then the number of torchdiffeq solves per call. Without any, NFE is 1.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -39,9 +41,11 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     t = torch.full((batch,), PROFILE_TIMESTEP, dtype=torch.long, device=p.device)
     ode_blocks = getattr(model, "num_ode_blocks", 0)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter, count_nfe(model) as nfe:
+    with torch.no_grad(), counter, count_nfe(model) as nfe, _count_torchdiffeq() as solves:
         model(x, t)
     flops = int(counter.get_total_flops())
+    if not ode_blocks and solves.count:  # an imported network that solves ODEs with torchdiffeq itself
+        ode_blocks, nfe = len(solves.solves), solves
     return {
         "params": count_params(model),
         "macs": flops // 2,
@@ -56,6 +60,33 @@ class NFECounter:
     """ODE-function evaluations counted by `count_nfe` (still readable after its block ends)."""
 
     count: int = 0
+    solves: dict = field(default_factory=dict)  # the torchdiffeq solves seen, by id (_count_torchdiffeq); held, so
+    # that an id is not reused by a later solve while the block is open
+
+
+@contextmanager
+def _count_torchdiffeq() -> Iterator[NFECounter]:
+    """Count every ODE-function evaluation that torchdiffeq makes while the block is open, in any module.
+
+    torchdiffeq's `odeint` wraps the user's function in its `_PerturbFunc` module, one per solve, and
+    calls it once per evaluation: a process-wide forward hook on modules of that class counts them (and
+    the solves, by instance). It is a private class of torchdiffeq: if it is not there, nothing is counted.
+    """
+    import torch
+
+    counter = NFECounter()
+
+    def hook(module, _args, _output) -> None:
+        cls = type(module)
+        if cls.__name__ == "_PerturbFunc" and cls.__module__.startswith("torchdiffeq"):
+            counter.count += 1
+            counter.solves[id(module)] = module
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield counter
+    finally:
+        handle.remove()
 
 
 @contextmanager

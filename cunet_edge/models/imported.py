@@ -1,0 +1,214 @@
+"""A denoiser trained elsewhere: the user's own network code, a diffusers UNet2DModel, or lucidrains' Unet.
+
+`ImportedConfig` records how to rebuild the network (`source` and its arguments); `ImportedDenoiser`
+builds it as `self.net` and calls it as every denoiser of this package is called:
+forward(x (B, C, H, W), t (B,) int64) → a tensor like x (ε, v or x̂0: the checkpoint's
+`diffusion.prediction` says which). `cunet_edge.importing` writes such configs; nothing here reads a
+user's weights.
+
+A `factory` network is the user's module, imported (with `code_dir` put on sys.path) only after the
+sha256 of its file matched the one recorded at import, so a checkpoint never runs other code than
+the code it was imported with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..config import check_choice
+from ..errors import BackendMissingError, ConfigError
+
+__all__ = ["SOURCES", "ImportedConfig", "ImportedDenoiser", "build_network", "resolve_module_file"]
+
+SOURCES = ("factory", "diffusers", "lucidrains")
+_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+
+
+@dataclass(frozen=True)
+class ImportedConfig:
+    """How to rebuild an imported network: its source and arguments, image shape, and what it was imported with.
+
+    - `factory`: `factory = "package.module:callable"` called with `kwargs`; the module is looked up under
+      `code_dir` first (then on sys.path), and its file must still have `code_sha256` (recorded at import).
+    - `lucidrains`: `denoising_diffusion_pytorch.Unet(**kwargs)`.
+    - `diffusers`: `diffusers.UNet2DModel.from_config(kwargs)` (kwargs: the model's whole config.json).
+    """
+
+    arch: Literal["imported"] = "imported"
+    source: str = "factory"
+    factory: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    code_dir: str = ""
+    code_file: str = ""
+    code_sha256: str = ""
+    in_channels: int = 1
+    image_size: int = 16
+    versions: dict[str, str] = field(default_factory=dict)  # package versions at import (provenance only)
+
+    def __post_init__(self):
+        check_choice("arch", self.arch, ["imported"])
+        check_choice("model.source", self.source, SOURCES)
+        if self.source == "factory":
+            if not _FACTORY.match(self.factory):
+                raise ConfigError(f"model.factory must be \"package.module:callable\", got {self.factory!r}")
+            if not re.fullmatch(r"[0-9a-f]{64}", self.code_sha256):
+                raise ConfigError("model.code_sha256 must be the sha256 (64 hex digits) of the factory's module file")
+        elif self.factory or self.code_dir or self.code_file or self.code_sha256:
+            raise ConfigError(f"model.factory/code_dir/code_file/code_sha256 are for source 'factory', not "
+                              f"{self.source!r}")
+        for name in ("in_channels", "image_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+
+
+def resolve_module_file(module: str, code_dir: str = "") -> Path:
+    """The file of `module` (a package's __init__.py), found under code_dir first, then on sys.path, without
+    running any of it (a dotted name's parent packages are found the same way, not imported)."""
+    parts = module.split(".")
+    where = f"under {code_dir} or on sys.path" if code_dir else "on sys.path (PYTHONPATH)"
+    roots = [[code_dir]] if code_dir and Path(code_dir).is_dir() else []
+    for path in roots + [None]:
+        spec, search = None, path
+        for i in range(len(parts)):
+            spec = PathFinder.find_spec(".".join(parts[: i + 1]), search)
+            if spec is None:
+                break
+            search = spec.submodule_search_locations
+            if search is None and i + 1 < len(parts):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is a module, not a package: cannot find {module}")
+        if spec is not None:
+            break
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise ConfigError(f"cannot find module {module!r} of the factory {where}")
+    return Path(spec.origin).resolve()
+
+
+def _factory_callable(cfg: ImportedConfig):
+    """The factory callable, after checking that its module file is the one recorded at import."""
+    module, attr = cfg.factory.split(":")
+    path = resolve_module_file(module, cfg.code_dir)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != cfg.code_sha256:
+        raise ConfigError(f"code file {path} changed since import (sha256 {digest[:12]}…, imported with "
+                          f"{cfg.code_sha256[:12]}…); import the model again to run the new code")
+    loaded = sys.modules.get(module)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() != path:
+        raise ConfigError(f"module {module!r} is already imported in this process from {loaded.__file__}, "
+                          f"not from {path}")
+    if cfg.code_dir and Path(cfg.code_dir).is_dir() and cfg.code_dir not in sys.path:
+        sys.path.insert(0, cfg.code_dir)
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 -- the user's module: any error while importing it is a bad import spec
+        raise ConfigError(f"importing {module} ({path}) failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    fn = getattr(mod, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"module {module} ({path}) has no callable {attr!r}")
+    return fn
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _lucidrains_unet():
+    try:
+        from denoising_diffusion_pytorch import Unet
+    except ImportError:
+        raise BackendMissingError("denoising-diffusion-pytorch", "pip install denoising-diffusion-pytorch") from None
+    except RuntimeError as exc:  # e.g. a torchvision built for another torch (its C++ operators fail to register)
+        raise BackendMissingError("a working denoising-diffusion-pytorch",
+                                  f"importing it failed ({_first_line(exc)}); does its torchvision match torch "
+                                  f"{torch.__version__}?") from None
+    return Unet
+
+
+def _diffusers_unet():
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise BackendMissingError("diffusers", "pip install 'cunet-edge[baseline]'") from None
+    return UNet2DModel
+
+
+def build_network(cfg: ImportedConfig) -> nn.Module:
+    """The user's network as `cfg` describes it, freshly initialised (torch's global RNG); ConfigError if it
+    cannot be built or is not a denoiser of cfg's channels."""
+    kwargs = dict(cfg.kwargs)
+    if cfg.source == "lucidrains":
+        if kwargs.get("self_condition"):
+            raise ConfigError("lucidrains Unet with self_condition=True needs its own previous x̂0 as a second input; "
+                              "self-conditioned models are not supported (train with self_condition=False)")
+        if kwargs.get("learned_variance"):
+            raise ConfigError("lucidrains Unet with learned_variance=True predicts a variance too; "
+                              "only models that predict one tensor like x are supported")
+        what, make = "denoising_diffusion_pytorch.Unet", _lucidrains_unet()
+    elif cfg.source == "diffusers":
+        name = kwargs.get("_class_name", "UNet2DModel")
+        if name != "UNet2DModel":
+            raise ConfigError(f"diffusers model class {name!r} is not supported; import a UNet2DModel "
+                              "(unconditional, as DDPMPipeline saves it)")
+        if kwargs.get("num_class_embeds") is not None or kwargs.get("class_embed_type") is not None:
+            raise ConfigError("class-conditional UNet2DModel (num_class_embeds/class_embed_type) is not supported: "
+                              "the denoiser takes only x and t")
+        what, cls = "diffusers.UNet2DModel", _diffusers_unet()
+
+        def make(**kw):
+            return cls.from_config(kw)
+    else:
+        what, make = cfg.factory, _factory_callable(cfg)
+    try:
+        net = make(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{what} rejected its arguments {kwargs}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 -- the user's (or the package's) constructor: a bad spec, one line
+        raise ConfigError(f"building {what}({kwargs}) failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{what} returned a {type(net).__name__}, not a torch.nn.Module")
+    channels = {"lucidrains": lambda: (net.channels, net.out_dim),
+                "diffusers": lambda: (net.config.in_channels, net.config.out_channels)}.get(cfg.source)
+    if channels is not None:
+        c_in, c_out = channels()
+        if c_in != cfg.in_channels or c_out != cfg.in_channels:
+            raise ConfigError(f"{what} takes {c_in} and returns {c_out} channel(s); the model has {cfg.in_channels}")
+    return net
+
+
+class ImportedDenoiser(nn.Module):
+    """An imported network as a denoiser: forward(x (B,C,H,W), t (B,) int64) → a tensor like x.
+
+    `self.net` is the user's network; its state dict is this module's under the prefix `net.`.
+    """
+
+    def __init__(self, cfg: ImportedConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = build_network(cfg)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # The one place the network runs. Hook for the unroll stage: an imported model unrolled with
+        # (method, steps) runs this call inside `cunet_edge.models.odeint_unroll.unrolled_odeint(method, steps)`.
+        return self._call_net(x, t)
+
+    def _call_net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.cfg.source == "diffusers":
+            return self.net(x, t, return_dict=False)[0]
+        out = self.net(x, t)  # lucidrains Unet: forward(x, time, x_self_cond=None)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        out = getattr(out, "sample", out)
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(f"the imported network returned a {type(out).__name__}, not a tensor")
+        return out

@@ -1,0 +1,471 @@
+"""`import`: models trained by real third-party code (denoising-diffusion-pytorch's Trainer, diffusers, the user's
+own module) become checkpoints whose samples equal the package's own, and every later stage takes them.
+
+Bad specs are one-line errors that leave no output; a pickle holding objects is refused unrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess
+
+from cunet_edge.artifact import Artifact
+from cunet_edge.checkpoint import load_checkpoint
+from cunet_edge.diffusion import alphas_cumprod, sample_ddim
+from cunet_edge.errors import ConfigError
+
+BYOM = Path(__file__).resolve().parent / "byom"
+_TORCHVISION_LIB = []  # keeps the schema library below alive for the whole session
+
+
+def ensure_torchvision() -> None:
+    """Make torchvision importable in this venv (denoising-diffusion-pytorch and torchmetrics' FID import it).
+
+    The venv's torchvision is a CUDA build whose C++ operators cannot load with the CPU torch; importing it
+    then fails on registering fake kernels for `torchvision::nms`/`qnms`, which do not exist. Defining
+    their two schemas first (nothing of torchvision's C++ side is used here) lets it import. Done only
+    when the plain import fails; the Library object must stay alive, so it is kept in _TORCHVISION_LIB.
+    """
+    if "torchvision" in sys.modules or _TORCHVISION_LIB:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TORCHVISION_LIB.append(lib)
+    except ImportError:
+        pass  # not installed: whatever needs it skips
+
+
+def import_lucidrains():
+    """denoising_diffusion_pytorch (skips the test if it is not installed)."""
+    ensure_torchvision()
+    return pytest.importorskip("denoising_diffusion_pytorch")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _import_seconds(proc) -> float:
+    """The import time the CLI's summary line reports."""
+    return float(re.search(r"imported in ([0-9.]+) s", proc.stdout).group(1))
+
+
+def _no_output(out: Path) -> None:
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "a staging folder was left behind"
+
+
+# -- lucidrains' denoising-diffusion-pytorch -------------------------------------------------------------------
+
+LUCIDRAINS_UNET = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "attn_dim_head": 8, "attn_heads": 2}
+LUCIDRAINS_T, LUCIDRAINS_S = 100, 10  # training timesteps; DDIM sampling timesteps
+
+
+@pytest.fixture(scope="module")
+def lucidrains_run(tmp_path_factory):
+    """A tiny Unet in GaussianDiffusion(pred_v, sigmoid) trained 4 steps by the package's own Trainer on PNG digits."""
+    ddp = import_lucidrains()
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("lucidrains")
+    images = _mkdir(root / "images")  # the Trainer wants >= 100 images
+    for i, img in enumerate(load_digits().images[:112]):
+        Image.fromarray((img / 16 * 255).astype(np.uint8)).resize((16, 16), Image.BILINEAR).save(images / f"{i}.png")
+    torch.manual_seed(0)
+    diffusion = ddp.GaussianDiffusion(ddp.Unet(**LUCIDRAINS_UNET), image_size=16, timesteps=LUCIDRAINS_T,
+                                      sampling_timesteps=LUCIDRAINS_S, objective="pred_v", beta_schedule="sigmoid")
+    trainer = ddp.Trainer(diffusion, str(images), train_batch_size=16, train_num_steps=4,
+                          save_and_sample_every=2, num_samples=4, results_folder=str(root / "results"), amp=False,
+                          calculate_fid=False)
+    trainer.train()
+    assert (root / "results" / "model-2.pt").is_file()
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lucidrains_spec(root: Path, name: str = "spec.toml", diffusion: str = "", **weights) -> Path:
+    w = {"file": "results/model-2.pt", "key": "ema", "prefix": "ema_model.model."} | weights
+    unet = ", ".join(f"{k} = {json.dumps(v)}" for k, v in LUCIDRAINS_UNET.items())
+    return _write(root / name, f"[network]\nlucidrains = {{ {unet} }}\n[weights]\n"
+                  + "".join(f"{k} = {json.dumps(v)}\n" for k, v in w.items())
+                  + (f"[diffusion]\n{diffusion}\n" if diffusion else "") + "[image]\nsize = 16\n")
+
+
+@pytest.fixture(scope="module")
+def lucidrains_ckpt(lucidrains_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("imported") / "lucidrains"
+    proc = cli_in_process("import", _lucidrains_spec(lucidrains_run), "--out", out,
+                          "--json", out.parent / "import.json")
+    assert proc.returncode == 0, proc.stderr
+    print(f"lucidrains import: {_import_seconds(proc):.2f} s")
+    return out, proc
+
+
+def test_lucidrains_import_records_what_it_trained_with(lucidrains_run, lucidrains_ckpt):
+    out, proc = lucidrains_ckpt
+    art = Artifact.load(out, kinds=["checkpoint"])
+    rec, cfg = art.manifest["import"], art.config
+    assert art.manifest["stage"] == "import" and rec["source"] == "lucidrains"
+    assert cfg["model"]["arch"] == "imported" and cfg["model"]["kwargs"] == LUCIDRAINS_UNET
+    # The objective from the loss_weight buffer, the betas from the betas buffer: both as trained.
+    assert cfg["diffusion"]["prediction"] == "v" and rec["diffusion_from"]["prediction"] == "checkpoint buffers"
+    trained = torch.load(lucidrains_run / "results" / "model-2.pt", weights_only=True)["ema"]["ema_model.betas"]
+    np.testing.assert_allclose(cfg["diffusion"]["betas"], trained.double().numpy(), rtol=0, atol=0)
+    assert cfg["diffusion"]["timesteps"] == LUCIDRAINS_T and cfg["data"] == {**cfg["data"], "name": "digits",
+                                                                             "image_size": 16}
+    roles = {r["role"]: r for r in rec["inputs"]}
+    assert set(roles) == {"spec", "weights"}
+    assert roles["weights"]["sha256"] == _sha256(lucidrains_run / "results" / "model-2.pt")
+    assert rec["weights"] | {"tensors": 0} == {"file": str(lucidrains_run / "results" / "model-2.pt"), "key": "ema",
+                                               "prefix": "ema_model.model.", "tensors": 0, "missing": [],
+                                               "unexpected": [], "wrong_shape": []}
+    assert "denoising-diffusion-pytorch" in rec["versions"] and rec["source_step"] == 4
+    j = json.loads((out.parent / "import.json").read_text())
+    assert j["seconds"] == pytest.approx(_import_seconds(proc), abs=0.01) and j["params"] == rec["params"]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_lucidrains_samples_equal_the_packages_own(lucidrains_run, lucidrains_ckpt):
+    """Our DDIM on the imported checkpoint = GaussianDiffusion.ddim_sample from the same starting noise."""
+    ddp = import_lucidrains()
+    state = torch.load(lucidrains_run / "results" / "model-2.pt", weights_only=True)["ema"]
+    theirs_model = ddp.GaussianDiffusion(ddp.Unet(**LUCIDRAINS_UNET), image_size=16, timesteps=LUCIDRAINS_T,
+                                         sampling_timesteps=LUCIDRAINS_S, objective="pred_v", beta_schedule="sigmoid")
+    theirs_model.load_state_dict({k[len("ema_model."):]: v for k, v in state.items() if k.startswith("ema_model.")})
+    theirs_model.eval()
+    torch.manual_seed(7)
+    theirs = theirs_model.ddim_sample((6, 1, 16, 16))  # in [0, 1]: the package unnormalizes
+    torch.manual_seed(7)
+    x = torch.randn(6, 1, 16, 16)  # ddim_sample's first draw
+
+    ckpt = load_checkpoint(lucidrains_ckpt[0])
+    d = ckpt.config.diffusion
+    times = torch.linspace(-1, LUCIDRAINS_T - 1, steps=LUCIDRAINS_S + 1).int().tolist()
+    ts = np.array([t for t in reversed(times) if t >= 0])
+    with torch.no_grad():
+        ours = sample_ddim(ckpt.model, x, alphas_cumprod(d), ts, clip=d.clip_range, prediction=d.prediction)
+    err = float(((ours + 1) / 2 - theirs).abs().max())
+    print(f"lucidrains DDIM x{LUCIDRAINS_S}: max |ours - theirs| = {err:.2e}")
+    assert err <= 1e-4
+    assert float(theirs.std()) > 0.05  # a real image batch, not a constant
+
+
+def test_lucidrains_spec_must_agree_with_the_checkpoint(lucidrains_run, tmp_path):
+    spec = _lucidrains_spec(lucidrains_run, "eps.toml", diffusion='prediction = "epsilon"')
+    proc = cli_in_process("import", spec, "--out", tmp_path / "o")
+    assert_one_line_error(proc, "diffusion.prediction 'epsilon' contradicts the checkpoint buffers ('v')")
+    spec = _lucidrains_spec(lucidrains_run, "cos.toml", diffusion=f'schedule = "cosine"\ntimesteps = {LUCIDRAINS_T}')
+    assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o"),
+                          "the [diffusion] schedule's betas differ from the checkpoint buffers's")
+    _no_output(tmp_path / "o")
+    # Saying what it trained with is accepted, and then kept as the named schedule.
+    spec = _lucidrains_spec(lucidrains_run, "same.toml",
+                            diffusion=f'schedule = "sigmoid"\ntimesteps = {LUCIDRAINS_T}\nprediction = "v"')
+    assert cli_in_process("import", spec, "--out", tmp_path / "o").returncode == 0
+    assert Artifact.load(tmp_path / "o").config["diffusion"]["schedule"] == "sigmoid"
+
+
+def test_lucidrains_later_stages(lucidrains_ckpt, tmp_path):
+    out = lucidrains_ckpt[0]
+    proc = cli_in_process("sample", out, "--n", 4, "--steps", 5, "--out", tmp_path / "s.png")
+    assert proc.returncode == 0 and (tmp_path / "s.png").is_file(), proc.stderr
+    proc = cli_in_process("inspect", out, "--json", tmp_path / "i.json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert info["arch"] == "imported" and info["macs"] > 0 and info["nfe_per_call"] == 1
+    assert "imported lucidrains network" in info["solver_summary"]
+    proc = cli_in_process("bench", out, "--runtime", "torch", "--min-iters", 2, "--min-seconds", 0.01, "--rounds", 1,
+                          "--sampler-steps", 2, "--json", tmp_path / "b.json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert row["runtime"] == "torch" and row["p50_ms"] > 0 and row["params"] == info["params"]
+
+
+def test_self_conditioned_lucidrains_unet_is_refused(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    spec = _write(tmp_path / "s.toml", '[network]\nlucidrains = { dim = 8, channels = 1, self_condition = true }\n'
+                                       '[weights]\nfile = "w.pt"\n[image]\nsize = 16\n')
+    assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o"), "self_condition=True")
+    _no_output(tmp_path / "o")
+
+
+# -- diffusers -----------------------------------------------------------------------------------------------------
+
+DIFFUSERS_CASES = {  # scheduler settings → what they become
+    "cosine-v": ({"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}, "cosine", "v"),
+    "sigmoid-eps": ({"beta_schedule": "sigmoid", "beta_end": 0.03}, "explicit", "epsilon"),
+    "scaled-x0": ({"beta_schedule": "scaled_linear", "beta_end": 0.012, "prediction_type": "sample"},
+                  "scaled_linear", "sample"),
+}
+
+
+def _diffusers_pipeline(folder: Path, scheduler: dict):
+    """A tiny UNet2DModel and a DDPMScheduler saved as DDPMPipeline saves them (unet/, scheduler/)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    with torch.no_grad():  # diffusers zero-initialises nothing we rely on, but make the output clearly non-trivial
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, **scheduler)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(str(folder))
+    return unet.eval(), sched
+
+
+@pytest.mark.parametrize("case", list(DIFFUSERS_CASES))
+def test_diffusers_samples_equal_ddim_scheduler(case, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    settings, schedule, prediction = DIFFUSERS_CASES[case]
+    unet, sched = _diffusers_pipeline(tmp_path / "ddpm", settings)
+    spec = _write(tmp_path / "spec.toml", '[network]\ndiffusers = "ddpm/unet"\n')
+    proc = cli_in_process("import", spec, "--out", tmp_path / "m")
+    assert proc.returncode == 0, proc.stderr
+    print(f"diffusers import ({case}): {_import_seconds(proc):.2f} s")
+    art = Artifact.load(tmp_path / "m")
+    rec = art.manifest["import"]
+    assert {r["role"] for r in rec["inputs"]} == {"spec", "weights", "unet_config", "scheduler_config"}
+    assert rec["diffusion_from"]["prediction"] == "scheduler_config"
+    ckpt = load_checkpoint(art)
+    d = ckpt.config.diffusion
+    assert (d.schedule, d.prediction, d.timesteps, d.clip_denoised) == (schedule, prediction, 1000, True)
+    np.testing.assert_allclose(alphas_cumprod(d), sched.alphas_cumprod.double().numpy(), rtol=1e-5, atol=1e-7)
+
+    # DDIMScheduler knows no "sigmoid" beta_schedule: it gets the DDPMScheduler's betas as trained_betas
+    extra = {"trained_betas": sched.betas.numpy().tolist()} if settings["beta_schedule"] == "sigmoid" else {}
+    ddim = diffusers.DDIMScheduler.from_config(sched.config, **extra)
+    ddim.set_timesteps(10)
+    x0 = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    theirs = x0.clone()
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            # use_clipped_model_output: ε re-derived from the clipped x̂0, as DDIM (and our sampler) does
+            theirs = ddim.step(unet(theirs, t).sample, t, theirs, eta=0.0, use_clipped_model_output=True).prev_sample
+        ours = sample_ddim(ckpt.model, x0.clone(), alphas_cumprod(d), ddim.timesteps.numpy(), clip=d.clip_range,
+                           prediction=d.prediction)
+    err = float((ours - theirs).abs().max())
+    print(f"diffusers ({case}) DDIM x10: max |ours - theirs| = {err:.2e}")
+    assert err <= 1e-4 and float(theirs.std()) > 0.05
+
+
+def test_diffusers_unsupported_scheduler_settings_are_refused(tmp_path):
+    _diffusers_pipeline(tmp_path / "ddpm", {})
+    path = tmp_path / "ddpm" / "scheduler" / "scheduler_config.json"
+    base = json.loads(path.read_text())
+    spec = _write(tmp_path / "spec.toml", '[network]\ndiffusers = "ddpm/unet"\n')
+    for change, match in (({"thresholding": True}, "thresholding"),
+                          ({"prediction_type": "flow"}, "prediction_type 'flow' is not supported"),
+                          ({"beta_schedule": "quadratic"}, "beta_schedule 'quadratic' is not supported"),
+                          ({"variance_type": "learned_range"}, "learned variance")):
+        path.write_text(json.dumps(base | change))
+        assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o"), match)
+        _no_output(tmp_path / "o")
+
+
+# -- the user's own code (a factory) -------------------------------------------------------------------------------
+
+
+def _plainnet_weights(path: Path, **kwargs) -> Path:
+    sys.path.insert(0, str(BYOM))
+    try:
+        import plainnet
+    finally:
+        sys.path.remove(str(BYOM))
+    torch.manual_seed(0)
+    torch.save(plainnet.build(**kwargs).state_dict(), path)
+    return path
+
+
+def _factory_spec(folder: Path, factory="plainnet:build", kwargs="{ width = 8 }", weights="w.pt", extra="") -> Path:
+    return _write(folder / "spec.toml", f'[network]\nfactory = "{factory}"\nkwargs = {kwargs}\n'
+                  f'[weights]\nfile = "{weights}"\n[image]\nsize = 8\nchannels = 1\n{extra}')
+
+
+def test_factory_import_and_later_stages(tmp_path):
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    spec = _factory_spec(tmp_path, extra='[diffusion]\nschedule = "cosine"\ntimesteps = 200\n')
+    proc = cli_in_process("import", spec, "--out", tmp_path / "m", "--code-dir", BYOM)
+    assert proc.returncode == 0, proc.stderr
+    print(f"factory import: {_import_seconds(proc):.2f} s")
+    art = Artifact.load(tmp_path / "m")
+    m, rec = art.config["model"], art.manifest["import"]
+    assert m["factory"] == "plainnet:build" and m["code_dir"] == str(BYOM)
+    assert m["code_sha256"] == _sha256(BYOM / "plainnet.py")
+    assert {r["role"]: r["path"] for r in rec["inputs"]}["code"] == str(BYOM / "plainnet.py")
+    assert art.config["diffusion"]["schedule"] == "cosine" and rec["diffusion_from"]["prediction"] == "default"
+    # The weights are the file's, exactly.
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    ckpt = load_checkpoint(art)
+    for k, v in state.items():
+        assert torch.equal(ckpt.model.net.state_dict()[k], v)
+
+    assert cli_in_process("sample", art.path, "--n", 4, "--steps", 3, "--out", tmp_path / "s.png").returncode == 0
+    proc = cli_in_process("inspect", art.path)
+    assert proc.returncode == 0 and "imported" in proc.stdout and "NFE/call 1" in proc.stdout
+    proc = cli_in_process("bench", art.path, "--runtime", "torch", "--min-iters", 2, "--min-seconds", 0.01,
+                          "--rounds", 1, "--sampler-steps", 2)
+    assert proc.returncode == 0, proc.stderr
+    ensure_torchvision()  # torchmetrics' FID imports it
+    proc = cli_in_process("evaluate", art.path, "--n", 16, "--steps", 2, "--json", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr
+    assert np.isfinite(json.loads((tmp_path / "e.json").read_text())["fid"])
+
+
+def test_changed_factory_code_is_refused(tmp_path):
+    code = _mkdir(tmp_path / "code")
+    shutil.copy(BYOM / "plainnet.py", code / "plainnet_edited.py")
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    spec = _factory_spec(tmp_path, factory="plainnet_edited:build")
+    assert cli_in_process("import", spec, "--out", tmp_path / "m", "--code-dir", code).returncode == 0
+    load_checkpoint(tmp_path / "m")  # builds: the code is as imported
+    with (code / "plainnet_edited.py").open("a") as fh:
+        fh.write("\nprint('this line was added after the import')\n")
+    with pytest.raises(ConfigError, match=r"code file .*plainnet_edited.py changed since import"):
+        load_checkpoint(tmp_path / "m")
+    assert_one_line_error(cli_in_process("sample", tmp_path / "m", "--n", 2, "--out", tmp_path / "s.png"),
+                          "changed since import")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_pickled_objects_are_refused_unrun(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    torch.save({"inp.weight": torch.zeros(8, 1, 3, 3), "payload": Payload()}, tmp_path / "evil.pt")
+    spec = _factory_spec(tmp_path, weights="evil.pt")
+    proc = cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM)
+    assert_one_line_error(proc, "holds Python objects, not only tensors; it was refused without being run")
+    assert not marker.exists()
+    _no_output(tmp_path / "o")
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # what a plain unpickle would have done
+    assert marker.is_dir()
+
+
+@pytest.mark.parametrize("spec_args, match", [
+    ({"factory": "nosuchmodule:build"}, "cannot find module 'nosuchmodule'"),
+    ({"factory": "plainnet:nope"}, "has no callable 'nope'"),
+    ({"factory": "plainnet"}, 'network.factory must be "package.module:callable"'),
+    ({"kwargs": "{ depth = 3 }"}, "plainnet:build rejected its arguments {'depth': 3}"),
+    ({"kwargs": "{ width = 16 }"}, ("the weights do not fit the network (6 tensors for 6): 5 of the wrong shape "
+                                    "(inp.weight: (8, 1, 3, 3) in the file, (16, 1, 3, 3) in the network, ...)")),
+    ({"weights": "missing.pt"}, "the weights do not fit the network (5 tensors for 6): 1 missing (out.bias)"),
+    ({"weights": "extra.pt"}, "1 unexpected (head.weight)"),
+    ({"weights": "no.pt"}, "weights.file"),
+    ({"weights": "text.pt"}, "is not a torch state-dict file that loads without running code"),
+    ({"weights": "w.safetensors"}, "is not readable safetensors"),
+    ({"extra": '[diffusion]\nschedule = "quadratic"\n'}, "diffusion.schedule 'quadratic' is not one of"),
+    ({"extra": '[diffusion]\nprediction = "score"\n'}, "diffusion.prediction 'score' is not one of"),
+    ({"extra": '[diffusion]\ntimesteps = "many"\n'}, "diffusion.timesteps: expected an integer"),
+    ({"extra": '[weights2]\nfile = "w.pt"\n'}, "unknown table [weights2]"),
+    ({"extra": '[data]\nname = "imagenet"\n'}, "dataset 'imagenet' is not one of"),
+    ({"extra": '[data]\nname = "cifar10"\n'}, "dataset cifar10 has 3 channel(s), the model 1"),
+])
+def test_bad_specs_are_one_line_errors_without_output(spec_args, match, tmp_path):
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "out.bias"}, tmp_path / "missing.pt")
+    torch.save(state | {"head.weight": torch.zeros(2)}, tmp_path / "extra.pt")
+    (tmp_path / "text.pt").write_text("not weights\n")
+    (tmp_path / "w.safetensors").write_bytes(b"\x00" * 7)
+    spec = _factory_spec(tmp_path, **spec_args)
+    assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM), match)
+    _no_output(tmp_path / "o")
+
+
+def test_unknown_keys_and_key_paths_are_named(tmp_path):
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    torch.save({"ema": torch.load(tmp_path / "w.pt", weights_only=True), "step": 3}, tmp_path / "nested.pt")
+    cases = [
+        ('[network]\nfactory = "plainnet:build"\nwidth = 8\n', "unknown config key network.width for NetworkSpec"),
+        ('[network]\nfactory = "plainnet:build"\n[weights]\nfile = "w.pt"\nkeyy = "ema"\n[image]\nsize = 8\n'
+         + 'channels = 1\n', "unknown config key weights.keyy for WeightsSpec; valid keys: file, key, prefix"),
+        ('[network]\nfactory = "plainnet:build"\nlucidrains = { dim = 8 }\n',
+         "[network] needs exactly one of factory, diffusers, lucidrains; got factory, lucidrains"),
+        ('[network]\nfactory = "plainnet:build"\nkwargs = { width = 8 }\n[weights]\nfile = "nested.pt"\n'
+         + 'key = "emma"\n[image]\nsize = 8\nchannels = 1\n', "weights.key 'emma': no key 'emma' (there: ema, step)"),
+        ('[network]\nfactory = "plainnet:build"\nkwargs = { width = 8 }\n[weights]\nfile = "nested.pt"\n'
+         + 'key = "ema"\nprefix = "model."\n[image]\nsize = 8\nchannels = 1\n',
+         "no tensor key starts with weights.prefix 'model.' (keys there start with: inp., time., out.)"),
+        ('[network]\nfactory = "plainnet:build"\n[weights]\nfile = "w.pt"\n[image]\nsize = 8\n',
+         "a factory network needs [image] size and channels"),
+    ]
+    for text, match in cases:
+        spec = _write(tmp_path / "spec.toml", text)
+        assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM), match)
+        _no_output(tmp_path / "o")
+    # The nested checkpoint with the right key path imports, and its step is kept.
+    spec = _write(tmp_path / "spec.toml", cases[3][0].replace('"emma"', '"ema"'))
+    assert cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM).returncode == 0
+    assert Artifact.load(tmp_path / "o").manifest["train_step"] == 3
+
+
+def test_import_error_through_the_real_entry_point(tmp_path):
+    spec = _write(tmp_path / "spec.toml", '[network]\nfactory = "plainnet:build"\n[weights]\nfile = "w.pt"\n')
+    proc = cli_subprocess("import", spec, "--out", tmp_path / "o")
+    assert_one_line_error(proc, "weights.file")
+    _no_output(tmp_path / "o")
+
+
+# -- the pipeline's load stage -------------------------------------------------------------------------------------
+
+
+def test_pipeline_load_stage_imports(tmp_path, monkeypatch):
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    _factory_spec(tmp_path)
+    recipe = _write(tmp_path / "r.toml", f'[[stage]]\nstage = "load"\nname = "model"\nspec = "spec.toml"\n'
+                                         f'code_dir = "{BYOM}"\n'
+                                         '[[stage]]\nstage = "bench"\nname = "bench"\nmin_iters = 2\n'
+                                         'min_seconds = 0.01\nrounds = 1\nimage_reps = 1\nsampler_steps = 2\n')
+    monkeypatch.chdir(tmp_path)
+    proc = cli_in_process("pipeline", recipe, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    art = Artifact.load(tmp_path / "run" / "model", kinds=["checkpoint"])
+    assert art.manifest["stage"] == "import" and not (tmp_path / "run" / "model").is_symlink()
+    assert "skipped" in cli_in_process("pipeline", recipe, "--out", tmp_path / "run").stdout
+    # New weights: the stage's fingerprint changes, so it runs again.
+    _plainnet_weights(tmp_path / "w.pt", width=8, channels=1)
+    torch.save({k: v + 1 for k, v in torch.load(tmp_path / "w.pt", weights_only=True).items()}, tmp_path / "w.pt")
+    proc = cli_in_process("pipeline", recipe, "--out", tmp_path / "run")
+    assert "model (load): running" in proc.stdout
+    assert Artifact.load(tmp_path / "run" / "model").manifest["id"] != art.manifest["id"]
+    # The same tables inline; a bad one is refused when the recipe is planned.
+    inline = _write(tmp_path / "inline.toml", f'[[stage]]\nstage = "load"\n[stage.network]\nfactory = "plainnet:build"\n'
+                    f'code_dir = "{BYOM}"\nkwargs = {{ width = 8 }}\n[stage.weights]\nfile = "w.pt"\n'
+                    '[stage.image]\nsize = 8\nchannels = 1\n[stage.diffusion]\nprediction = "score"\n')
+    assert_one_line_error(cli_in_process("pipeline", inline, "--out", tmp_path / "run2"),
+                          "diffusion.prediction 'score' is not one of")
+    assert not (tmp_path / "run2").exists()
+    inline.write_text(inline.read_text().replace('prediction = "score"', 'prediction = "v"'))
+    assert cli_in_process("pipeline", inline, "--out", tmp_path / "run2").returncode == 0
+    assert Artifact.load(tmp_path / "run2" / "load").config["diffusion"]["prediction"] == "v"
