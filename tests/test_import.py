@@ -469,3 +469,19 @@ def test_pipeline_load_stage_imports(tmp_path, monkeypatch):
     inline.write_text(inline.read_text().replace('prediction = "score"', 'prediction = "v"'))
     assert cli_in_process("pipeline", inline, "--out", tmp_path / "run2").returncode == 0
     assert Artifact.load(tmp_path / "run2" / "load").config["diffusion"]["prediction"] == "v"
+
+
+def test_half_precision_runs_code_that_makes_float32_tensors(tmp_path):
+    """plainnet (like lucidrains' Unet) builds its timestep embedding in float32: cast to fp16 as the torch runner
+    casts, the bare network fails; the imported model runs it under autocast, close to float32."""
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    assert cli_in_process("import", _factory_spec(tmp_path), "--out", tmp_path / "m", "--code-dir", BYOM).returncode == 0
+    model = load_checkpoint(tmp_path / "m").model
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 50])
+    with torch.no_grad():
+        full = model(x, t)
+        model.half()
+        with pytest.raises(RuntimeError, match="same dtype"):
+            model.net(x.half(), t)
+        half = model(x.half(), t)
+    assert half.dtype == torch.float16 and float((half.float() - full).abs().max()) < 1e-2

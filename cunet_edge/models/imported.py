@@ -203,6 +203,15 @@ class ImportedDenoiser(nn.Module):
         return self._call_net(x, t)
 
     def _call_net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            # A half-precision model (the torch runner's fp16): the user's code may build float32 tensors of its
+            # own (timestep embeddings, as lucidrains' Unet does) that a half-precision layer then refuses;
+            # autocast runs each op in x's dtype whatever its inputs are.
+            with torch.autocast(device_type=x.device.type, dtype=x.dtype):
+                return self._output(x, t).to(x.dtype)
+        return self._output(x, t)
+
+    def _output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.cfg.source == "diffusers":
             return self.net(x, t, return_dict=False)[0]
         out = self.net(x, t)  # lucidrains Unet: forward(x, time, x_self_cond=None)
