@@ -149,7 +149,7 @@ def example_feed(runner, batch: int, seed: int = 0) -> dict:
     return {"x": rng.standard_normal(shape).astype(sig["x"]["dtype"]), "t": np.full((batch,), PROFILE_TIMESTEP, dtype=np.int64)}
 
 
-def image_call(runner, cfg: BenchConfig, abar, shape):
+def image_call(runner, cfg: BenchConfig, diffusion, shape):
     """One image (or one static batch) through the numpy sampler with `sampler_steps` network calls."""
     import numpy as np
 
@@ -157,11 +157,12 @@ def image_call(runner, cfg: BenchConfig, abar, shape):
     b = runner.static_batch() or 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, *shape), dtype=np.float32)
+    abar = alphas_cumprod(diffusion)
     eps, ts = runner.eps_fn(), sampling_timesteps(len(abar), cfg.sampler_steps)
 
     def run():
-        SAMPLERS[cfg.sampler](eps, x.copy(), abar, ts,
-                              noise=lambda s: rng.standard_normal(s, dtype=np.float32))
+        SAMPLERS[cfg.sampler](eps, x.copy(), abar, ts, noise=lambda s: rng.standard_normal(s, dtype=np.float32),
+                              **diffusion.sampler_options())
         runner.synchronize()
 
     return run, b
@@ -205,7 +206,7 @@ def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], li
         calls.append((r.bind(example_feed(r, cfg.batch)), measure))
         tc = r.train_config()
         shape = tuple(r.signature["inputs"]["x"]["shape"][1:])
-        images.append(image_call(r, cfg, alphas_cumprod(tc.diffusion), shape))
+        images.append(image_call(r, cfg, tc.diffusion, shape))
     per_call: list[list[float]] = [[] for _ in runners]
     per_image: list[list[float]] = [[] for _ in runners]
     for k in range(cfg.rounds):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .artifact import write_atomic
+from .compat import ensure_torchvision_imports
 from .config import check_choice
 from .errors import BackendMissingError, ConfigError, DatasetError
 
@@ -143,6 +144,7 @@ def _load_digits(size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def _load_torchvision(name: str, root: Path, size: int, download: bool) -> dict:
     """Official train/test splits of a torchvision dataset, resized to `size`."""
+    ensure_torchvision_imports()
     try:
         import torchvision.datasets as tvd
     except ImportError:

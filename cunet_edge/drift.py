@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .data import load_images
-from .diffusion import alphas_cumprod, q_sample, sample
+from .diffusion import alphas_cumprod, q_sample, sample, to_model_range
 
 __all__ = ["rel_err", "psnr", "error_by_timestep", "schedule_inputs", "draw_samples", "torch_drift"]
 
@@ -52,7 +52,7 @@ def schedule_inputs(train_cfg, n: int, seed: int):
 
     x0, _ = load_images(train_cfg.data, "test")
     g = torch.Generator().manual_seed(seed)
-    x0 = x0[torch.randperm(x0.shape[0], generator=g)[:n]]
+    x0 = to_model_range(x0[torch.randperm(x0.shape[0], generator=g)[:n]], train_cfg.diffusion.data_range)
     T = train_cfg.diffusion.timesteps
     t = torch.as_tensor(np.round(np.linspace(0, T - 1, x0.shape[0])).astype(np.int64))
     abar = torch.tensor(alphas_cumprod(train_cfg.diffusion), dtype=torch.float32)

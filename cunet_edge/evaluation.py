@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from . import models
 from .artifact import Artifact, write_atomic
 from .checkpoint import read_train_config
+from .compat import ensure_torchvision_imports
 from .config import to_dict
 from .data import DataConfig, load_images, num_classes
 from .errors import ConfigError, DatasetError, OutputPathError
@@ -222,6 +223,7 @@ def fid_kid(
     from each set; its sampling is seeded, so the same inputs give the same numbers.
     """
     import torch
+    ensure_torchvision_imports()  # torchmetrics imports torchvision when it is installed
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 

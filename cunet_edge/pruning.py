@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import check_choice, check_positive, to_dict
 from .constants import PROFILE_TIMESTEP
 from .data import load_images
-from .diffusion import alphas_cumprod, diffusion_loss, q_sample
+from .diffusion import alphas_cumprod, diffusion_loss, q_sample, to_model_range, training_target
 from .drift import rel_err, schedule_inputs, torch_drift
 from .errors import ConfigError, import_backend
 from .kinds import STAGE_IO
@@ -169,15 +169,18 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> 
 
 
     device = next(model.parameters()).device
-    abar = torch.tensor(alphas_cumprod(train_cfg.diffusion), dtype=torch.float32)
+    diffusion = train_cfg.diffusion
+    abar = torch.tensor(alphas_cumprod(diffusion), dtype=torch.float32)
     T, n = abar.shape[0], cfg.batch_size
     g = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     model.zero_grad(set_to_none=True)
     for _ in range(cfg.importance_batches):
         x0 = images[torch.randint(0, images.shape[0], (n,), generator=g)].to(device)
+        x0 = to_model_range(x0, diffusion.data_range)
         t = ((torch.arange(n) + torch.rand(n, generator=g)) * T / n).long().clamp(max=T - 1).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
-        loss = torch.nn.functional.mse_loss(model(q_sample(x0, t, noise, abar), t), noise)
+        x_t = q_sample(x0, t, noise, abar)
+        loss = torch.nn.functional.mse_loss(model(x_t, t), training_target(diffusion.prediction, x0, noise, abar[t]))
         loss.backward()
     for p in model.parameters():  # unreached by the loss (one Euler step never reads the ODE function): no importance
         if p.grad is None:
@@ -256,7 +259,8 @@ def _finetune(model, teacher, images, train_cfg, cfg: PruneConfig, steps: int, r
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=train_cfg.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    loss_fn = functools.partial(diffusion_loss, teacher=teacher, distill_weight=cfg.distill_weight)
+    loss_fn = functools.partial(diffusion_loss, prediction=train_cfg.diffusion.prediction, teacher=teacher,
+                                distill_weight=cfg.distill_weight)
     label = "finetune" if cfg.iterative_steps == 1 else f"finetune {round_}/{cfg.iterative_steps}"
     last = fit(ft, model, opt, ema, images, loss_fn=loss_fn, progress=progress, label=label)
     return ema, last

@@ -10,7 +10,7 @@ from .artifact import Artifact
 from .checkpoint import load_checkpoint, with_solver
 from .config import check_choice, check_positive
 from .data import save_image_grid
-from .diffusion import SAMPLERS, alphas_cumprod, sample, sampling_timesteps
+from .diffusion import SAMPLERS, alphas_cumprod, from_model_range, sample, sampling_timesteps
 from .errors import ConfigError
 from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
@@ -106,8 +106,9 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
                 return np.concatenate([z, np.zeros((s[0] - b, *s[1:]), np.float32)]) if s[0] > b else z
 
             x = numpy_sampler.SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, ts, noise=draw,
-                                      clip=tc.diffusion.clip_denoised, **kwargs)
-            out.append(torch.from_numpy(np.clip(x[:b], -1, 1)))
+                                                    **tc.diffusion.sampler_options(), **kwargs)
+            x = from_model_range(x[:b], tc.diffusion.data_range)
+            out.append(torch.from_numpy(np.clip(x, -1, 1)))
             bar.update(task, advance=b)
     return torch.cat(out)
 

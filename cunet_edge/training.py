@@ -7,6 +7,7 @@ resumed from its own checkpoint draws exactly the batches and noise it would hav
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -17,7 +18,7 @@ from .artifact import Artifact, check_output_path
 from .checkpoint import TrainConfig, load_train_state, save_checkpoint, train_config_from_dict
 from .config import to_dict
 from .data import image_channels, load_images
-from .diffusion import alphas_cumprod, diffusion_loss, sample
+from .diffusion import alphas_cumprod, diffusion_loss, sample, to_model_range
 from .errors import ArtifactError, ConfigError
 from .kinds import STAGE_IO
 from .models import build_model
@@ -174,7 +175,7 @@ def fit(cfg: TrainConfig, model, opt, ema: dict, images, *, start: int = 0, dist
     import torch
 
     d = dist or _Dist(device=str(images.device))
-    loss_fn = loss_fn or diffusion_loss
+    loss_fn = loss_fn or functools.partial(diffusion_loss, prediction=cfg.diffusion.prediction)
     abar = torch.tensor(alphas_cumprod(cfg.diffusion), dtype=torch.float32)
     per_rank = cfg.batch_size // d.world
     loss = float("nan")
@@ -184,6 +185,7 @@ def fit(cfg: TrainConfig, model, opt, ema: dict, images, *, start: int = 0, dist
         for step in range(start, cfg.steps):
             g = _step_generator(cfg.seed, d.rank, step)
             x0 = images[torch.randint(0, images.shape[0], (per_rank,), generator=g).to(d.device)]
+            x0 = to_model_range(x0, cfg.diffusion.data_range)
             loss = _optimizer_step(cfg, net or model, model, opt, x0, abar, g, step, loss_fn)
             # Ramp the decay up ((1+k)/(10+k)) so the early, poor weights fade fast in short runs:
             # a plain running mean up to the horizon kept them and raised FID 3x on digits.

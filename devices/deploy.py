@@ -158,6 +158,7 @@ def _bundle_json(art: Artifact, profile, precision: str, shape, static, diffusio
         "tolerance_metric": "||eps - eps_ref|| / ||eps_ref|| vs ONNX Runtime CPU at deploy time",
         "image_shape": shape, "static_batch": static, "batch": art.manifest.get("batch", 1),
         "clip_denoised": bool(diffusion.clip_denoised), "timesteps": diffusion.timesteps,
+        "prediction": diffusion.prediction, "data_range": list(diffusion.data_range),
         "schedule": {"file": "schedule.npy", "what": "alphas_cumprod (float64)", "kind": diffusion.schedule},
         "signature": art.manifest["signature"], "solver": art.manifest.get(SOLVER),
         "model_cost": art.manifest.get("model_cost"), "source_id": art.manifest.get("id"),

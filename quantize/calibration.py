@@ -66,7 +66,7 @@ def capture_calibration_set(runner, cfg: CalibrationConfig) -> dict[str, np.ndar
 
     sample(eps, cfg.n_images, (m.in_channels, m.image_size, m.image_size), alphas_cumprod(tc.diffusion),
            sampler=cfg.sampler, steps=cfg.sampler_steps, seed=cfg.seed, batch_size=cfg.n_images,
-           clip=tc.diffusion.clip_denoised)
+           **tc.diffusion.sampler_options(), data_range=tc.diffusion.data_range)
     return {"x": np.concatenate(xs), "t": np.concatenate(ts)}
 
 

@@ -227,7 +227,8 @@ def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> 
     imgs = []
     for sess in (_session(fp32_path), _session(model)):
         imgs.append(sample(lambda x, t, s=sess: s.run(["eps"], {"x": x, "t": t})[0], n, shape, abar, steps=steps,
-                           seed=0, batch_size=n))
+                           seed=0, batch_size=n, **train_cfg.diffusion.sampler_options(),
+                           data_range=train_cfg.diffusion.data_range))
     return psnr(imgs[1], imgs[0])
 
 

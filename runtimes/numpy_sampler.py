@@ -4,7 +4,7 @@ This file imports nothing but numpy and the standard library: deployment bundles
 is beside a runner that needs no torch. It is the numpy twin of the torch samplers in
 `cunet_edge.diffusion`: the same functions under the same names, with the same arguments in
 the same order, schedule arrays in (as k-diffusion's `sample_*`):
-`sample_ddim(model, x, abar, timesteps, *, eta, noise, clip, callback)`, with
+`sample_ddim(model, x, abar, timesteps, *, eta, noise, clip, callback, prediction)`, with
 `timesteps = sampling_timesteps(len(abar), steps)` computed once by the caller. The
 arithmetic is the same (float32 images, float64 schedule coefficients), so with the same
 denoiser and the same noise both draw the same images; tests/test_samplers.py pins that.
@@ -18,7 +18,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["sampling_timesteps", "sample_ddpm", "sample_ddim", "SAMPLERS", "sample"]
+__all__ = ["sampling_timesteps", "model_output_to_eps_x0", "sample_ddpm", "sample_ddim", "SAMPLERS", "sample"]
+
+PREDICTIONS = ("epsilon", "v", "sample")
 
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 NoiseFn = Callable[[tuple], np.ndarray]  # noise(shape) -> a standard normal array of that shape
@@ -45,12 +47,31 @@ def _check_timesteps(timesteps, T: int) -> list:
     return [int(t) for t in ts]
 
 
-def _predict_x0(model: EpsFn, x, t: int, a_t: float, clip: bool):
+def model_output_to_eps_x0(out, x, a_t: float, prediction: str):
+    """(ε̂, x̂0) from the network's output at x_t with ᾱ_t = a_t, for each prediction type."""
+    if prediction == "epsilon":
+        return out, (x - math.sqrt(1 - a_t) * out) / math.sqrt(a_t)
+    if prediction == "v":
+        return math.sqrt(1 - a_t) * x + math.sqrt(a_t) * out, math.sqrt(a_t) * x - math.sqrt(1 - a_t) * out
+    if prediction == "sample":
+        return (x - math.sqrt(a_t) * out) / math.sqrt(1 - a_t), out
+    raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+
+
+def _clip_range(clip):
+    """`clip` as the samplers take it (False, True = [−1, 1], or (lo, hi)) → (lo, hi) or None."""
+    if clip is True:
+        return (-1.0, 1.0)
+    return tuple(clip) if clip else None
+
+
+def _predict_x0(model: EpsFn, x, t: int, a_t: float, clip, prediction: str):
     """One denoiser call at timestep t: (ε̂, x̂0), x̂0 clipped and ε̂ made consistent with it."""
-    eps = np.asarray(model(x, np.full((x.shape[0],), t, dtype=np.int64)), dtype=np.float32)
-    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-    if clip:
-        x0 = np.clip(x0, -1, 1)
+    out = np.asarray(model(x, np.full((x.shape[0],), t, dtype=np.int64)), dtype=np.float32)
+    eps, x0 = model_output_to_eps_x0(out, x, a_t, prediction)
+    bounds = _clip_range(clip)
+    if bounds is not None:
+        x0 = np.clip(x0, *bounds)
         eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
     return eps, x0
 
@@ -66,13 +87,14 @@ def _default_noise(x) -> NoiseFn:
 
 
 def sample_ddpm(model: EpsFn, x: np.ndarray, abar: np.ndarray, timesteps, *, eta: float = 1.0,
-                noise: Optional[NoiseFn] = None, clip: bool = True, callback=None) -> np.ndarray:
+                noise: Optional[NoiseFn] = None, clip=True, callback=None, prediction: str = "epsilon") -> np.ndarray:
     """DDPM ancestral sampling on the given timesteps (respaced betas 1 − ᾱ_t / ᾱ_s).
 
-    `model(x, t)` predicts ε (any callable on arrays); `abar` is ᾱ_0..ᾱ_{T−1} (a bundle's
+    `model(x, t)` predicts ε, v or x0 (`prediction`; any callable on arrays); `abar` is ᾱ_0..ᾱ_{T−1} (a bundle's
     schedule.npy) and `timesteps` is `sampling_timesteps(len(abar), steps)`, both computed once
     by the caller. `noise(shape)` draws each step's standard normal noise (default: a numpy
-    generator seeded 0); `clip` clips x̂0 to [−1, 1]; `callback(i, t, x)` sees x after step i.
+    generator seeded 0); `clip` clips x̂0 to [−1, 1] (True), to (lo, hi), or not (False);
+    `callback(i, t, x)` sees x after step i.
     `eta` is accepted for the shared signature and must be 1: DDPM is DDIM with η = 1.
     """
     if eta != 1.0:
@@ -83,7 +105,7 @@ def sample_ddpm(model: EpsFn, x: np.ndarray, abar: np.ndarray, timesteps, *, eta
         a_t = float(abar[t])
         a_s = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         beta = 1.0 - a_t / a_s
-        _, x0 = _predict_x0(model, x, t, a_t, clip)
+        _, x0 = _predict_x0(model, x, t, a_t, clip, prediction)
         x = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x
         if i + 1 < len(ts):
             x = x + math.sqrt(beta * (1 - a_s) / (1 - a_t)) * _draw(noise, x)
@@ -93,7 +115,7 @@ def sample_ddpm(model: EpsFn, x: np.ndarray, abar: np.ndarray, timesteps, *, eta
 
 
 def sample_ddim(model: EpsFn, x: np.ndarray, abar: np.ndarray, timesteps, *, eta: float = 0.0,
-                noise: Optional[NoiseFn] = None, clip: bool = True, callback=None) -> np.ndarray:
+                noise: Optional[NoiseFn] = None, clip=True, callback=None, prediction: str = "epsilon") -> np.ndarray:
     """DDIM sampling on the given timesteps; η = 0 is deterministic (only the starting noise matters).
 
     Song et al. 2021; η = 1 is DDPM-like. The arguments are those of `sample_ddpm`.
@@ -105,7 +127,7 @@ def sample_ddim(model: EpsFn, x: np.ndarray, abar: np.ndarray, timesteps, *, eta
     for i, t in enumerate(ts):
         a_t = float(abar[t])
         a_s = float(abar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        eps, x0 = _predict_x0(model, x, t, a_t, clip)
+        eps, x0 = _predict_x0(model, x, t, a_t, clip, prediction)
         sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
         x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
         if sigma > 0:
@@ -119,11 +141,13 @@ SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
 
 
 def sample(model: EpsFn, n: int, shape: tuple, abar: np.ndarray, *, sampler: str = "ddim", steps: int = 50,
-           eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, clip: bool = True) -> np.ndarray:
+           eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, clip=True,
+           prediction: str = "epsilon", data_range=(-1.0, 1.0)) -> np.ndarray:
     """Draw n images in [−1, 1] with a named sampler from seeded Gaussian noise, in batches of `batch_size`.
 
     The starting and per-step noise come from one numpy generator seeded `seed`. Unlike the
-    torch twin, which takes the config, this takes the schedule a bundle ships (and `clip`).
+    torch twin, which takes the config, this takes the schedule a bundle ships (and `clip`, the
+    prediction type, and the network's data range, which the images are mapped back from).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
@@ -135,6 +159,8 @@ def sample(model: EpsFn, n: int, shape: tuple, abar: np.ndarray, *, sampler: str
         b = min(batch_size, n - start)
         x = rng.standard_normal((b, *shape), dtype=np.float32)
         x = SAMPLERS[sampler](model, x, abar, ts, noise=lambda s: rng.standard_normal(s, dtype=np.float32),
-                              clip=clip, **kwargs)
+                              clip=clip, prediction=prediction, **kwargs)
+        if tuple(data_range) == (0.0, 1.0):
+            x = x * 2 - 1
         out.append(np.clip(x, -1, 1))
     return np.concatenate(out)

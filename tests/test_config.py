@@ -59,3 +59,12 @@ def test_config_files(tmp_path):
     badjson.write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config_file(badjson)
+
+
+def test_fixed_length_tuples_convert_item_by_item():
+    """tuple[float, float] fields (DiffusionConfig.data_range) take a two-item list; each item is checked."""
+    assert from_dict(DiffusionConfig, {"data_range": [0, 1]}).data_range == (0.0, 1.0)
+    with pytest.raises(ConfigError, match=r"data_range: expected 2 items, got 1"):
+        from_dict(DiffusionConfig, {"data_range": [0]})
+    with pytest.raises(ConfigError, match=r"data_range\[1\]: expected a number, got 'one'"):
+        from_dict(DiffusionConfig, {"data_range": [0, "one"]})

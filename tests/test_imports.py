@@ -96,3 +96,12 @@ def test_project_imports_sit_at_module_top():
     assert len(sources) > 60
     inside = [hit for p in sources for hit in _function_level_project_imports(p)]
     assert not inside, inside
+
+
+def test_torchvision_and_torchmetrics_import_after_the_compat_guard():
+    """PyPI's torchvision is a CUDA build; beside CPU torch `import torchvision` (so torchmetrics) fails unless
+    cunet_edge.compat defines the two op schemas it needs. In a fresh interpreter, as a user's process starts."""
+    code = ("from cunet_edge.compat import ensure_torchvision_imports as e; e(); e(); "
+            "import torchmetrics.image.fid, torchvision.transforms, torchvision.utils; print('imported')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "imported", res.stderr[-2000:]

@@ -49,14 +49,14 @@ def noise_sources(seed):
             lambda s: torch.from_numpy(b.standard_normal(s, dtype=np.float32)))
 
 
-def run_both(name, steps, *, eta=None, schedule="linear", clip=True, seed=0):
+def run_both(name, steps, *, eta=None, schedule="linear", clip=True, seed=0, prediction="epsilon"):
     """Run the torch and the numpy sampler `name` alike; return their images and (i, t, x) callback traces."""
     cfg = pt.DiffusionConfig(timesteps=T, schedule=schedule)
     abar, ts = pt.alphas_cumprod(cfg), pt.sampling_timesteps(cfg, steps)
     np.testing.assert_array_equal(ts, nps.sampling_timesteps(len(abar), steps))
     x = np.random.default_rng(100 + seed).standard_normal(SHAPE, dtype=np.float32)
     n_np, n_pt = noise_sources(seed)
-    kwargs = {} if eta is None else {"eta": eta}
+    kwargs = ({} if eta is None else {"eta": eta}) | {"prediction": prediction}
     tr_np, tr_pt = [], []
     out_np = nps.SAMPLERS[name](eps_np, x.copy(), abar, ts, noise=n_np, clip=clip,
                                 callback=lambda i, t, x: tr_np.append((i, t, x.copy())), **kwargs)
@@ -90,6 +90,16 @@ def test_torch_and_numpy_samplers_draw_the_same_images(name, eta, steps):
 def test_twins_agree_on_either_schedule_with_or_without_clipping(name, eta, schedule, clip):
     out_np, out_pt, _, _ = run_both(name, 20, eta=eta, schedule=schedule, clip=clip, seed=1)
     np.testing.assert_allclose(out_np, out_pt.numpy(), rtol=0, atol=1e-5 if not clip else 1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["v", "sample"])
+@pytest.mark.parametrize("clip", [(0.0, 1.0), False])
+@pytest.mark.parametrize("name,eta", [("ddim", 0.0), ("ddim", 0.3), ("ddpm", 1.0)])
+def test_twins_agree_for_v_and_x0_prediction_and_a_clip_range(name, eta, prediction, clip):
+    """The same network output read as v or as x0 (not ε), with x̂0 clipped to [0, 1] or not."""
+    out_np, out_pt, _, _ = run_both(name, 20, eta=eta, schedule="cosine", clip=clip, seed=2, prediction=prediction)
+    np.testing.assert_allclose(out_np, out_pt.numpy(), rtol=0, atol=1e-5)
+    assert np.abs(out_np).max() > 0.1
 
 
 @pytest.mark.parametrize("name,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 1.0)])
@@ -126,7 +136,8 @@ def test_the_twins_mirror_each_other_function_by_function(name):
     assert a.__doc__.splitlines()[0] == b.__doc__.splitlines()[0]
     if name.startswith("sample_"):
         assert _params(a) == _params(b)
-        assert [p[0] for p in _params(a)] == ["model", "x", "abar", "timesteps", "eta", "noise", "clip", "callback"]
+        assert [p[0] for p in _params(a)] == ["model", "x", "abar", "timesteps", "eta", "noise", "clip", "callback",
+                                              "prediction"]
     assert set(nps.__all__) <= set(pt.__all__) and list(pt.SAMPLERS) == list(nps.SAMPLERS)
     assert {k: v.__name__ for k, v in pt.SAMPLERS.items()} == {k: v.__name__ for k, v in nps.SAMPLERS.items()}
 

@@ -13,12 +13,14 @@ The coefficients are torchdiffeq's, under its names: its `rk4` is Kutta's **3/8 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["TABLEAUS", "UNROLLABLE", "nfe_per_step", "integrate_unrolled"]
+__all__ = ["NODES", "TABLEAUS", "UNROLLABLE", "integrate_unrolled", "nfe_per_step"]
 
-# method -> (a: stage rows of the Butcher matrix, b: weights). c is unused: the fields are
-# autonomous in ODE time (they see the diffusion timestep through the embedding instead).
+# method -> (a: stage rows of the Butcher matrix, b: weights). Our continuous U-Net's fields are
+# autonomous in ODE time (they see the diffusion timestep through the embedding instead), so
+# `integrate_unrolled` needs no nodes; `models.odeint_unroll` feeds time-dependent fields f(s, x)
+# the stage times s0 + c_i·ds from NODES.
 TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
     "euler": (((),), (1.0,)),
     "midpoint": (((), (0.5,)), (0.0, 1.0)),
@@ -27,6 +29,15 @@ TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
     "rk4": (((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)), (0.125, 0.375, 0.375, 0.125)),
 }
 UNROLLABLE = tuple(TABLEAUS)
+# method -> c: the stage nodes, c_i = Σ_j a_ij, written out with torchdiffeq's constants (a row sum
+# would give rk4's 2/3 one ulp off); torchdiffeq evaluates stage i at t0 + c_i·dt (rk4's last at t1).
+NODES: dict[str, tuple[float, ...]] = {
+    "euler": (0.0,),
+    "midpoint": (0.0, 0.5),
+    "heun2": (0.0, 1.0),
+    "heun3": (0.0, 1 / 3, 2 / 3),
+    "rk4": (0.0, 1 / 3, 2 / 3, 1.0),
+}
 
 
 def nfe_per_step(method: str) -> int:

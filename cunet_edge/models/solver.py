@@ -15,7 +15,7 @@ from ..config import check_positive
 from ..errors import ConfigError
 from .explicit import UNROLLABLE
 
-__all__ = ["SolverConfig", "solver_methods", "UniformGrid"]
+__all__ = ["SolverConfig", "UniformGrid", "solver_methods"]
 
 # scipy_solver round-trips through numpy and detaches the state, so training through it
 # would silently give no gradients to the ODE blocks: leave it out of the valid methods.
@@ -35,7 +35,11 @@ def solver_methods() -> list[str]:
 
 
 class UniformGrid:
-    """Grid constructor for torchdiffeq fixed-grid solvers: `steps` equal steps over [t0, t1].
+    """Grid constructor for torchdiffeq fixed-grid solvers: `steps` equal steps on each interval of t.
+
+    Over t = [t0, t1] that is `steps` equal steps over [t0, t1]; with more output times every
+    interval [t_k, t_k+1] gets its own `steps` (the grid of `models.odeint_unroll`), and each t_k is
+    a grid point exactly, so torchdiffeq never interpolates between steps.
 
     torchdiffeq's own ``step_size`` option builds its grid with ``ceil(T / step_size + 1)``,
     which rounds up for some step counts (e.g. 49 in float64, 61 in float32) and adds a
@@ -49,8 +53,9 @@ class UniformGrid:
         import torch
 
         # Tensor arithmetic, not .item(): no device sync, and the grid ends exactly at t[-1].
-        frac = torch.linspace(0.0, 1.0, self.steps + 1, dtype=t.dtype, device=t.device)
-        return t[0] + (t[-1] - t[0]) * frac
+        frac = torch.linspace(0.0, 1.0, self.steps + 1, dtype=t.dtype, device=t.device)[:-1]
+        inner = t[:-1, None] + (t[1:] - t[:-1])[:, None] * frac
+        return torch.cat([inner.reshape(-1), t[-1:]])
 
     def __repr__(self) -> str:
         return f"UniformGrid({self.steps})"

@@ -252,6 +252,12 @@ def load_sampler():
     return sampler
 
 
+def sampler_options(bundle):
+    """clip and prediction for the sampler steps, from bundle.json (older bundles without them: ε, [-1, 1])."""
+    clip = tuple(bundle.get("data_range", (-1.0, 1.0))) if bundle["clip_denoised"] else False
+    return {"clip": clip, "prediction": bundle.get("prediction", "epsilon")}
+
+
 def cmd_sample(args, bundle):
     sampler = load_sampler()
     abar = np.load(here("schedule.npy"))
@@ -261,7 +267,7 @@ def cmd_sample(args, bundle):
         t0 = time.perf_counter()
         images = sampler.sample(eps, args.n, tuple(bundle["image_shape"]), abar, sampler=args.sampler,
                                 steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch,
-                                clip=bundle["clip_denoised"])
+                                data_range=bundle.get("data_range", (-1.0, 1.0)), **sampler_options(bundle))
         seconds = time.perf_counter() - t0
     finally:
         backend.close()
@@ -433,7 +439,7 @@ def one_image_ms(backend, bundle, args):
     ts = sampler.sampling_timesteps(len(abar), args.steps)
     sampler.SAMPLERS[args.sampler](backend, x, abar, ts,
                                    noise=lambda s: rng.standard_normal(s).astype(np.float32),
-                                   clip=bundle["clip_denoised"])
+                                   **sampler_options(bundle))
     return (time.perf_counter() - t0) * 1e3
 
 
