@@ -34,13 +34,12 @@ from .artifact import Artifact, check_output_path
 from .checkpoint import TrainConfig, save_checkpoint
 from .config import check_choice, from_dict, load_config_file, to_dict
 from .data import DataConfig, image_channels
-from .diffusion import SCHEDULES, DiffusionConfig, make_betas
+from .diffusion import PREDICTIONS, SCHEDULES, DiffusionConfig, make_betas
 from .errors import ConfigError
 from .kinds import STAGE_IO
 from .models import build_model
 
 __all__ = [
-    "PREDICTIONS",
     "SPEC_TABLES",
     "DiffusionSpec",
     "ImageSpec",
@@ -57,7 +56,6 @@ __all__ = [
 
 SPEC_TABLES = ("network", "weights", "diffusion", "image", "data")
 SOURCES = ("factory", "diffusers", "lucidrains")  # the keys of [network]: the sources of models.ImportedConfig
-PREDICTIONS = ("epsilon", "v", "sample")
 STAGE = "import"
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _LUCIDRAINS_OBJECTIVES = {"pred_noise": "epsilon", "pred_v": "v", "pred_x0": "sample"}

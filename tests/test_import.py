@@ -20,39 +20,20 @@ from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess
 
 from cunet_edge.artifact import Artifact
 from cunet_edge.checkpoint import load_checkpoint
+from cunet_edge.compat import ensure_torchvision_imports
 from cunet_edge.diffusion import alphas_cumprod, sample_ddim
 from cunet_edge.errors import ConfigError
 
 BYOM = Path(__file__).resolve().parent / "byom"
-_TORCHVISION_LIB = []  # keeps the schema library below alive for the whole session
-
-
-def ensure_torchvision() -> None:
-    """Make torchvision importable in this venv (denoising-diffusion-pytorch and torchmetrics' FID import it).
-
-    The venv's torchvision is a CUDA build whose C++ operators cannot load with the CPU torch; importing it
-    then fails on registering fake kernels for `torchvision::nms`/`qnms`, which do not exist. Defining
-    their two schemas first (nothing of torchvision's C++ side is used here) lets it import. Done only
-    when the plain import fails; the Library object must stay alive, so it is kept in _TORCHVISION_LIB.
-    """
-    if "torchvision" in sys.modules or _TORCHVISION_LIB:
-        return
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TORCHVISION_LIB.append(lib)
-    except ImportError:
-        pass  # not installed: whatever needs it skips
 
 
 def import_lucidrains():
-    """denoising_diffusion_pytorch (skips the test if it is not installed)."""
-    ensure_torchvision()
+    """denoising_diffusion_pytorch (skips the test if it is not installed).
+
+    It imports torchvision, which in this venv is a CUDA build beside the CPU torch: cunet_edge.compat's
+    guard lets it import, as the library itself does before building a lucidrains Unet.
+    """
+    ensure_torchvision_imports()
     return pytest.importorskip("denoising_diffusion_pytorch")
 
 
@@ -228,6 +209,7 @@ DIFFUSERS_CASES = {  # scheduler settings → what they become
 
 def _diffusers_pipeline(folder: Path, scheduler: dict):
     """A tiny UNet2DModel and a DDPMScheduler saved as DDPMPipeline saves them (unet/, scheduler/)."""
+    ensure_torchvision_imports()  # diffusers imports torchvision (a CUDA build beside the CPU torch here)
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
@@ -243,9 +225,9 @@ def _diffusers_pipeline(folder: Path, scheduler: dict):
 
 @pytest.mark.parametrize("case", list(DIFFUSERS_CASES))
 def test_diffusers_samples_equal_ddim_scheduler(case, tmp_path):
-    diffusers = pytest.importorskip("diffusers")
     settings, schedule, prediction = DIFFUSERS_CASES[case]
     unet, sched = _diffusers_pipeline(tmp_path / "ddpm", settings)
+    import diffusers
     spec = _write(tmp_path / "spec.toml", '[network]\ndiffusers = "ddpm/unet"\n')
     proc = cli_in_process("import", spec, "--out", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr
@@ -309,31 +291,53 @@ def _factory_spec(folder: Path, factory="plainnet:build", kwargs="{ width = 8 }"
                   f'[weights]\nfile = "{weights}"\n[image]\nsize = 8\nchannels = 1\n{extra}')
 
 
+def _odeunet(path: Path, **kwargs):
+    """tests/byom/odeunet.py's model (torchdiffeq inside: rk4, adjoint dopri5, rk4 at three output times), saved."""
+    sys.path.insert(0, str(BYOM))
+    try:
+        import odeunet
+    finally:
+        sys.path.remove(str(BYOM))
+    torch.manual_seed(0)
+    net = odeunet.build(**kwargs)
+    torch.save(net.state_dict(), path)
+    return net.eval()
+
+
 def test_factory_import_and_later_stages(tmp_path):
-    _plainnet_weights(tmp_path / "w.pt", width=8)
-    spec = _factory_spec(tmp_path, extra='[diffusion]\nschedule = "cosine"\ntimesteps = 200\n')
+    net = _odeunet(tmp_path / "w.pt", image_size=8, width=8, emb_dim=16)
+    spec = _factory_spec(tmp_path, factory="odeunet:build", kwargs="{ image_size = 8, width = 8, emb_dim = 16 }",
+                         extra='[diffusion]\nschedule = "cosine"\ntimesteps = 200\n')
     proc = cli_in_process("import", spec, "--out", tmp_path / "m", "--code-dir", BYOM)
     assert proc.returncode == 0, proc.stderr
-    print(f"factory import: {_import_seconds(proc):.2f} s")
+    print(f"factory (odeunet) import: {_import_seconds(proc):.2f} s")
     art = Artifact.load(tmp_path / "m")
     m, rec = art.config["model"], art.manifest["import"]
-    assert m["factory"] == "plainnet:build" and m["code_dir"] == str(BYOM)
-    assert m["code_sha256"] == _sha256(BYOM / "plainnet.py")
-    assert {r["role"]: r["path"] for r in rec["inputs"]}["code"] == str(BYOM / "plainnet.py")
+    assert m["factory"] == "odeunet:build" and m["code_dir"] == str(BYOM)
+    assert m["code_sha256"] == _sha256(BYOM / "odeunet.py")
+    assert {r["role"]: r["path"] for r in rec["inputs"]}["code"] == str(BYOM / "odeunet.py")
     assert art.config["diffusion"]["schedule"] == "cosine" and rec["diffusion_from"]["prediction"] == "default"
-    # The weights are the file's, exactly.
-    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    # The weights are the file's, exactly, and the network computes what the user's own does.
     ckpt = load_checkpoint(art)
-    for k, v in state.items():
+    for k, v in torch.load(tmp_path / "w.pt", weights_only=True).items():
         assert torch.equal(ckpt.model.net.state_dict()[k], v)
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([5, 150])
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x, t), net(x, t))
 
     assert cli_in_process("sample", art.path, "--n", 4, "--steps", 3, "--out", tmp_path / "s.png").returncode == 0
-    proc = cli_in_process("inspect", art.path)
-    assert proc.returncode == 0 and "imported" in proc.stdout and "NFE/call 1" in proc.stdout
+    proc = cli_in_process("inspect", art.path, "--json", tmp_path / "i.json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "i.json").read_text())
+    net.reset_nfe()
+    with torch.no_grad():
+        net(x[:1], t[:1])
+    # the torchdiffeq evaluations inside the user's network, as its own counter sees them (dopri5 included)
+    assert info["nfe_per_call"] == net.nfe > 1 and info["ode_blocks"] == 3
+    assert "torchdiffeq inside the imported factory network (3 solve(s) per call)" in proc.stdout
     proc = cli_in_process("bench", art.path, "--runtime", "torch", "--min-iters", 2, "--min-seconds", 0.01,
                           "--rounds", 1, "--sampler-steps", 2)
     assert proc.returncode == 0, proc.stderr
-    ensure_torchvision()  # torchmetrics' FID imports it
     proc = cli_in_process("evaluate", art.path, "--n", 16, "--steps", 2, "--json", tmp_path / "e.json")
     assert proc.returncode == 0, proc.stderr
     assert np.isfinite(json.loads((tmp_path / "e.json").read_text())["fid"])

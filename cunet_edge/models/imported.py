@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..compat import ensure_torchvision_imports
 from ..config import check_choice
 from ..errors import BackendMissingError, ConfigError
 
@@ -124,18 +125,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _lucidrains_unet():
+    ensure_torchvision_imports()  # the package imports torchvision, which may be a CUDA build beside a CPU torch
     try:
         from denoising_diffusion_pytorch import Unet
     except ImportError:
         raise BackendMissingError("denoising-diffusion-pytorch", "pip install denoising-diffusion-pytorch") from None
-    except RuntimeError as exc:  # e.g. a torchvision built for another torch (its C++ operators fail to register)
-        raise BackendMissingError("a working denoising-diffusion-pytorch",
-                                  f"importing it failed ({_first_line(exc)}); does its torchvision match torch "
-                                  f"{torch.__version__}?") from None
     return Unet
 
 
 def _diffusers_unet():
+    ensure_torchvision_imports()  # diffusers imports torchvision when it is installed
     try:
         from diffusers import UNet2DModel
     except ImportError:

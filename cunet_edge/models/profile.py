@@ -71,14 +71,19 @@ def _count_torchdiffeq() -> Iterator[NFECounter]:
     torchdiffeq's `odeint` wraps the user's function in its `_PerturbFunc` module, one per solve, and
     calls it once per evaluation: a process-wide forward hook on modules of that class counts them (and
     the solves, by instance). It is a private class of torchdiffeq: if it is not there, nothing is counted.
+    Under `odeint_unroll.unrolled_odeint` no torchdiffeq solver runs, so nothing is counted either.
     """
     import torch
 
     counter = NFECounter()
 
-    def hook(module, _args, _output) -> None:
+    def perturb(module) -> bool:
         cls = type(module)
-        if cls.__name__ == "_PerturbFunc" and cls.__module__.startswith("torchdiffeq"):
+        return cls.__name__ == "_PerturbFunc" and cls.__module__.startswith("torchdiffeq")
+
+    def hook(module, _args, _output) -> None:
+        # odeint_adjoint wraps the function twice (its own check, then odeint's): count the innermost wrapper only
+        if perturb(module) and not perturb(getattr(module, "base_func", None)):
             counter.count += 1
             counter.solves[id(module)] = module
 
