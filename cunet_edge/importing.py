@@ -582,16 +582,20 @@ def _resolve_diffusion(spec: ImportSpec, node: Any) -> tuple[DiffusionConfig, di
     origin = {k: label for k in source}
     merged = dict(source)
     if any(k in mine for k in _SCHEDULE_KEYS) and "schedule" in source:
-        theirs, ours = _betas_of(source), _betas_of(mine)
+        try:
+            theirs, ours = _betas_of(source), _betas_of(mine)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.where}: {exc}") from None
         if theirs.shape != ours.shape:
-            raise ConfigError(f"{spec.where}: [diffusion] gives {ours.size} timesteps, the {label} {theirs.size}")
+            raise ConfigError(f"{spec.where}: [diffusion] gives {ours.size} timesteps, against {theirs.size} in the {label}")
         rel = np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-12)
         if rel.max() > 1e-4:
             t = int(rel.argmax())
-            raise ConfigError(f"{spec.where}: the [diffusion] schedule's betas differ from the {label}'s (at t={t}: "
-                              f"{ours[t]:.6g} vs {theirs[t]:.6g}); leave the schedule out to use the {label}'s")
+            raise ConfigError(f"{spec.where}: the [diffusion] schedule's betas differ from those of the {label} (at "
+                              f"t={t}: {ours[t]:.6g} vs {theirs[t]:.6g}); leave the schedule out to use theirs")
         for k in _SCHEDULE_KEYS:
             merged.pop(k, None)
+            origin.pop(k, None)
     if "prediction" in mine and "prediction" in source and mine["prediction"] != source["prediction"]:
         raise ConfigError(f"{spec.where}: diffusion.prediction {mine['prediction']!r} contradicts the {label} "
                           f"({source['prediction']!r})")
@@ -606,9 +610,8 @@ def _resolve_diffusion(spec: ImportSpec, node: Any) -> tuple[DiffusionConfig, di
         cfg = from_dict(DiffusionConfig, merged, "diffusion")
     except ConfigError as exc:
         raise ConfigError(f"{spec.where}: {exc}") from None
-    defaults = {f.name for f in dataclasses.fields(DiffusionConfig)} - set(merged)
-    origin.update({k: "default" for k in defaults})
-    origin.pop("betas", None) if cfg.schedule != "explicit" else None
+    unset = {f.name for f in dataclasses.fields(DiffusionConfig)} - set(merged)
+    origin.update({k: "default" for k in unset if k != "betas"})  # betas only mean something when explicit
     return cfg, dict(sorted(origin.items()))
 
 

@@ -164,7 +164,7 @@ def test_lucidrains_spec_must_agree_with_the_checkpoint(lucidrains_run, tmp_path
     assert_one_line_error(proc, "diffusion.prediction 'epsilon' contradicts the checkpoint buffers ('v')")
     spec = _lucidrains_spec(lucidrains_run, "cos.toml", diffusion=f'schedule = "cosine"\ntimesteps = {LUCIDRAINS_T}')
     assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o"),
-                          "the [diffusion] schedule's betas differ from the checkpoint buffers's")
+                          "the [diffusion] schedule's betas differ from those of the checkpoint buffers")
     _no_output(tmp_path / "o")
     # Saying what it trained with is accepted, and then kept as the named schedule.
     spec = _lucidrains_spec(lucidrains_run, "same.toml",
@@ -187,6 +187,29 @@ def test_lucidrains_later_stages(lucidrains_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert row["runtime"] == "torch" and row["p50_ms"] > 0 and row["params"] == info["params"]
+
+
+@pytest.mark.parametrize("objective, min_snr, prediction", [
+    ("pred_noise", False, "epsilon"), ("pred_x0", False, "sample"), ("pred_v", True, None)])
+def test_lucidrains_objective_from_loss_weight(objective, min_snr, prediction, tmp_path):
+    """A GaussianDiffusion state dict (the Trainer's "model" entry: Unet under "model.", buffers beside it)."""
+    ddp = import_lucidrains()
+    torch.manual_seed(0)
+    diffusion = ddp.GaussianDiffusion(ddp.Unet(**LUCIDRAINS_UNET), image_size=16, timesteps=50, objective=objective,
+                                      beta_schedule="cosine", min_snr_loss_weight=min_snr)
+    torch.save({"model": diffusion.state_dict()}, tmp_path / "model.pt")
+    spec = _lucidrains_spec(tmp_path, file="model.pt", key="model", prefix="model.")
+    proc = cli_in_process("import", spec, "--out", tmp_path / "o")
+    if prediction is None:  # min-SNR weighting hides the objective: the spec must say it
+        assert_one_line_error(proc, "cannot tell the prediction type (loss_weight matches no objective without "
+                                    "min-SNR weighting): set [diffusion] prediction")
+        _no_output(tmp_path / "o")
+        spec = _lucidrains_spec(tmp_path, file="model.pt", key="model", prefix="model.", diffusion='prediction = "v"')
+        proc = cli_in_process("import", spec, "--out", tmp_path / "o")
+        prediction = "v"
+    assert proc.returncode == 0, proc.stderr
+    d = Artifact.load(tmp_path / "o").config["diffusion"]
+    assert d["prediction"] == prediction and d["schedule"] == "explicit" and d["timesteps"] == 50
 
 
 def test_self_conditioned_lucidrains_unet_is_refused(tmp_path):
@@ -270,6 +293,15 @@ def test_diffusers_unsupported_scheduler_settings_are_refused(tmp_path):
         path.write_text(json.dumps(base | change))
         assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o"), match)
         _no_output(tmp_path / "o")
+    # The spec may not contradict the scheduler; it may switch clipping off.
+    path.write_text(json.dumps(base))
+    spec.write_text(spec.read_text() + '[diffusion]\nprediction = "v"\n')
+    assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o"),
+                          "diffusion.prediction 'v' contradicts the scheduler_config ('epsilon')")
+    spec.write_text(spec.read_text().replace('prediction = "v"', "clip_denoised = false"))
+    assert cli_in_process("import", spec, "--out", tmp_path / "o").returncode == 0
+    rec = Artifact.load(tmp_path / "o").manifest["import"]["diffusion_from"]
+    assert rec["clip_denoised"] == "spec" and rec["prediction"] == "scheduler_config"
 
 
 # -- the user's own code (a factory) -------------------------------------------------------------------------------
@@ -438,6 +470,33 @@ def test_import_error_through_the_real_entry_point(tmp_path):
     spec = _write(tmp_path / "spec.toml", '[network]\nfactory = "plainnet:build"\n[weights]\nfile = "w.pt"\n')
     proc = cli_subprocess("import", spec, "--out", tmp_path / "o")
     assert_one_line_error(proc, "weights.file")
+    _no_output(tmp_path / "o")
+
+
+def test_explicit_betas_file_and_data_range(tmp_path):
+    _plainnet_weights(tmp_path / "w.pt", width=8)
+    betas = np.linspace(1e-3, 0.05, 40)
+    np.save(tmp_path / "betas.npy", betas)
+    np.savetxt(tmp_path / "betas.txt", betas)
+    for name in ("betas.npy", "betas.txt"):
+        spec = _factory_spec(tmp_path, extra=f'[diffusion]\nbetas_file = "{name}"\ndata_range = [0, 1]\n'
+                                             'prediction = "sample"\nclip_denoised = false\n')
+        out = tmp_path / f"m-{name}"
+        proc = cli_in_process("import", spec, "--out", out, "--code-dir", BYOM)
+        assert proc.returncode == 0, proc.stderr
+        d = load_checkpoint(out).config.diffusion
+        assert (d.schedule, d.timesteps, d.data_range, d.prediction, d.clip_denoised) == \
+            ("explicit", 40, (0.0, 1.0), "sample", False)
+        np.testing.assert_array_equal(np.array(d.betas), betas)
+        roles = {r["role"] for r in Artifact.load(out).manifest["import"]["inputs"]}
+        assert roles == {"spec", "weights", "code", "betas"}
+    spec = _factory_spec(tmp_path, extra='[diffusion]\nbetas_file = "betas.npy"\ntimesteps = 40\n')
+    assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM),
+                          "diffusion.betas_file sets the betas: drop timesteps/beta_start/beta_end")
+    np.save(tmp_path / "bad.npy", np.array([0.1, 1.5]))
+    spec = _factory_spec(tmp_path, extra='[diffusion]\nbetas_file = "bad.npy"\n')
+    assert_one_line_error(cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM),
+                          "diffusion.betas must all lie in (0, 1)")
     _no_output(tmp_path / "o")
 
 
