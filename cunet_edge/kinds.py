@@ -61,7 +61,9 @@ STAGE_IO: dict[str, StageIO] = {
     # Pruning keeps the model's form: a checkpoint stays a checkpoint, an unrolled model becomes `pruned`.
     "prune": StageIO(MODEL_KINDS, by_input={"checkpoint": "checkpoint", "unrolled": "pruned", "pruned": "pruned"}),
     "sweep": StageIO(("checkpoint",), writes="a table"),
-    "export": StageIO(("unrolled", "pruned"), "onnx"),
+    # A checkpoint exports only when its network is already static (no torchdiffeq solve): a U-Net, or an
+    # imported network without ODE blocks; export_onnx checks.
+    "export": StageIO(MODEL_KINDS, "onnx"),
     "export-tensorrt": StageIO(ONNX_KINDS, "tensorrt-engine"),
     "export-torch-tensorrt": StageIO(("unrolled", "pruned"), "torch-tensorrt"),
     "quantize": StageIO(("onnx",), "onnx-int8"),

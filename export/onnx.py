@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import models
 from ..artifact import ArtifactWriter
 from ..checkpoint import CONFIG, load_checkpoint
 from ..config import check_choice, check_positive, to_dict
@@ -69,6 +70,28 @@ def _require_onnx():
         import onnxruntime  # noqa: F401
     except ImportError:
         raise BackendMissingError("onnx/onnxruntime", "pip install 'cunet-edge[onnx]'") from None
+
+
+def require_static(ckpt) -> None:
+    """Refuse a checkpoint whose network still solves ODEs with torchdiffeq (adaptive loops; no static graph).
+
+    Unrolled and pruned artifacts are static by construction; a checkpoint is static when it is a U-Net,
+    or an imported network whose forward makes no torchdiffeq solve (run once to see).
+    """
+    import torch
+
+    if ckpt.artifact.kind != "checkpoint":
+        return
+    m, path = ckpt.config.model, ckpt.artifact.path
+    hint = f"unroll it first: cunet-edge unroll {path} --method rk4 --steps 1 --out DIR"
+    if m.arch == "cunet":
+        raise ConfigError(f"{path} is a continuous U-Net whose ODE blocks run torchdiffeq; {hint}")
+    if m.arch == "imported" and not m.unroll_method:
+        x = torch.zeros(1, m.in_channels, m.image_size, m.image_size)
+        t = torch.full((1,), ckpt.config.diffusion.timesteps // 2, dtype=torch.long)
+        stats = models.count_odeint_calls(ckpt.model, x, t, method="euler", steps=1, require=False)
+        if stats.calls:
+            raise ConfigError(f"{path}'s network calls torchdiffeq ({stats.calls} solves per call); {hint}")
 
 
 def _signature(model_cfg, cfg: OnnxExportConfig) -> dict:
@@ -197,6 +220,7 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
 
     _require_onnx()
     ckpt = load_checkpoint(src, kinds=STAGE_IO["export"].accepts)
+    require_static(ckpt)
     model_cfg = ckpt.config.model
     cost = profile_model(ckpt.model, model_cfg)
     with ArtifactWriter(out, kind=STAGE_IO["export"].produces(), stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:

@@ -187,6 +187,20 @@ def test_lucidrains_later_stages(lucidrains_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = json.loads((tmp_path / "b.json").read_text())["results"][0]
     assert row["runtime"] == "torch" and row["p50_ms"] > 0 and row["params"] == info["params"]
+    # A lucidrains Unet has no ODE solve: it exports as it is (no unroll), then quantizes and benches.
+    proc = cli_in_process("export", out, "--out", tmp_path / "onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert Artifact.load(tmp_path / "onnx").manifest["verification"]["rel_err"] <= 1e-4
+    proc = cli_in_process("quantize", tmp_path / "onnx", "--target", "cpu", "--out", tmp_path / "int8", "--method",
+                          "minmax", "--calibration-images", 4, "--calibration-steps", 16, "--tolerance", 0.5,
+                          "--select", "fewest-float")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli_in_process("bench", out, "--compare", tmp_path / "onnx", "--compare", tmp_path / "int8",
+                          "--min-iters", 2, "--min-seconds", 0.01, "--rounds", 1, "--sampler-steps", 2,
+                          "--json", tmp_path / "b2.json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "b2.json").read_text())["results"]
+    assert [r["runtime"] for r in rows] == ["torch", "onnxruntime", "onnxruntime"]
 
 
 @pytest.mark.parametrize("objective, min_snr, prediction", [

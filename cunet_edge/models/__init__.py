@@ -37,6 +37,10 @@ __all__ = [
     "Classifier",
     "FeatureExtractor",
     "count_nfe",
+    "count_odeint_calls",
+    "require_odeint",
+    "reference_odeint",
+    "patch_odeint",
 ]
 
 # Registry: name → "module:attr", imported on use (see DESIGN §3).
@@ -52,6 +56,10 @@ _LAZY = {
     "Classifier": "classifier:Classifier",
     "FeatureExtractor": "classifier:FeatureExtractor",
     "count_nfe": "profile:count_nfe",
+    "count_odeint_calls": "odeint_unroll:count_odeint_calls",
+    "require_odeint": "odeint_unroll:require_odeint",
+    "reference_odeint": "odeint_unroll:reference_odeint",
+    "patch_odeint": "odeint_unroll:patch_odeint",
 }
 # arch → (config class, model class)
 ARCHS = {

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..compat import ensure_torchvision_imports
 from ..config import check_choice, check_positive
 from ..errors import BackendMissingError, ConfigError
 from .cunet import check_unet_shape
@@ -56,6 +57,7 @@ class UNetConfig:
 
 def _import_unet2d() -> type:
     """diffusers' UNet2DModel, or BackendMissingError with the install hint."""
+    ensure_torchvision_imports()  # diffusers imports torchvision when it is installed
     try:
         from diffusers import UNet2DModel
     except ImportError:

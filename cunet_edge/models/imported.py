@@ -28,6 +28,8 @@ from torch import nn
 from ..compat import ensure_torchvision_imports
 from ..config import check_choice
 from ..errors import BackendMissingError, ConfigError
+from .explicit import UNROLLABLE
+from .odeint_unroll import unrolled_odeint
 
 __all__ = ["SOURCES", "ImportedConfig", "ImportedDenoiser", "build_network", "resolve_module_file"]
 
@@ -55,6 +57,10 @@ class ImportedConfig:
     in_channels: int = 1
     image_size: int = 16
     versions: dict[str, str] = field(default_factory=dict)  # package versions at import (provenance only)
+    # Set by the unroll stage: every torchdiffeq odeint/odeint_adjoint call of the network runs as this
+    # fixed-step explicit method, `unroll_steps` steps per output interval (cunet_edge.models.odeint_unroll).
+    unroll_method: str = ""
+    unroll_steps: int = 0
 
     def __post_init__(self):
         check_choice("arch", self.arch, ["imported"])
@@ -67,6 +73,12 @@ class ImportedConfig:
         elif self.factory or self.code_dir or self.code_file or self.code_sha256:
             raise ConfigError(f"model.factory/code_dir/code_file/code_sha256 are for source 'factory', not "
                               f"{self.source!r}")
+        if bool(self.unroll_method) != bool(self.unroll_steps):
+            raise ConfigError("model.unroll_method and model.unroll_steps go together (both set by the unroll stage)")
+        if self.unroll_method:
+            check_choice("model.unroll_method", self.unroll_method, UNROLLABLE)
+            if isinstance(self.unroll_steps, bool) or not isinstance(self.unroll_steps, int) or self.unroll_steps < 1:
+                raise ConfigError(f"model.unroll_steps must be an integer >= 1, got {self.unroll_steps!r}")
         for name in ("in_channels", "image_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -197,12 +209,17 @@ class ImportedDenoiser(nn.Module):
         self.net = build_network(cfg)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The one place the network runs. Hook for the unroll stage: an imported model unrolled with
-        # (method, steps) runs this call inside `cunet_edge.models.odeint_unroll.unrolled_odeint(method, steps)`.
+        # The one place the network runs. An unrolled model runs it with every torchdiffeq solve replaced by
+        # the explicit fixed-step loop: plain tensor ops, which trace and export to a static graph.
+        if self.cfg.unroll_method:
+            with unrolled_odeint(self.cfg.unroll_method, self.cfg.unroll_steps, model=self.net) as stats:
+                out = self._call_net(x, t)
+            self.last_odeint_stats = stats  # the solves and NFE of this call, for profile_model
+            return out
         return self._call_net(x, t)
 
     def _call_net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32:
+        if x.dtype in (torch.float16, torch.bfloat16):
             # A half-precision model (the torch runner's fp16): the user's code may build float32 tensors of its
             # own (timestep embeddings, as lucidrains' Unet does) that a half-precision layer then refuses;
             # autocast runs each op in x's dtype whatever its inputs are.

@@ -44,7 +44,10 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     with torch.no_grad(), counter, count_nfe(model) as nfe, _count_torchdiffeq() as solves:
         model(x, t)
     flops = int(counter.get_total_flops())
-    if not ode_blocks and solves.count:  # an imported network that solves ODEs with torchdiffeq itself
+    unrolled = getattr(model, "last_odeint_stats", None)  # an imported network whose torchdiffeq solves are unrolled
+    if not ode_blocks and unrolled is not None and unrolled.calls:
+        ode_blocks, nfe = unrolled.calls, NFECounter(unrolled.nfe)
+    elif not ode_blocks and solves.count:  # an imported network that solves ODEs with torchdiffeq itself
         ode_blocks, nfe = len(solves.solves), solves
     return {
         "params": count_params(model),
