@@ -72,9 +72,9 @@ class MidBlock(nn.Module):
     def forward(self, x, emb):
         self.func.cond = emb
         params = tuple(self.func.parameters()) + (emb,)
+        # cond stays set: the adjoint backward pass evaluates self.func again after this returns
         out = odeint_adjoint(self.func, x, self.span.to(x.dtype), method="dopri5", rtol=1e-4, atol=1e-4,
                              adjoint_params=params)
-        self.func.cond = None
         return out[-1]
 
 
