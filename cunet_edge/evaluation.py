@@ -14,11 +14,16 @@ against the train split, so it can be read: a generator cannot be expected to be
 images. Features are extracted once per image set; FID and KID are computed on them.
 
 KID (an unbiased MMD² estimate with the cubic kernel (x·y/d + 1)³, averaged over random subsets)
-is only as steady as its kernel values: on the classifier's raw features, whose scale is arbitrary,
-a few large-norm vectors dominated it and its spread over subsets was several times its value. In
-the classifier space it is therefore computed on features standardized by the real set's mean and
-standard deviation (per dimension); Inception's features are left as torchmetrics and the KID
-paper use them, so that figure stays comparable with published ones.
+assumes x·y/d of order 1. The classifier's raw features are far from that (SiLU outputs, norms ~46,
+per-dimension means up to 11): kernel values of ~10⁴ buried the differences, and with subsets of
+100 the spread over subsets was 8.6x the value. In the classifier space KID is therefore computed
+on features centred on the real set's mean and divided by one scale, the real set's RMS
+per-dimension standard deviation (the real features then have mean 0 and average variance 1; their
+geometry is kept, so near-constant units are not blown up as per-dimension standardization would).
+Subsets are half the smaller set (at most 1000), so the spread over them is that of an estimate
+from half the images: an upper bound on the uncertainty of the mean reported. Inception's features
+are left as torchmetrics and the KID paper use them, so that figure stays comparable with published
+ones.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .checkpoint import read_train_config
 from .config import to_dict
 from .data import DataConfig, load_images, num_classes
 from .errors import BackendMissingError, ConfigError, DatasetError, OutputPathError
-from .records import SOLVER, evaluate_section, write_metrics
+from .records import SOLVER, evaluate_section, kid_text, write_metrics
 from .sampling import FEATURE_SPACES, EvaluateConfig, draw_images
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ __all__ = [
     "ClassifierConfig",
     "FeatureSpace",
     "check_features",
+    "default_kid_subset",
     "evaluate_checkpoint",
     "evaluate_images",
     "extract_features",
@@ -247,12 +253,12 @@ _INCEPTION_HINT = 'pip install "cunet-edge[inception]"'
 @dataclass(frozen=True)
 class FeatureSpace:
     """Where FID/KID are measured: `name` (classifier or inception), the module mapping (N, C, S, S) images in
-    [-1, 1] to (N, D) float64 features, a description for the record, and whether KID standardizes them."""
+    [-1, 1] to (N, D) float64 features, a description for the record, and whether KID scales them first."""
 
     name: str
     extractor: torch.nn.Module
     description: str
-    standardize_kid: bool
+    scale_kid: bool
     classifier: models.Classifier | None = None  # the dataset's classifier, for the confidence figures
 
 
@@ -360,6 +366,7 @@ def _classifier_if_labelled(data_cfg: DataConfig) -> models.Classifier | None:
 
 KID_SUBSETS = 100  # random subset pairs KID averages over (torchmetrics' default)
 KID_MAX_SUBSET = 1000  # subset size cap (torchmetrics' default and the KID paper's)
+KID_SCALED = "centred on the real (train) set's mean, divided by its RMS per-dimension std"
 
 
 def extract_features(extractor: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -382,29 +389,35 @@ def _given_features(num_features: int) -> torch.nn.Module:
     return module
 
 
-def _standardized(feats: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Features shifted and scaled by the real set's per-dimension mean and std (a constant dimension: by 1)."""
-    import torch
+def default_kid_subset(n_generated: int, n_real: int) -> int:
+    """KID's default subset size: half the smaller set (at least 2, at most 1000), so that subsets differ and
+    their spread is that of an estimate from half the images."""
+    return max(2, min(KID_MAX_SUBSET, min(n_generated, n_real) // 2))
 
-    std = real.std(dim=0)
-    return (feats - real.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
+
+def _scaled(feats: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Features centred on the real set's mean and divided by its RMS per-dimension std (one scale for all
+    dimensions: the real set gets mean 0 and average variance 1, its geometry kept)."""
+    scale = float(real.var(dim=0).mean().sqrt())
+    return (feats - real.mean(dim=0)) / (scale if scale > 0 else 1.0)
 
 
 def fid_kid_features(generated: torch.Tensor, real: torch.Tensor, *, kid_subset_size: int | None = None,
-                     kid_subsets: int = KID_SUBSETS, standardize_kid: bool = False) -> dict:
+                     kid_subsets: int = KID_SUBSETS, scale_kid: bool = False) -> dict:
     """FID and KID (torchmetrics) of two (N, D) feature sets.
 
-    KID draws `kid_subsets` random pairs of `kid_subset_size` (default min(1000, both set sizes)) vectors, one
-    from each set, and gives the mean and the standard deviation over them of the unbiased MMD² estimate; with
-    `standardize_kid` both sets are first standardized by the real set's mean and std. Its sampling is seeded,
-    so the same inputs give the same numbers.
+    KID draws `kid_subsets` random pairs of `kid_subset_size` (default `default_kid_subset`: half the smaller set,
+    at most 1000) vectors, one from each set, and gives the mean and the standard deviation over them of
+    the unbiased MMD² estimate; with `scale_kid` both sets are first centred and scaled by the real set
+    (`_scaled`). FID is always on the features as given. KID's sampling is seeded: the same inputs give the
+    same numbers.
     """
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
     n = min(generated.shape[0], real.shape[0])
-    subset = min(KID_MAX_SUBSET, n) if kid_subset_size is None else kid_subset_size
+    subset = default_kid_subset(generated.shape[0], real.shape[0]) if kid_subset_size is None else kid_subset_size
     if not 2 <= subset <= n:
         raise ConfigError(f"kid_subset_size must be between 2 and {n} (the smaller set), got {subset}")
     if kid_subsets < 1:
@@ -417,8 +430,7 @@ def fid_kid_features(generated: torch.Tensor, real: torch.Tensor, *, kid_subset_
         kid = KernelInceptionDistance(feature=_given_features(d), subsets=kid_subsets, subset_size=subset)
     fid.update(real, real=True)
     fid.update(generated, real=False)
-    kid_real, kid_gen = (_standardized(real, real), _standardized(generated, real)) if standardize_kid else (
-        real, generated)
+    kid_real, kid_gen = (_scaled(real, real), _scaled(generated, real)) if scale_kid else (real, generated)
     kid.update(kid_real, real=True)
     kid.update(kid_gen, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -435,14 +447,14 @@ def fid_kid(
     kid_subset_size: int | None = None,
     *,
     kid_subsets: int = KID_SUBSETS,
-    standardize_kid: bool = False,
+    scale_kid: bool = False,
 ) -> dict:
     """FID and KID (torchmetrics) of generated vs real images in the extractor's feature space
     (`fid_kid_features` on the features of both sets)."""
     _check_images(real, tuple(real.shape[1:]), "real images")
     _check_images(generated, tuple(real.shape[1:]), "generated images")
     return fid_kid_features(extract_features(extractor, generated), extract_features(extractor, real),
-                            kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, standardize_kid=standardize_kid)
+                            kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, scale_kid=scale_kid)
 
 
 def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig, features: str | None = None, *,
@@ -455,16 +467,17 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig, features: str |
     as sets shrink, so the ratio is fairest with about `n_reference` samples. A labelled dataset's classifier
     also gives its confidence on the samples (whatever the feature space).
     """
-
-    space = space or feature_space(data_cfg, features)
+    if space is None:
+        resolve_features(data_cfg, features)  # a bad choice fails before any loading
     train_x, _ = load_images(data_cfg, "train")
     test_x, _ = load_images(data_cfg, "test")
     _check_images(samples, tuple(train_x.shape[1:]), "samples")
     _check_images(test_x, tuple(train_x.shape[1:]), f"{data_cfg.name} test split")
+    space = space or feature_space(data_cfg, features)
     real_f = extract_features(space.extractor, train_x)
     gen_f = extract_features(space.extractor, samples)
     test_f = extract_features(space.extractor, test_x)
-    kid = {"standardize_kid": space.standardize_kid}
+    kid = {"scale_kid": space.scale_kid}
     gen = fid_kid_features(gen_f, real_f, **kid)
     ref = fid_kid_features(test_f, real_f, **kid)
     # FID is biased upward for small sets: compare like with like at the reference's size too.
@@ -479,7 +492,7 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig, features: str |
         "kid_std": gen["kid_std"],
         "kid_subset_size": gen["kid_subset_size"],
         "kid_subsets": gen["kid_subsets"],
-        "kid_features": "standardized by the real (train) set's mean and std" if space.standardize_kid else "raw",
+        "kid_features": KID_SCALED if space.scale_kid else "raw",
         "fid_real_reference": ref["fid"],
         "kid_real_reference": ref["kid_mean"],
         "kid_real_reference_std": ref["kid_std"],
@@ -546,7 +559,8 @@ def format_evaluation(m: dict) -> str:
     text = (
         f"FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}, ratio {m['fid_ratio']:.2f}), "
         f"at n={m['n_reference']}: ratio {m['fid_ratio_at_reference_n']:.2f}; "
-        f"KID {m['kid_mean']:.4f} ± {m['kid_std']:.4f} (real-vs-real {m['kid_real_reference']:.4f}); "
+        f"KID {kid_text(m['kid_mean'], m['kid_std'])} "
+        f"(real-vs-real {kid_text(m['kid_real_reference'], m['kid_real_reference_std'])}); "
     )
     if "frac_confident" in m:
         text += f"confident {100 * m['frac_confident']:.1f}% (real {100 * m['frac_confident_real_reference']:.1f}%); "

@@ -39,6 +39,7 @@ class SearchConfig:
     prune_config: dict = field(default_factory=dict)
     quantize_config: dict = field(default_factory=dict)
     bench_config: dict = field(default_factory=dict)
+    evaluate_config: dict = field(default_factory=dict)  # e.g. {features = "inception"}
 
     def __post_init__(self):
         for name in ("sampler_steps", "solver_steps", "prune", "precision"):
@@ -84,7 +85,7 @@ def expand_search(cfg: SearchConfig) -> list[dict]:
     variants = [cfg.model] + finals
     for st in cfg.sampler_steps:
         specs.append({"stage": "evaluate", "name": f"search-eval-{cfg.sampler}{st}", "inputs": variants,
-                      "n": cfg.n, "sampler": cfg.sampler, "steps": st})
+                      "n": cfg.n, "sampler": cfg.sampler, "steps": st, **cfg.evaluate_config})
     specs.append({"stage": "bench", "name": "search-bench", "inputs": variants, "batch": 1,
                   "sampler_steps": max(cfg.sampler_steps), **cfg.bench_config})
     specs.append({"stage": "pareto", "name": "search-pareto", "inputs": variants, "bench": "search-bench",

@@ -35,7 +35,7 @@ from cunet_edge.evaluation import (
 )
 from cunet_edge.models.classifier import Classifier, FeatureExtractor
 from cunet_edge.models.inception import InceptionFeatures, to_uint8_rgb
-from cunet_edge.records import read_metrics
+from cunet_edge.records import kid_text, read_metrics
 from cunet_edge.sampling import EvaluateConfig
 
 DIGITS = DataConfig()
@@ -210,8 +210,8 @@ def test_evaluate_images_on_real_test_images(classifier):
     }
     assert expected <= set(result)
     assert result["features"] == "classifier" and result["feature_dim"] == 64
-    assert result["kid_subset_size"] == 360 and result["kid_subsets"] == 100  # min(1000, both sets)
-    assert result["kid_features"].startswith("standardized")
+    assert result["kid_subset_size"] == 180 and result["kid_subsets"] == 100  # half the smaller set
+    assert result["kid_features"].startswith("centred")
     assert result["fid_ratio"] == pytest.approx(1.0)
     assert result["n_samples"] == result["n_reference"] == 360
     assert result["classifier_test_accuracy"] == classifier.test_accuracy
@@ -228,19 +228,21 @@ def test_evaluate_images_on_noise(classifier):
         evaluate_images(torch.zeros(4, 3, 16, 16), DIGITS)
 
 
-# --- KID: standardized features -----------------------------------------------------------------------------
+# --- KID: scaled features -----------------------------------------------------------------------------------
 
 
-def test_standardized_kid_is_scale_free_and_steady(extractor):
-    """KID on features standardized by the real set does not depend on the features' units (raw KID does), and
-    its spread over subsets is below its value for images far from the data."""
+def test_scaled_kid_is_unit_free_and_steady(extractor):
+    """KID on features centred and scaled by the real set does not depend on the features' units or offset (raw
+    KID does), and its spread over subsets is below its value for images far from the data."""
     train_x, _ = load_images(DIGITS, "train")
     real, noise = extract_features(extractor, train_x), extract_features(extractor, _noise(300))
-    std = fid_kid_features(noise, real, standardize_kid=True)
-    moved = fid_kid_features(noise * 7 + 3, real * 7 + 3, standardize_kid=True)
+    std = fid_kid_features(noise, real, scale_kid=True)
+    moved = fid_kid_features(noise * 7 + 3, real * 7 + 3, scale_kid=True)
     assert moved["kid_mean"] == pytest.approx(std["kid_mean"], rel=1e-6)
     assert moved["kid_std"] == pytest.approx(std["kid_std"], rel=1e-6)
-    assert std["kid_std"] < std["kid_mean"] and std["kid_subset_size"] == 300
+    assert std["kid_std"] < std["kid_mean"] and std["kid_subset_size"] == 150  # half the smaller set
+    assert evaluation._scaled(real, real).var(dim=0).mean() == pytest.approx(1.0)
+    assert evaluation._scaled(real, real).mean(dim=0).abs().max() < 1e-9
     raw, raw_moved = fid_kid_features(noise, real), fid_kid_features(noise * 7 + 3, real * 7 + 3)
     assert raw_moved["kid_mean"] > 10 * raw["kid_mean"]
     assert moved["fid"] == pytest.approx(49 * std["fid"], rel=1e-6)  # FID: raw features either way
@@ -272,6 +274,12 @@ class StandInInception(torch.nn.Module):
         return torch.relu(self.conv(x.float() / 128 - 1)).mean(dim=(2, 3))
 
 
+def test_kid_text():
+    assert kid_text(0.0335, 0.0039) == "0.0335 ± 0.0039"
+    assert kid_text(-0.0005, 0.0021) == "≈ 0 (-0.0005 ± 0.0021)"  # within twice its spread of 0
+    assert kid_text(39.9, None) == "39.9"
+
+
 def test_to_uint8_rgb():
     x = torch.tensor([-1.0, -0.5, 0.0, 1.0, 3.0]).reshape(1, 1, 1, 5)
     out = to_uint8_rgb(x)
@@ -286,7 +294,7 @@ def test_to_uint8_rgb():
 def test_inception_space_with_a_stand_in_network(classifier):
     net = StandInInception()
     space = feature_space(DIGITS, "inception", inception_network=net)
-    assert space.name == "inception" and not space.standardize_kid
+    assert space.name == "inception" and not space.scale_kid
     result = evaluate_images(_noise(50), DIGITS, space=space)
     assert result["features"] == "inception" and result["feature_dim"] == 16 and result["kid_features"] == "raw"
     assert "stand-in" in result["feature_space"]
@@ -317,7 +325,7 @@ def test_unlabelled_folder_defaults_to_inception(tmp_path):
                              space=feature_space(cfg, inception_network=StandInInception()))
     assert result["features"] == "inception" and result["n_reference"] == 4 and result["n_real"] == 16
     assert "frac_confident" not in result and "class_histogram" not in result
-    assert result["kid_subset_size"] == 10 and result["kid_real_reference_subset_size"] == 4
+    assert result["kid_subset_size"] == 5 and result["kid_real_reference_subset_size"] == 2
 
 
 def test_missing_inception_weights_is_one_line(tmp_path, monkeypatch):
@@ -363,7 +371,7 @@ def test_evaluate_checkpoint_in_inception_features_reaches_the_report(tiny_check
     stored = read_metrics(art)["evaluate:ddim-2"]
     assert stored == json.loads(json.dumps(m)) and stored["features"] == "inception"
     assert set(net.seen) == {(3, 8, 8)} and stored["fid_real_reference"] > 0
-    assert stored["kid_subset_size"] == min(30, stored["n_reference"])
+    assert stored["kid_subset_size"] == min(30, stored["n_reference"]) // 2
     nodes, _ = find_artifacts(run_dir)
     rows = build_rows(nodes, ReportConfig(measure=False))
     row = next(r for r in rows if r["sampler_steps"] == 2)
@@ -372,7 +380,8 @@ def test_evaluate_checkpoint_in_inception_features_reaches_the_report(tiny_check
     quality = next(t for t in tables({"stages": [], "variants": rows, "devices": []}) if t[0] == "quality")
     cells = {header: cell(row) for header, cell in quality[3]}
     assert cells["features"] == "inception"
-    assert cells["KID ± std (real-vs-real)"].startswith(f"{stored['kid_mean']:.3g} ± ")
+    assert cells["KID ± std (real-vs-real)"] == (f"{kid_text(stored['kid_mean'], stored['kid_std'])} "
+                                                 f"(real {stored['kid_real_reference']:.2g})")
 
 
 def test_cli_inception_without_weights_fails_before_sampling(tiny_checkpoint, tmp_path):

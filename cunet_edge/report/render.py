@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..kinds import ONNX_KINDS
+from ..records import kid_text
 from .plot import check_plotting, plot_pareto
 
 __all__ = ["check_plotting", "write_all", "tables", "json_safe", "summary_lines", "PLOT", "FILES"]
@@ -104,12 +105,12 @@ def _vs_reference(key: str, fmt: Callable) -> Callable[[dict], str]:
 
 
 def _kid(r) -> str:
-    """KID ± its spread over subsets, and the real-vs-real KID; records from before standardized KID say so."""
+    """KID ± its spread over subsets, and the real-vs-real KID; records from before scaled KID say so."""
     if not _num(r.get("kid")):
         return _DASH
-    text = f"{r['kid']:.3g} ± {r['kid_std']:.2g}" if _num(r.get("kid_std")) else f"{r['kid']:.3g}"
+    text = kid_text(r["kid"], r["kid_std"] if _num(r.get("kid_std")) else None)
     if _num(r.get("kid_real_reference")):
-        text += f" ({r['kid_real_reference']:.2g})"
+        text += f" (real {r['kid_real_reference']:.2g})"
     return text if r.get("kid_subset_size") else text + " unscaled"
 
 
@@ -151,9 +152,10 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
          "throughput at the best batch benched. ★ = on the Pareto front.", cost, rows),
         ("quality", "Quality, and where it went",
          "FID/KID from `evaluate` (n samples), in the feature space named (the dataset's classifier, or "
-         "Inception-v3); compare figures only within one. KID: mean ± std over random subsets, beside the real test "
-         "split's KID; in classifier features on features standardized by the real set (a KID marked "
-         "'unscaled' predates that and is mostly noise). ε relative error and sample PSNR are measured by this report "
+         "Inception-v3); compare figures only within one. KID: mean ± std over random subsets of half the samples, "
+         "beside the real test split's KID; '≈ 0' when within twice its spread of 0. In classifier features it is "
+         "measured on features centred and scaled by the real set (a KID marked 'unscaled' predates that and is "
+         "mostly noise). ε relative error and sample PSNR are measured by this report "
          "against the lineage's FP32 reference on common inputs; drift per stage is each stage's ε against its "
          "parent, measured here unless marked (rec.) = as the stage recorded it.", quality, rows),
     ]
