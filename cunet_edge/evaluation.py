@@ -72,6 +72,7 @@ __all__ = [
 
 _ARCH_VERSION = 1  # bump when Classifier changes, so old cache files are not loaded
 _BATCH = 512  # images per forward pass when extracting features or predicting
+_INCEPTION_BATCH = 32  # Inception runs at 299 x 299: tens of MB of activations per image
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,7 @@ class FeatureSpace:
     description: str
     scale_kid: bool
     classifier: models.Classifier | None = None  # the dataset's classifier, for the confidence figures
+    batch: int = _BATCH  # images per forward pass
 
 
 def resolve_features(data_cfg: DataConfig, features: str | None = None) -> str:
@@ -355,7 +357,7 @@ def feature_space(data_cfg: DataConfig, features: str | None = None, *, inceptio
     else:
         desc = f"Inception-v3 stand-in: {type(inception_network).__name__}"
     extractor = models.InceptionFeatures(inception_network)
-    return FeatureSpace(name, extractor, desc, False, _classifier_if_labelled(data_cfg))
+    return FeatureSpace(name, extractor, desc, False, _classifier_if_labelled(data_cfg), batch=_INCEPTION_BATCH)
 
 
 def _classifier_if_labelled(data_cfg: DataConfig) -> models.Classifier | None:
@@ -369,12 +371,12 @@ KID_MAX_SUBSET = 1000  # subset size cap (torchmetrics' default and the KID pape
 KID_SCALED = "centred on the real (train) set's mean, divided by its RMS per-dimension std"
 
 
-def extract_features(extractor: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def extract_features(extractor: torch.nn.Module, images: torch.Tensor, batch: int = _BATCH) -> torch.Tensor:
     """(N, D) float64 features of images, in batches, without gradients; non-finite features are refused."""
     import torch
 
     with torch.no_grad():
-        feats = torch.cat([extractor(part.float()).double() for part in images.split(_BATCH)])
+        feats = torch.cat([extractor(part.float()).double() for part in images.split(batch)])
     if not torch.isfinite(feats).all():
         raise DatasetError("the feature extractor returned NaN or infinite features")
     return feats
@@ -474,9 +476,7 @@ def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig, features: str |
     _check_images(samples, tuple(train_x.shape[1:]), "samples")
     _check_images(test_x, tuple(train_x.shape[1:]), f"{data_cfg.name} test split")
     space = space or feature_space(data_cfg, features)
-    real_f = extract_features(space.extractor, train_x)
-    gen_f = extract_features(space.extractor, samples)
-    test_f = extract_features(space.extractor, test_x)
+    real_f, gen_f, test_f = (extract_features(space.extractor, x, space.batch) for x in (train_x, samples, test_x))
     kid = {"scale_kid": space.scale_kid}
     gen = fid_kid_features(gen_f, real_f, **kid)
     ref = fid_kid_features(test_f, real_f, **kid)
