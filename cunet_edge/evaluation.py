@@ -20,8 +20,9 @@ per-dimension means up to 11): kernel values of ~10⁴ buried the differences, a
 on features centred on the real set's mean and divided by one scale, the real set's RMS
 per-dimension standard deviation (the real features then have mean 0 and average variance 1; their
 geometry is kept, so near-constant units are not blown up as per-dimension standardization would).
-Subsets are half the smaller set (at most 1000), so the spread over them is that of an estimate
-from half the images: an upper bound on the uncertainty of the mean reported. Inception's features
+Subsets are half the smaller set (at most 1000), so the spread over them is about that of an
+estimate from half the images: it overstates, rather than understates, the uncertainty of the mean
+reported. Inception's features
 are left as torchmetrics and the KID paper use them, so that figure stays comparable with published
 ones.
 """

@@ -31,4 +31,3 @@ def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, featu
     m = evaluate_checkpoint(artifact, cfg, progress=True, runtime=runtime, **options)
     click.echo(f"{format_evaluation(m)}  [{n} samples, {sampler} {steps}, {m['runtime']}]")
     write_json(json_path, m)
-
