@@ -1,11 +1,30 @@
-"""Sample quality in the feature space of a small classifier trained on the dataset itself.
+"""Sample quality: FID and KID (torchmetrics) in one of two feature spaces, beside the real-vs-real figure.
 
-Inception-v3 FID is meaningless on 16x16 digits: the images would be upscaled ~20x into a
-network that never saw anything like them. Instead a small CNN is trained once per dataset and
-image size (seeded, cached as safetensors + JSON), and its 64-d penultimate features feed
-torchmetrics' FID and KID through their custom-feature-extractor path. Every figure is
-reported beside the same figure for the real test split against the train split, so it can be
-read: a generator cannot be expected to beat real held-out images.
+- `classifier` (the default for a labelled dataset): Inception-v3 FID is meaningless on 16x16
+  digits, whose images would be upscaled ~20x into a network that never saw anything like them.
+  Instead a small CNN is trained once per dataset and image size (seeded, cached as safetensors +
+  JSON), and its 64-d penultimate features feed torchmetrics' FID and KID through their
+  custom-feature-extractor path.
+- `inception` (the default for a dataset without labels, or on request): torch-fidelity's
+  Inception-v3 pool3 features (2048-d), the network torchmetrics' `FrechetInceptionDistance` runs,
+  loaded only from a local weights file (the torch hub cache, or a given path): never downloaded.
+
+Every figure is reported beside the same figure, in the same features, for the real test split
+against the train split, so it can be read: a generator cannot be expected to beat real held-out
+images. Features are extracted once per image set; FID and KID are computed on them.
+
+KID (an unbiased MMD² estimate with the cubic kernel (x·y/d + 1)³, averaged over random subsets)
+assumes x·y/d of order 1. The classifier's raw features are far from that (SiLU outputs, norms ~46,
+per-dimension means up to 11): kernel values of ~10⁴ buried the differences, and with subsets of
+100 the spread over subsets was 8.6x the value. In the classifier space KID is therefore computed
+on features centred on the real set's mean and divided by one scale, the real set's RMS
+per-dimension standard deviation (the real features then have mean 0 and average variance 1; their
+geometry is kept, so near-constant units are not blown up as per-dimension standardization would).
+Subsets are half the smaller set (at most 1000), so the spread over them is about that of an
+estimate from half the images: it overstates, rather than understates, the uncertainty of the mean
+reported. Inception's features
+are left as torchmetrics and the KID paper use them, so that figure stays comparable with published
+ones.
 """
 
 from __future__ import annotations
@@ -26,23 +45,36 @@ from .checkpoint import read_train_config
 from .compat import ensure_torchvision_imports
 from .config import to_dict
 from .data import DataConfig, load_images, num_classes
-from .errors import ConfigError, DatasetError, OutputPathError
-from .records import SOLVER, evaluate_section, write_metrics
-from .sampling import draw_images
+from .errors import BackendMissingError, ConfigError, DatasetError, OutputPathError
+from .records import SOLVER, evaluate_section, kid_text, write_metrics
+from .sampling import FEATURE_SPACES, EvaluateConfig, draw_images
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "INCEPTION_WEIGHTS_ENV",
+    "INCEPTION_WEIGHTS_FILE",
+    "INCEPTION_WEIGHTS_URL",
     "ClassifierConfig",
-    "load_or_train_classifier",
-    "fid_kid",
-    "evaluate_images",
+    "FeatureSpace",
+    "check_features",
+    "default_kid_subset",
     "evaluate_checkpoint",
+    "evaluate_images",
+    "extract_features",
+    "feature_space",
+    "fid_kid",
+    "fid_kid_features",
+    "format_evaluation",
+    "inception_weights_path",
+    "load_or_train_classifier",
+    "resolve_features",
 ]
 
 _ARCH_VERSION = 1  # bump when Classifier changes, so old cache files are not loaded
 _BATCH = 512  # images per forward pass when extracting features or predicting
+_INCEPTION_BATCH = 32  # Inception runs at 299 x 299: tens of MB of activations per image
 
 
 @dataclass(frozen=True)
@@ -211,100 +243,308 @@ def _check_images(images: torch.Tensor, shape: tuple[int, ...], what: str) -> No
         raise DatasetError(f"{what} contain NaN or infinite values")
 
 
-def fid_kid(
-    generated: torch.Tensor,
-    real: torch.Tensor,
-    extractor: torch.nn.Module,
-    kid_subset_size: int | None = None,
-) -> dict[str, float]:
-    """FID and KID (torchmetrics) of generated vs real images in the extractor's feature space.
+# --- feature spaces ---------------------------------------------------------------------------------------
 
-    KID draws 100 random subsets of `kid_subset_size` (default min(100, both set sizes)) images
-    from each set; its sampling is seeded, so the same inputs give the same numbers.
+# torch-fidelity's Inception-v3 weights (converted from TensorFlow's 2015-12-05 graph): the file its
+# FeatureExtractorInceptionV3 (and so torchmetrics' FID/KID) downloads into the torch hub cache. We only read it.
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+INCEPTION_WEIGHTS_ENV = "CUNET_EDGE_INCEPTION_WEIGHTS"
+_INCEPTION_HINT = 'pip install "cunet-edge[inception]"'
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Where FID/KID are measured: `name` (classifier or inception), the module mapping (N, C, S, S) images in
+    [-1, 1] to (N, D) float64 features, a description for the record, and whether KID scales them first."""
+
+    name: str
+    extractor: torch.nn.Module
+    description: str
+    scale_kid: bool
+    classifier: models.Classifier | None = None  # the dataset's classifier, for the confidence figures
+    batch: int = _BATCH  # images per forward pass
+
+
+def resolve_features(data_cfg: DataConfig, features: str | None = None) -> str:
+    """The feature space to use: `features`, or by default the classifier's for a labelled dataset and
+    Inception's otherwise. A classifier space on a dataset without labels is a DatasetError."""
+    labelled = num_classes(data_cfg) is not None
+    if features is None:
+        return "classifier" if labelled else "inception"
+    if features not in FEATURE_SPACES:
+        raise ConfigError(f"features {features!r} is not one of: {', '.join(FEATURE_SPACES)}")
+    if features == "classifier" and not labelled:
+        raise DatasetError(f"dataset {data_cfg.name} has no labels to train a feature classifier on: "
+                           f"evaluate it with --features inception")
+    return features
+
+
+def inception_weights_path(given: str | os.PathLike | None = None) -> Path:
+    """The local Inception weights file: `given`, else $CUNET_EDGE_INCEPTION_WEIGHTS, else torch-fidelity's file
+    in the torch hub cache (`torch.hub.get_dir()/checkpoints`, where torchmetrics/torch-fidelity put it).
+
+    Nothing is downloaded: a missing file is a one-line ConfigError naming the file and where to put it.
+    """
+    import torch
+
+    how = f"give its path with --inception-weights or ${INCEPTION_WEIGHTS_ENV}"
+    given = given or os.environ.get(INCEPTION_WEIGHTS_ENV) or None
+    if given is not None:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"Inception weights file {path} does not exist (expected torch-fidelity's "
+                              f"{INCEPTION_WEIGHTS_FILE}, from {INCEPTION_WEIGHTS_URL})")
+        return path
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    if not path.is_file():
+        raise ConfigError(f"Inception features need torch-fidelity's weights, which are not in the local cache: "
+                          f"put {INCEPTION_WEIGHTS_FILE} (from {INCEPTION_WEIGHTS_URL}) at {path}, or {how}; "
+                          f"nothing is downloaded")
+    return path
+
+
+def _load_inception(weights: Path) -> torch.nn.Module:
+    """torch-fidelity's Inception-v3 from a local weights file, every failure as one line."""
+    import pickle
+
+    try:
+        return models.load_inception_v3(weights)
+    except ImportError:
+        raise BackendMissingError("torch-fidelity", _INCEPTION_HINT) from None
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{weights} is not torch-fidelity's Inception weights ({INCEPTION_WEIGHTS_FILE}): "
+                          f"{reason}") from None
+
+
+def check_features(cfg: EvaluateConfig) -> None:
+    """What an Inception evaluation needs, checked before any work: the weights file and torch-fidelity.
+
+    (Whether features=None means Inception depends on the dataset; evaluate_checkpoint checks that case.)
+    """
+    if cfg.features == "inception":
+        inception_weights_path(cfg.inception_weights)
+        _require_torch_fidelity()
+
+
+def _require_torch_fidelity() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise BackendMissingError("torch-fidelity", _INCEPTION_HINT)
+
+
+def feature_space(data_cfg: DataConfig, features: str | None = None, *, inception_weights: str | None = None,
+                  inception_network: torch.nn.Module | None = None) -> FeatureSpace:
+    """The feature space FID/KID of `data_cfg`'s images are measured in (see `resolve_features`).
+
+    Classifier: the dataset's classifier, trained once and cached. Inception: torch-fidelity's network from
+    the local weights file (`inception_weights_path`), or `inception_network`, any module with its contract
+    ((N, 3, H, W) uint8 in, (N, D) features out), which then goes through the same wrapper and path.
+    """
+    name = resolve_features(data_cfg, features)
+    if name == "classifier":
+        if inception_weights is not None or inception_network is not None:
+            raise ConfigError("an Inception network or weights file was given, but the features are the "
+                              "classifier's: evaluate with --features inception")
+        classifier = load_or_train_classifier(data_cfg)
+        desc = (f"{data_cfg.name} {data_cfg.image_size}px classifier, {classifier.num_features}-d penultimate "
+                f"layer (test accuracy {classifier.test_accuracy:.3f})")
+        return FeatureSpace(name, models.FeatureExtractor(classifier), desc, True, classifier)
+    if inception_network is None:
+        weights = inception_weights_path(inception_weights)
+        _require_torch_fidelity()
+        inception_network, desc = _load_inception(weights), f"Inception-v3 pool3, 2048-d (torch-fidelity, {weights})"
+    else:
+        desc = f"Inception-v3 stand-in: {type(inception_network).__name__}"
+    extractor = models.InceptionFeatures(inception_network)
+    return FeatureSpace(name, extractor, desc, False, _classifier_if_labelled(data_cfg), batch=_INCEPTION_BATCH)
+
+
+def _classifier_if_labelled(data_cfg: DataConfig) -> models.Classifier | None:
+    return load_or_train_classifier(data_cfg) if num_classes(data_cfg) is not None else None
+
+
+# --- FID / KID --------------------------------------------------------------------------------------------
+
+KID_SUBSETS = 100  # random subset pairs KID averages over (torchmetrics' default)
+KID_MAX_SUBSET = 1000  # subset size cap (torchmetrics' default and the KID paper's)
+KID_SCALED = "centred on the real (train) set's mean, divided by its RMS per-dimension std"
+
+
+def extract_features(extractor: torch.nn.Module, images: torch.Tensor, batch: int = _BATCH) -> torch.Tensor:
+    """(N, D) float64 features of images, in batches, without gradients; non-finite features are refused."""
+    import torch
+
+    with torch.no_grad():
+        feats = torch.cat([extractor(part.float()).double() for part in images.split(batch)])
+    if not torch.isfinite(feats).all():
+        raise DatasetError("the feature extractor returned NaN or infinite features")
+    return feats
+
+
+def _given_features(num_features: int) -> torch.nn.Module:
+    """Features already extracted, through torchmetrics' custom-feature-extractor path: the identity."""
+    import torch
+
+    module = torch.nn.Identity()
+    module.num_features = num_features
+    return module
+
+
+def default_kid_subset(n_generated: int, n_real: int) -> int:
+    """KID's default subset size: half the smaller set (at least 2, at most 1000), so that subsets differ and
+    their spread is that of an estimate from half the images."""
+    return max(2, min(KID_MAX_SUBSET, min(n_generated, n_real) // 2))
+
+
+def _scaled(feats: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Features centred on the real set's mean and divided by its RMS per-dimension std (one scale for all
+    dimensions: the real set gets mean 0 and average variance 1, its geometry kept)."""
+    scale = float(real.var(dim=0).mean().sqrt())
+    return (feats - real.mean(dim=0)) / (scale if scale > 0 else 1.0)
+
+
+def fid_kid_features(generated: torch.Tensor, real: torch.Tensor, *, kid_subset_size: int | None = None,
+                     kid_subsets: int = KID_SUBSETS, scale_kid: bool = False) -> dict:
+    """FID and KID (torchmetrics) of two (N, D) feature sets.
+
+    KID draws `kid_subsets` random pairs of `kid_subset_size` (default `default_kid_subset`: half the smaller set,
+    at most 1000) vectors, one from each set, and gives the mean and the standard deviation over them of
+    the unbiased MMD² estimate; with `scale_kid` both sets are first centred and scaled by the real set
+    (`_scaled`). FID is always on the features as given. KID's sampling is seeded: the same inputs give the
+    same numbers.
     """
     import torch
     ensure_torchvision_imports()  # torchmetrics imports torchvision when it is installed
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    _check_images(real, tuple(real.shape[1:]), "real images")
-    _check_images(generated, tuple(real.shape[1:]), "generated images")
     n = min(generated.shape[0], real.shape[0])
-    subset = min(100, n) if kid_subset_size is None else kid_subset_size
+    subset = default_kid_subset(generated.shape[0], real.shape[0]) if kid_subset_size is None else kid_subset_size
     if not 2 <= subset <= n:
         raise ConfigError(f"kid_subset_size must be between 2 and {n} (the smaller set), got {subset}")
-    fid = FrechetInceptionDistance(feature=extractor)
+    if kid_subsets < 1:
+        raise ConfigError(f"kid_subsets must be >= 1, got {kid_subsets}")
+    d = int(real.shape[1])
+    fid = FrechetInceptionDistance(feature=_given_features(d))
     with warnings.catch_warnings():
-        # KID warns that it keeps every feature vector; 64-d features make that cheap.
+        # KID warns that it keeps every feature vector; they are in memory already.
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid = KernelInceptionDistance(feature=extractor, subset_size=subset)
-    for images, is_real in ((real, True), (generated, False)):
-        for part in images.split(_BATCH):
-            fid.update(part.float(), real=is_real)
-            kid.update(part.float(), real=is_real)
+        kid = KernelInceptionDistance(feature=_given_features(d), subsets=kid_subsets, subset_size=subset)
+    fid.update(real, real=True)
+    fid.update(generated, real=False)
+    kid_real, kid_gen = (_scaled(real, real), _scaled(generated, real)) if scale_kid else (real, generated)
+    kid.update(kid_real, real=True)
+    kid.update(kid_gen, real=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std),
+            "kid_subset_size": subset, "kid_subsets": kid_subsets}
 
 
-def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig) -> dict:
-    """Quality of samples (N, C, S, S) in [-1, 1] against a labelled dataset's train split.
+def fid_kid(
+    generated: torch.Tensor,
+    real: torch.Tensor,
+    extractor: torch.nn.Module,
+    kid_subset_size: int | None = None,
+    *,
+    kid_subsets: int = KID_SUBSETS,
+    scale_kid: bool = False,
+) -> dict:
+    """FID and KID (torchmetrics) of generated vs real images in the extractor's feature space
+    (`fid_kid_features` on the features of both sets)."""
+    _check_images(real, tuple(real.shape[1:]), "real images")
+    _check_images(generated, tuple(real.shape[1:]), "generated images")
+    return fid_kid_features(extract_features(extractor, generated), extract_features(extractor, real),
+                            kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, scale_kid=scale_kid)
 
-    Beside the samples' FID/KID stands the same figure for the real test split vs the train
-    split (`*_real_reference`); `fid_ratio` near 1 means "as close as held-out real images".
-    FID grows as sets shrink, so the ratio is fairest with about `n_reference` samples.
+
+def evaluate_images(samples: torch.Tensor, data_cfg: DataConfig, features: str | None = None, *,
+                    space: FeatureSpace | None = None) -> dict:
+    """Quality of samples (N, C, S, S) in [-1, 1] against the dataset's train split, in a feature space
+    (`features`, see `resolve_features`; or an already built `space`).
+
+    Beside the samples' FID/KID stands the same figure, in the same features, for the real test split vs the
+    train split (`*_real_reference`); `fid_ratio` near 1 means "as close as held-out real images". FID grows
+    as sets shrink, so the ratio is fairest with about `n_reference` samples. A labelled dataset's classifier
+    also gives its confidence on the samples (whatever the feature space).
     """
-    import torch
-
-    k = num_classes(data_cfg)
-    if k is None:
-        raise DatasetError(f"evaluate needs a labelled dataset; {data_cfg.name} has no labels")
+    if space is None:
+        resolve_features(data_cfg, features)  # a bad choice fails before any loading
     train_x, _ = load_images(data_cfg, "train")
     test_x, _ = load_images(data_cfg, "test")
     _check_images(samples, tuple(train_x.shape[1:]), "samples")
-    classifier = load_or_train_classifier(data_cfg)
-    extractor = models.FeatureExtractor(classifier)
-    gen = fid_kid(samples, train_x, extractor)
-    ref = fid_kid(test_x, train_x, extractor)
+    _check_images(test_x, tuple(train_x.shape[1:]), f"{data_cfg.name} test split")
+    space = space or feature_space(data_cfg, features)
+    real_f, gen_f, test_f = (extract_features(space.extractor, x, space.batch) for x in (train_x, samples, test_x))
+    kid = {"scale_kid": space.scale_kid}
+    gen = fid_kid_features(gen_f, real_f, **kid)
+    ref = fid_kid_features(test_f, real_f, **kid)
     # FID is biased upward for small sets: compare like with like at the reference's size too.
     n_ref = int(test_x.shape[0])
-    matched = fid_kid(samples[:n_ref], train_x, extractor)["fid"] if samples.shape[0] > n_ref else gen["fid"]
-    probs = _predict(classifier, samples).softmax(dim=1)
-    confidence = probs.max(dim=1).values
-    real_confidence = _predict(classifier, test_x).softmax(dim=1).max(dim=1).values
-    return {
+    matched = fid_kid_features(gen_f[:n_ref], real_f, **kid)["fid"] if samples.shape[0] > n_ref else gen["fid"]
+    out = {
+        "features": space.name,
+        "feature_space": space.description,
+        "feature_dim": int(real_f.shape[1]),
         "fid": gen["fid"],
         "kid_mean": gen["kid_mean"],
         "kid_std": gen["kid_std"],
+        "kid_subset_size": gen["kid_subset_size"],
+        "kid_subsets": gen["kid_subsets"],
+        "kid_features": KID_SCALED if space.scale_kid else "raw",
         "fid_real_reference": ref["fid"],
         "kid_real_reference": ref["kid_mean"],
         "kid_real_reference_std": ref["kid_std"],
+        "kid_real_reference_subset_size": ref["kid_subset_size"],
         "fid_ratio": gen["fid"] / ref["fid"] if ref["fid"] > 0 else float("inf"),
         "fid_at_reference_n": matched,
         "fid_ratio_at_reference_n": matched / ref["fid"] if ref["fid"] > 0 else float("inf"),
         "n_samples": int(samples.shape[0]),
-        "n_reference": int(test_x.shape[0]),
+        "n_reference": n_ref,
+        "n_real": int(train_x.shape[0]),
+    }
+    if space.classifier is not None:
+        out.update(_confidence(space.classifier, samples, test_x))
+    return out
+
+
+def _confidence(classifier: models.Classifier, samples: torch.Tensor, test_x: torch.Tensor) -> dict:
+    """The classifier's view of the samples: how confident it is, and the classes it sees, beside real images."""
+    import torch
+
+    probs = _predict(classifier, samples).softmax(dim=1)
+    confidence = probs.max(dim=1).values
+    real_confidence = _predict(classifier, test_x).softmax(dim=1).max(dim=1).values
+    return {
         "classifier_test_accuracy": classifier.test_accuracy,
         "confidence_mean": float(confidence.mean()),
         "frac_confident": float((confidence >= 0.9).float().mean()),
         "frac_confident_real_reference": float((real_confidence >= 0.9).float().mean()),
-        "class_histogram": torch.bincount(probs.argmax(dim=1), minlength=k).tolist(),
+        "class_histogram": torch.bincount(probs.argmax(dim=1), minlength=probs.shape[1]).tolist(),
     }
 
 
 def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: str | None = None,
-                        **runner_options) -> dict:
+                        inception_network: torch.nn.Module | None = None, **runner_options) -> dict:
     """Sample an artifact with `sample_cfg` and score the images; also saved as its metrics.json.
 
-    Model artifacts run in PyTorch by default; any artifact runs on a named runtime (ONNX
-    Runtime, TensorRT, ...) through the numpy sampler, fed the same seeded noise. The artifact
-    is opened once (`path` may be an Artifact already opened).
+    The feature space comes from an EvaluateConfig's `features` (a plain SampleConfig: the default one) and is
+    set up (classifier trained or loaded, Inception weights found) before any image is drawn;
+    `inception_network` stands in for torch-fidelity's network (see `feature_space`). Model artifacts run in
+    PyTorch by default; any artifact runs on a named runtime (ONNX Runtime, TensorRT, ...) through the numpy
+    sampler, fed the same seeded noise. The artifact is opened once (`path` may be an Artifact already opened).
     """
     art = path if isinstance(path, Artifact) else Artifact.load(path)
-    images, runtime = draw_images(art, sample_cfg, progress=progress, runtime=runtime, **runner_options)
     data_cfg = read_train_config(art).data
-    metrics = evaluate_images(images, data_cfg)
+    features, weights = (sample_cfg.features, sample_cfg.inception_weights) if isinstance(
+        sample_cfg, EvaluateConfig) else (None, None)
+    space = feature_space(data_cfg, features, inception_weights=weights, inception_network=inception_network)
+    images, runtime = draw_images(art, sample_cfg, progress=progress, runtime=runtime, **runner_options)
+    metrics = evaluate_images(images, data_cfg, space=space)
     metrics.update(
         sampler=sample_cfg.sampler, sampler_steps=sample_cfg.steps, eta=sample_cfg.eta, seed=sample_cfg.seed,
         artifact=str(art.path), artifact_id=art.manifest.get("id"), dataset=to_dict(data_cfg), runtime=runtime,
@@ -316,3 +556,15 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
     write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps), metrics)
     return metrics
 
+
+def format_evaluation(m: dict) -> str:
+    """One line: FID and KID beside their real-vs-real figures, the classifier's confidence where there is one."""
+    text = (
+        f"FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}, ratio {m['fid_ratio']:.2f}), "
+        f"at n={m['n_reference']}: ratio {m['fid_ratio_at_reference_n']:.2f}; "
+        f"KID {kid_text(m['kid_mean'], m['kid_std'])} "
+        f"(real-vs-real {kid_text(m['kid_real_reference'], m['kid_real_reference_std'])}); "
+    )
+    if "frac_confident" in m:
+        text += f"confident {100 * m['frac_confident']:.1f}% (real {100 * m['frac_confident_real_reference']:.1f}%); "
+    return text + f"{m['features']} features"

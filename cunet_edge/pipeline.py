@@ -44,13 +44,14 @@ from .artifact import Artifact, check_output_path, write_json_atomic
 from .benchmark import BenchConfig
 from .checkpoint import TrainConfig, train_config_from_options
 from .config import check_positive, from_dict, to_dict
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, CunetEdgeError
+from .evaluation import check_features
 from .export.onnx import OnnxExportConfig
 from .kinds import MODEL_KINDS, STAGE_IO, StageIO, kind_runtime
 from .pruning import PruneConfig
 from .quantize.int8 import QuantizeConfig
 from .report.stage import ReportConfig
-from .sampling import SampleConfig
+from .sampling import EvaluateConfig
 from .search import ParetoConfig, SearchConfig, expand_search, run_pareto
 from .unrolling import UnrollConfig
 
@@ -75,6 +76,7 @@ class StageDef:
     always: bool = False  # summaries of what is on disk: cheap, and rerun every time
     resumable: bool = False  # a changed or killed run continues from its last save instead of starting over
     reads_run: bool = False  # summarises the whole run folder: stages a search adds go before it
+    check: Callable[[Any], None] | None = None  # checks what its config needs (files, packages) before any work
 
     @property
     def takes(self) -> tuple[str, ...]:
@@ -106,7 +108,8 @@ STAGES: dict[str, StageDef] = {
     "export": StageDef(OnnxExportConfig, stages.run_export, STAGE_IO["export"], backends=_ONNX),
     "quantize": StageDef(QuantizeConfig, stages.run_quantize, STAGE_IO["quantize"], backends=("onnx", "onnxruntime")),
     "bench": StageDef(BenchConfig, stages.run_bench, STAGE_IO["bench"], many=True, measures_inputs=True),
-    "evaluate": StageDef(SampleConfig, stages.run_evaluate, STAGE_IO["evaluate"], many=True, measures_inputs=True),
+    "evaluate": StageDef(EvaluateConfig, stages.run_evaluate, STAGE_IO["evaluate"], many=True, measures_inputs=True,
+                         check=check_features),
     "pareto": StageDef(ParetoConfig, run_pareto, STAGE_IO["pareto"], many=True, always=True),
     "report": StageDef(ReportConfig, stages.run_report, STAGE_IO["report"], backends=("matplotlib",), always=True,
                        reads_run=True),
@@ -210,6 +213,11 @@ def _plan_stage(spec: Any, i: int, made: dict[str, str | None], previous: str | 
             raise ConfigError(f"{where}: input {src!r} makes {made[src] or 'no artifact'}; {kind} takes "
                               f"{' or '.join(d.takes)}")
     config = _parse_config(spec, d, where)
+    if d.check is not None:
+        try:
+            d.check(config)
+        except CunetEdgeError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     makes = d.output_kind(config) if d.output_kind else d.io.produces(made[inputs[0]] if inputs else None)
     return PlannedStage(kind, name, inputs, config, makes)
 

@@ -14,7 +14,7 @@ from typing import Any
 from .artifact import Artifact, write_json_atomic
 from .benchmark import BenchTarget, bench, format_bench
 from .errors import ConfigError
-from .evaluation import evaluate_checkpoint
+from .evaluation import evaluate_checkpoint, format_evaluation
 from .export.onnx import export_onnx
 from .importing import SPEC_TABLES, ImportSpec, import_model, load_import_spec, parse_import_spec, spec_fingerprint
 from .kinds import runtime_for
@@ -143,8 +143,7 @@ def run_evaluate(cfg, ctx):
         runtime = runtime_for(a.kind, a.path)
         options = {"threads": ctx.settings.threads} if runtime == "onnxruntime" and ctx.settings.threads else {}
         m = evaluate_checkpoint(a, cfg, progress=ctx.progress, runtime=runtime, **options)
-        print(f"  {a.path.name}: FID {m['fid']:.3f} (real-vs-real {m['fid_real_reference']:.3f}), "
-              f"confident {100 * m['frac_confident']:.1f}%  [{runtime}]")
+        print(f"  {a.path.name}: {format_evaluation(m)}  [{runtime}]")
         rows.append(m)
     write_json_atomic(ctx.out / RESULT, {"results": rows})
     return None

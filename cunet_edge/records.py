@@ -27,7 +27,7 @@ from .errors import ConfigError
 __all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "VERIFICATION", "METRICS", "RESULT",
            "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
            "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
-           "write_metrics", "read_metrics"]
+           "write_metrics", "read_metrics", "evaluation_features", "kid_text"]
 
 SOLVER = "solver"
 TRAINED_SOLVER = "trained_solver"
@@ -125,6 +125,22 @@ def bench_section(row: dict) -> str:
         parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
         parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []
     return f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
+
+
+def evaluation_features(record: dict) -> str:
+    """The feature space (classifier or inception) an `evaluate` record's FID/KID were measured in; records
+    written before there was a choice were measured in the classifier's."""
+    return record.get("features") or "classifier"
+
+
+def kid_text(mean: float, std: float | None) -> str:
+    """KID ± its spread over subsets, as the CLI and the report show it: a value within twice its spread of 0
+    reads "≈ 0", which is what it measured (the samples are as close to the real set as KID can tell)."""
+    if std is None:
+        return f"{mean:.3g}"
+    if abs(mean) < 2 * std:
+        return f"≈ 0 ({mean:.2g} ± {std:.2g})"
+    return f"{mean:.3g} ± {std:.2g}"
 
 
 def evaluate_section(sampler: str, steps: int) -> str:

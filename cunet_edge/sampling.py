@@ -16,7 +16,7 @@ from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
 from .runtimes.base import open_runner
 
-__all__ = ["SampleConfig", "EvaluateConfig", "generate", "generate_with_runner", "open_for_sampling", "draw_images",
+__all__ = ["SampleConfig", "EvaluateConfig", "FEATURE_SPACES", "generate", "generate_with_runner", "open_for_sampling", "draw_images",
            "write_sample_grid"]
 
 
@@ -52,11 +52,29 @@ class SampleConfig:
             raise ConfigError(f"ddim eta must be in [0, 1], got {self.eta}")
 
 
+# The feature spaces FID/KID can be measured in: the dataset's own classifier, or Inception-v3 (torch-fidelity).
+FEATURE_SPACES = ("classifier", "inception")
+
+
 @dataclass(frozen=True)
 class EvaluateConfig(SampleConfig):
-    """A SampleConfig for FID/KID: 1,000 images by default (a 64-image FID says little; docs/results' are at 1,000)."""
+    """A SampleConfig for FID/KID: 1,000 images by default (a 64-image FID says little; docs/results' are at 1,000).
+
+    `features` is the space FID/KID are measured in: "classifier" (the dataset's own small classifier) or
+    "inception" (torch-fidelity's Inception-v3); None picks the classifier for a labelled dataset, Inception
+    otherwise. `inception_weights` is the path of the Inception weights file (default: the torch hub cache).
+    """
 
     n: int = 1000
+    features: str | None = None
+    inception_weights: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.features is not None:
+            check_choice("features", self.features, FEATURE_SPACES)
+        if self.inception_weights is not None and self.features == "classifier":
+            raise ConfigError("inception_weights is for features = \"inception\"; features is \"classifier\"")
 
 
 def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):

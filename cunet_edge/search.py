@@ -17,7 +17,7 @@ from pathlib import Path
 from .artifact import write_json_atomic
 from .config import check_choice, check_positive
 from .errors import ConfigError
-from .records import RESULT, SOLVER, evaluate_section, read_metrics
+from .records import RESULT, SOLVER, evaluate_section, evaluation_features, read_metrics
 
 __all__ = ["SearchConfig", "ParetoConfig", "expand_search", "pareto_front", "run_pareto"]
 
@@ -39,6 +39,7 @@ class SearchConfig:
     prune_config: dict = field(default_factory=dict)
     quantize_config: dict = field(default_factory=dict)
     bench_config: dict = field(default_factory=dict)
+    evaluate_config: dict = field(default_factory=dict)  # e.g. {features = "inception"}
 
     def __post_init__(self):
         for name in ("sampler_steps", "solver_steps", "prune", "precision"):
@@ -84,7 +85,7 @@ def expand_search(cfg: SearchConfig) -> list[dict]:
     variants = [cfg.model] + finals
     for st in cfg.sampler_steps:
         specs.append({"stage": "evaluate", "name": f"search-eval-{cfg.sampler}{st}", "inputs": variants,
-                      "n": cfg.n, "sampler": cfg.sampler, "steps": st})
+                      "n": cfg.n, "sampler": cfg.sampler, "steps": st, **cfg.evaluate_config})
     specs.append({"stage": "bench", "name": "search-bench", "inputs": variants, "batch": 1,
                   "sampler_steps": max(cfg.sampler_steps), **cfg.bench_config})
     specs.append({"stage": "pareto", "name": "search-pareto", "inputs": variants, "bench": "search-bench",
@@ -131,8 +132,12 @@ def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
             rows.append({"variant": f"{art.path.name} · {cfg.sampler} {st}", "artifact": str(art.path),
                          "kind": art.kind, "runtime": timing["runtime"], "precision": timing["precision"],
                          "solver": art.manifest.get(SOLVER), "sampler_steps": st, "fid": ev["fid"],
-                         "kid_mean": ev["kid_mean"], "call_ms": timing["p50_ms"],
+                         "kid_mean": ev["kid_mean"], "features": evaluation_features(ev), "call_ms": timing["p50_ms"],
                          "image_ms": timing["p50_ms"] * st})  # network time per image at batch 1
+    spaces = sorted({r["features"] for r in rows})
+    if len(spaces) > 1:
+        raise ConfigError(f"pareto: the evaluations were measured in different feature spaces ({', '.join(spaces)}); "
+                          f"FIDs in two spaces cannot be compared: evaluate every input with the same features")
     return rows
 
 

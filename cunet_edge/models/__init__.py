@@ -1,4 +1,5 @@
-"""Models: the continuous U-Net (neural-ODE blocks), the DDPM U-Net baseline, imported networks, the FID classifier.
+"""Models: the continuous U-Net (neural-ODE blocks), the DDPM U-Net baseline, imported networks, the FID
+feature networks (the dataset classifier, Inception-v3).
 
 Importing this package is cheap: the submodules (and torch with them) load on first use of
 a name, and diffusers only when a baseline U-Net is built.
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .classifier import Classifier, FeatureExtractor
     from .cunet import CUNetConfig
     from .imported import ImportedConfig, resolve_module_file
+    from .inception import InceptionFeatures, load_inception_v3
     from .profile import count_nfe, profile_model
     from .solver import SolverConfig
 
@@ -36,6 +38,8 @@ __all__ = [
     "profile_model",
     "Classifier",
     "FeatureExtractor",
+    "InceptionFeatures",
+    "load_inception_v3",
     "count_nfe",
     "count_odeint_calls",
     "require_odeint",
@@ -55,6 +59,8 @@ _LAZY = {
     "LAYER_WIDTHS": "cunet:LAYER_WIDTHS",
     "Classifier": "classifier:Classifier",
     "FeatureExtractor": "classifier:FeatureExtractor",
+    "InceptionFeatures": "inception:InceptionFeatures",
+    "load_inception_v3": "inception:load_inception_v3",
     "count_nfe": "profile:count_nfe",
     "count_odeint_calls": "odeint_unroll:count_odeint_calls",
     "require_odeint": "odeint_unroll:require_odeint",

@@ -23,7 +23,15 @@ from ..artifact import MANIFEST, Artifact
 from ..errors import ArtifactError, CunetEdgeError
 from ..inspection import inspect_artifact
 from ..kinds import MODEL_KINDS, kind_runtime
-from ..records import BENCH_SECTION, EVALUATE_SECTION, SOLVER, precision_of, prune_macs_ratio, read_metrics
+from ..records import (
+    BENCH_SECTION,
+    EVALUATE_SECTION,
+    SOLVER,
+    evaluation_features,
+    precision_of,
+    prune_macs_ratio,
+    read_metrics,
+)
 
 __all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_rows", "variant_label",
            "DEFAULT_SAMPLER"]
@@ -296,8 +304,9 @@ def _one_variant(key: tuple, benches: list[dict], evs: list[dict], own_precision
                and (e.get("sampler", "ddim"), e.get("sampler_steps")) == (sampler, steps)), None)
     if ev:
         row.update(fid=ev.get("fid"), kid=ev.get("kid_mean"), kid_std=ev.get("kid_std"),
-                   fid_real_reference=ev.get("fid_real_reference"), eval_n=ev.get("n_samples"),
-                   frac_confident=ev.get("frac_confident"))
+                   kid_real_reference=ev.get("kid_real_reference"), kid_subset_size=ev.get("kid_subset_size"),
+                   features=evaluation_features(ev), fid_real_reference=ev.get("fid_real_reference"),
+                   eval_n=ev.get("n_samples"), frac_confident=ev.get("frac_confident"))
     return row
 
 

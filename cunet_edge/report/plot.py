@@ -57,7 +57,8 @@ def _panel(ax, group: dict, rows: dict, p: dict) -> None:
         ax.set_xscale("log")
     ax.set_xlabel(p["latency_label"] + " — lower is faster")
     ax.set_ylabel(p["quality_label"])
-    ax.set_title(f"{group['dataset'] or 'dataset unknown'} · measured on {group['hw'] or '?'}", fontsize=10)
+    space = f" · FID in {group['features']} features" if group.get("features") else ""
+    ax.set_title(f"{group['dataset'] or 'dataset unknown'} · measured on {group['hw'] or '?'}{space}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(handles=key, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
               title="fp32 blue · fp16 green · int8 orange", title_fontsize=7.5, alignment="left")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..kinds import ONNX_KINDS
+from ..records import kid_text
 from .plot import check_plotting, plot_pareto
 
 __all__ = ["check_plotting", "write_all", "tables", "json_safe", "summary_lines", "PLOT", "FILES"]
@@ -103,6 +104,16 @@ def _vs_reference(key: str, fmt: Callable) -> Callable[[dict], str]:
     return lambda r: "reference" if r.get("reference") == r["artifact"] and key in r else fmt(r.get(key))
 
 
+def _kid(r) -> str:
+    """KID ± its spread over subsets, and the real-vs-real KID; records from before scaled KID say so."""
+    if not _num(r.get("kid")):
+        return _DASH
+    text = kid_text(r["kid"], r["kid_std"] if _num(r.get("kid_std")) else None)
+    if _num(r.get("kid_real_reference")):
+        text += f" (real {r['kid_real_reference']:.2g})"
+    return text if r.get("kid_subset_size") else text + " unscaled"
+
+
 def _star(r) -> str:
     return "★" if r.get("pareto") else ""
 
@@ -125,8 +136,9 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
     quality = [
         ("★", _star), ("artifact", lambda r: r["artifact"]), ("precision", lambda r: r["precision"] or _DASH),
         ("runtime", _runtime), ("sampler", _sampler),
+        ("features", lambda r: r.get("features") or _DASH),
         ("FID (n)", lambda r: f"{r['fid']:.2f} ({r['eval_n']})" if _num(r.get("fid")) else _DASH),
-        ("KID ± std", lambda r: f"{r['kid']:.1f} ± {r['kid_std']:.1f}" if _num(r.get("kid")) else _DASH),
+        ("KID ± std (real-vs-real)", _kid),
         ("ε rel. err vs FP32 ref", _vs_reference("eps_rel_err", _err)),
         ("sample PSNR vs ref", _vs_reference("sample_psnr_db", _db)),
     ] + [(f"drift: {s}", _drift_cell(s)) for s in result["stages"]]
@@ -139,7 +151,11 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
          "Latency per network call at the smallest batch benched; per image = one sampler run at batch 1; "
          "throughput at the best batch benched. ★ = on the Pareto front.", cost, rows),
         ("quality", "Quality, and where it went",
-         "FID/KID from `evaluate` (n samples). ε relative error and sample PSNR are measured by this report "
+         "FID/KID from `evaluate` (n samples), in the feature space named (the dataset's classifier, or "
+         "Inception-v3); compare figures only within one. KID: mean ± std over random subsets of half the samples, "
+         "beside the real test split's KID; '≈ 0' when within twice its spread of 0. In classifier features it is "
+         "measured on features centred and scaled by the real set (a KID marked 'unscaled' predates that and is "
+         "mostly noise). ε relative error and sample PSNR are measured by this report "
          "against the lineage's FP32 reference on common inputs; drift per stage is each stage's ε against its "
          "parent, measured here unless marked (rec.) = as the stage recorded it.", quality, rows),
     ]
@@ -167,11 +183,13 @@ def summary_lines(result: dict) -> list[str]:
     if not p["groups"]:
         return lines + ["No variant has both a quality figure and a latency, so there is no Pareto front: "
                         "run `cunet-edge bench` and `cunet-edge evaluate` on the artifacts."]
-    lines.append(f"Pareto front over {p['quality_label']} and {p['latency_label']}, per dataset and measuring device:")
+    lines.append(f"Pareto front over {p['quality_label']} and {p['latency_label']}, per dataset and measuring device"
+                 + (" and feature space:" if p["quality"] == "fid" else ":"))
     by_label = {r["variant"]: r for r in rows}
     for g in p["groups"]:
-        lines.append(f"{g['dataset']}, measured on {g['hw']}: {len(g['frontier'])} of {len(g['points'])} plotted "
-                     f"variants on the front.")
+        space = f", FID in {g['features']} features" if g.get("features") else ""
+        lines.append(f"{g['dataset']}, measured on {g['hw']}{space}: {len(g['frontier'])} of {len(g['points'])} "
+                     f"plotted variants on the front.")
         vs = {c["variant"]: c for c in g["vs_reference"]}
         for v in g["frontier"]:
             r, c = by_label[v], vs.get(v)

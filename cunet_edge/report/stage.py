@@ -170,7 +170,8 @@ def _against_reference(front: list[str], members: list[dict], q: str, lat: str) 
 
 
 def pareto_front(rows: list[dict]) -> dict:
-    """Non-dominated rows (lower quality figure and lower latency), per (dataset, measuring device).
+    """Non-dominated rows (lower quality figure and lower latency), per (dataset, measuring device, and for FID
+    the feature space it was measured in).
 
     Axes: the first (quality, latency) pair of QUALITY_AXES x LATENCY_AXES that some row has both of.
     Sets rows' `pareto` to True/False where plotted, None where a figure is missing.
@@ -184,13 +185,13 @@ def pareto_front(rows: list[dict]) -> dict:
             r["pareto"] = None
         return {"quality": None, "latency": None, "groups": []}
     groups: dict[tuple, list[dict]] = {}
-    for r in plotted:
-        groups.setdefault((r.get("dataset"), r.get("hw")), []).append(r)
+    for r in plotted:  # FIDs in two feature spaces are not comparable: never on one front
+        groups.setdefault((r.get("dataset"), r.get("hw"), r.get("features") if q == "fid" else None), []).append(r)
     out = []
-    for (dataset, hw), members in sorted(groups.items(), key=lambda g: str(g[0])):
+    for (dataset, hw, features), members in sorted(groups.items(), key=lambda g: str(g[0])):
         front = [r["variant"] for r in non_dominated(members, quality=q, cost=lat)]
-        out.append({"dataset": dataset, "hw": hw, "points": [r["variant"] for r in members], "frontier": front,
-                    "vs_reference": _against_reference(front, members, q, lat)})
+        out.append({"dataset": dataset, "hw": hw, "features": features, "points": [r["variant"] for r in members],
+                    "frontier": front, "vs_reference": _against_reference(front, members, q, lat)})
     on_front, shown = {v for g in out for v in g["frontier"]}, {id(r) for r in plotted}
     for r in rows:
         r["pareto"] = (r["variant"] in on_front) if id(r) in shown else None
