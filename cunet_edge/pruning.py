@@ -43,7 +43,7 @@ from .constants import PROFILE_TIMESTEP
 from .data import load_images
 from .diffusion import alphas_cumprod, diffusion_loss, q_sample, to_model_range, training_target
 from .drift import rel_err, schedule_inputs, torch_drift
-from .errors import ConfigError, import_backend
+from .errors import ConfigError, CunetEdgeError, import_backend
 from .kinds import STAGE_IO
 from .models import build_model, profile_model
 from .records import DRIFT, PRUNING, SOLVER, TRAINED_SOLVER
@@ -333,6 +333,23 @@ def _validation(parent, cfg: PruneConfig, device) -> tuple:
         return val, parent.model(*val)
 
 
+@contextlib.contextmanager
+def _users_code(plan: depgraph.Plan | None, what: str):
+    """An imported network's own code failing in training (e.g. a backward pass it does not support) is a one-line
+    ConfigError, raised before anything is written."""
+    if plan is None:
+        yield
+        return
+    try:
+        yield
+    except CunetEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- the user's network: any failure of its code, said in one line
+        raise ConfigError(f"the imported network fails while {what}: {depgraph.first_line(exc)} (an unrolled "
+                          "network trains by plain backprop; --importance l1 and --finetune-steps 0 need no "
+                          "gradients)") from None
+
+
 def _finetune_shares(cfg: PruneConfig) -> list[int]:
     """Fine-tuning steps after each pruning step: the budget split evenly, the remainder last."""
     share = cfg.finetune_steps // cfg.iterative_steps
@@ -353,7 +370,8 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
     for k, steps in enumerate(_finetune_shares(cfg), 1):
         t0 = time.perf_counter()
         if cfg.importance == "taylor":
-            _taylor_gradients(model, images, parent.config, cfg, k)
+            with _users_code(plan, "computing Taylor importance (the diffusion loss's gradients)"):
+                _taylor_gradients(model, images, parent.config, cfg, k)
         goal = 1 - (1 - cfg.target) * k / cfg.iterative_steps
         work, record = _prune_step(tp, model, goal, base, val, ref, cfg, plan)
         model_cfg = _pruned_config(parent.config.model, work)
@@ -365,8 +383,9 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
         t1 = time.perf_counter()
         record.update(finetune_steps=steps, seconds={"prune": t1 - t0})
         if steps:
-            ema, record["finetune_last_loss"] = _finetune(model, parent.model, images, parent.config, cfg, steps, k,
-                                                          progress)
+            with _users_code(plan, "fine-tuning"):
+                ema, record["finetune_last_loss"] = _finetune(model, parent.model, images, parent.config, cfg, steps,
+                                                              k, progress)
             model = _rebuild(model_cfg, ema, device)
             with torch.no_grad():
                 record["eps_rel_err_after_finetune"] = rel_err(model(*val), ref)

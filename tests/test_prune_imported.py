@@ -141,6 +141,26 @@ def test_pruned_odeunet_reloads_equal_in_a_fresh_process_and_exports(ode, tmp_pa
     assert proc.returncode == 0 and re.search(r"pruned: \d+ layers of the network resized", proc.stdout)
 
 
+def test_odeunet_checkpoint_is_traced_through_its_solves_and_keeps_them(ode, tmp_path):
+    """Not unrolled: the graph is traced through one midpoint step per torchdiffeq solve, and the pruned checkpoint
+    runs its own solvers (rk4, adjoint dopri5). odeunet's adjoint block cannot backpropagate (it clears its
+    conditioning after the forward), which is said in one line; magnitude importance without fine-tuning needs no
+    gradients."""
+    root, _ = ode
+    proc = cli_in_process("prune", root / "imported", "--target-macs", 0.7, "--ratio-step", 0.2, "--out", tmp_path / "p")
+    assert_one_line_error(proc, "the imported network fails while computing Taylor importance (the diffusion loss's "
+                                "gradients): TypeError: ")
+    assert not (tmp_path / "p").exists()
+    cfg = PruneConfig(target_params=0.7, importance="l1", finetune_steps=0, **QUICK)
+    art = prune(root / "imported", cfg, tmp_path / "p", progress=False)
+    p = art.manifest["pruning"]
+    assert art.kind == "checkpoint" and p["params_ratio"] <= 0.7 and p["after"]["nfe_per_call"] > 1
+    child = load_checkpoint(art.path)
+    assert not child.config.model.unroll_method and child.config.model.pruned["shapes"]
+    assert _measured_again(art, root / "imported", cfg) == pytest.approx(p["iterative_steps"][-1]["eps_rel_err"],
+                                                                         rel=1e-6)
+
+
 # -- diffusers' UNet2DModel: refused layer by layer, then pruned with those layers kept --------------------------
 
 
