@@ -81,9 +81,8 @@ def example_inputs(model, batch: int = 1, seed: int | None = None):
     else:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     t = torch.full((batch,), PROFILE_TIMESTEP, dtype=torch.long)
-    t[0] = 0  # (batch 2 and up: both ends of the schedule's embedding)
-    if batch == 1:
-        t[0] = PROFILE_TIMESTEP
+    if batch > 1:
+        t[0] = 0  # the start of the schedule too
     return x.to(device=p.device, dtype=p.dtype), t.to(p.device)
 
 
@@ -102,12 +101,12 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+@contextlib.contextmanager
 def _quiet():
     """Torch-Pruning warns on every unknown op and loose parameter: the checks here say what matters, once."""
-    cm = warnings.catch_warnings()
-    cm.__enter__()
-    warnings.simplefilter("ignore")
-    return cm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 class _Calls:
@@ -170,12 +169,10 @@ def _describe(refusals: list[_Refusal], more: bool) -> str:
 def _graph(tp, work, example):
     """The dependency graph of `work`, traced once; and the modules that ran."""
     calls = _Calls(work)
-    cm = _quiet()
     try:
-        with traceable(work):
+        with _quiet(), traceable(work):
             dg = tp.DependencyGraph().build_dependency(work, example, verbose=False)
     finally:
-        cm.__exit__(None, None, None)
         calls.close()
     return dg, calls.ran
 
@@ -337,7 +334,7 @@ def _static_refusals(net: _Net, kept: list[str]) -> list[_Refusal]:
     return refusals
 
 
-def _probe(net: _Net, root, group, x, t) -> _Refusal | bool:
+def _probe(net: _Net, root, x, t) -> _Refusal | bool:
     """Remove one channel per channel group of `root`'s group from the copy (in place): the refusal if the network
     breaks, else whether it was probed (False: too few channels per channel group to remove one)."""
     import torch
@@ -404,18 +401,15 @@ def plan(tp, model, keep: tuple[str, ...] = ()) -> Plan:
     while True:
         keep_now = kept + [r.keep for r in refusals]
         prunable, dropped, ignored = net.groups(keep_now)
-        thin, failed = [], None
-        cm = _quiet()
-        try:
-            for root, group in prunable:
-                result = _probe(net, root, group, x, t)
+        thin, failed = [], None  # thin: groups too narrow to remove a channel per channel group
+        with _quiet():
+            for root, _group in prunable:
+                result = _probe(net, root, x, t)
                 if isinstance(result, _Refusal):
                     failed = result
                     break
                 if not result:
                     thin.append(root)
-        finally:
-            cm.__exit__(None, None, None)
         if failed is None:
             break
         refusals.append(failed)
@@ -462,11 +456,7 @@ def metapruner(tp, model, plan_: Plan, *, importance, ratio: float, global_pruni
     params = dict(model.named_parameters(remove_duplicate=False))
     ignored = [named[p] for p in plan_.ignored if p in named]
     unwrapped = [(params[n], d) for n, d in plan_.unwrapped if n in params]
-    cm = _quiet()
-    try:
-        with traceable(model):
-            return tp.pruner.MetaPruner(model, example_inputs(model), importance=importance, pruning_ratio=ratio,
-                                        global_pruning=global_pruning, ignored_layers=ignored,
-                                        unwrapped_parameters=unwrapped, round_to=None)
-    finally:
-        cm.__exit__(None, None, None)
+    with _quiet(), traceable(model):
+        return tp.pruner.MetaPruner(model, example_inputs(model), importance=importance, pruning_ratio=ratio,
+                                    global_pruning=global_pruning, ignored_layers=ignored,
+                                    unwrapped_parameters=unwrapped, round_to=None)
