@@ -282,7 +282,7 @@ def apply_pruned(net: nn.Module, pruned: dict[str, Any]) -> None:
     Every recorded tensor is replaced by a zero tensor of its recorded shape (the weights are loaded next;
     a tensor shared by several modules stays shared) and every recorded attribute is set.
     """
-    made: dict[int, torch.Tensor] = {}
+    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(old) → (old, new): old held, so ids stay unique
     for name, shape in pruned.get("shapes", {}).items():
         path, _, attr = name.rpartition(".")
         try:
@@ -295,8 +295,9 @@ def apply_pruned(net: nn.Module, pruned: dict[str, Any]) -> None:
         old = table[attr]
         if id(old) not in made:
             new = torch.zeros(shape, dtype=old.dtype, device=old.device)
-            made[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
-        table[attr] = made[id(old)]
+            new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+            made[id(old)] = (old, new)
+        setattr(owner, attr, made[id(old)][1])  # (through the module: an RNN re-reads its flat weights)
     for path, values in pruned.get("attributes", {}).items():
         try:
             module = net.get_submodule(path)
