@@ -27,10 +27,13 @@ def _solver_summary(model_cfg, prof: dict) -> str:
     return f"{solver.method} x{solver.steps}" + (" (unrolled)" if getattr(solver, "unrolled", False) else "")
 
 
-def _pruned_widths(model_cfg) -> dict[str, list[int]] | None:
-    """Every per-layer width of a pruned continuous U-Net (None for a model at its nominal widths)."""
+def _pruned_widths(model_cfg) -> dict[str, Any] | None:
+    """Every per-layer width of a pruned continuous U-Net, or the width attributes pruning changed in an imported
+    network's layers (module path → attribute → value); None for a model at its nominal widths."""
     if not getattr(model_cfg, "pruned", False):
         return None
+    if model_cfg.arch == "imported":
+        return model_cfg.pruned.get("attributes", {})
     return model_cfg.layer_widths
 
 

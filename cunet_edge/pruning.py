@@ -1,4 +1,4 @@
-"""The prune stage: structured channel pruning of the continuous U-Net, then fine-tuning with distillation.
+"""The prune stage: structured channel pruning of a continuous U-Net or an imported network, then fine-tuning.
 
 Channels are removed physically, through Torch-Pruning's dependency graph rather than rules
 written per layer: the graph couples every layer that shares a channel dimension, so the ODE
@@ -17,6 +17,13 @@ used at every solver stage is pruned once for all of them.
 3. The pruned widths go into the model config; the model is rebuilt from config + weights.
 4. Fine-tuning after each round: the training loop (`training.fit`) on the diffusion loss plus
    distillation toward the parent's ε. The artifact records its drift against the parent.
+
+An imported network (`import`, arch "imported") is the user's code: nothing here knows its
+layers. `depgraph.plan` first checks that the dependency graph holds for it and refuses, naming
+each layer, what Torch-Pruning cannot handle (before any work); the same steps then run on the
+groups it may prune, and the config records what pruning changed (`ImportedConfig.pruned`: the
+resized tensors' shapes and the layers' width attributes), which the rebuilt network must
+reproduce exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models
+from . import depgraph, models
 from .artifact import check_output_path
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import check_choice, check_positive, to_dict
@@ -36,13 +43,13 @@ from .constants import PROFILE_TIMESTEP
 from .data import load_images
 from .diffusion import alphas_cumprod, diffusion_loss, q_sample, to_model_range, training_target
 from .drift import rel_err, schedule_inputs, torch_drift
-from .errors import ConfigError, import_backend
+from .errors import ConfigError, CunetEdgeError, import_backend
 from .kinds import STAGE_IO
 from .models import build_model, profile_model
 from .records import DRIFT, PRUNING, SOLVER, TRAINED_SOLVER
 from .training import fit
 
-__all__ = ["PruneConfig", "prune", "IMPORTANCES", "SCOPES", "SELECTIONS"]
+__all__ = ["IMPORTANCES", "SCOPES", "SELECTIONS", "PruneConfig", "prune"]
 
 IMPORTANCES = ("taylor", "l1")
 SCOPES = ("global", "local")
@@ -71,6 +78,7 @@ class PruneConfig:
     val_n: int = 64
     drift_samples: int = 16
     drift_sampler_steps: int = 20
+    keep: tuple[str, ...] = ()  # modules of an imported network to leave whole (paths inside the network)
 
     def __post_init__(self):
         given = [n for n in ("target_macs", "target_params") if getattr(self, n) is not None]
@@ -89,6 +97,8 @@ class PruneConfig:
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0 < self.ratio_step < 1:
             raise ConfigError(f"ratio_step must be in (0, 1), got {self.ratio_step}")
+        if not isinstance(self.keep, tuple) or not all(isinstance(k, str) and k.strip() for k in self.keep):
+            raise ConfigError(f"keep must be module paths of the imported network, got {self.keep!r}")
 
     @property
     def metric(self) -> str:
@@ -99,11 +109,19 @@ class PruneConfig:
         return self.target_macs if self.target_macs is not None else self.target_params
 
 
-def _load_source(src):
+def _load_source(src, cfg: PruneConfig):
     ckpt = load_checkpoint(src, kinds=STAGE_IO["prune"].accepts)
-    if ckpt.config.model.arch != "cunet":
-        raise ConfigError(f"{src} is a {ckpt.config.model.arch!r} model; prune needs a continuous U-Net (cunet)")
+    arch = ckpt.config.model.arch
+    if arch not in ("cunet", "imported"):
+        raise ConfigError(f"{src} is a {arch!r} model; prune needs a continuous U-Net (cunet) or an imported network")
+    if cfg.keep and arch != "imported":
+        raise ConfigError(f"--keep names modules of an imported network; {src} is a continuous U-Net, whose "
+                          "attention and output layers prune's own rules keep whole")
     return ckpt
+
+
+def _imported(model) -> bool:
+    return model.cfg.arch == "imported"
 
 
 def _check_reachable(ckpt, cfg: PruneConfig, base: dict) -> float:
@@ -123,13 +141,18 @@ def _check_reachable(ckpt, cfg: PruneConfig, base: dict) -> float:
 
 @contextlib.contextmanager
 def _traceable(model):
-    """Run the ODE blocks through one unrolled midpoint step while the dependency graph is traced.
+    """Run the ODE blocks through one unrolled midpoint step while the dependency graph is traced
+    (an imported network: `depgraph.traceable`).
 
     torchdiffeq flattens the (x, v) state into one vector, which hides the channel coupling; the
     explicit loop calls the same modules on the same tensors, so the coupling it shows holds for
     every solver. Midpoint, because its x(1) reads an ODE-function evaluation (Euler's one step
     would leave the function off the path to the output, and so out of the graph).
     """
+    if _imported(model):
+        with depgraph.traceable(model):
+            yield
+        return
     blocks = model.ode_blocks()
     saved = [b.solver for b in blocks]
     for b in blocks:
@@ -141,11 +164,19 @@ def _traceable(model):
             b.solver = s
 
 
-def _pruner(tp, model, ratio: float, cfg: PruneConfig):
-    """Torch-Pruning's MetaPruner over the U-Net, with what must stay whole left out."""
+def _importance(tp, cfg: PruneConfig):
+    return (tp.importance.GroupTaylorImportance() if cfg.importance == "taylor"
+            else tp.importance.GroupMagnitudeImportance(p=1))
+
+
+def _pruner(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | None = None):
+    """Torch-Pruning's MetaPruner over the U-Net, with what must stay whole left out (an imported network:
+    as its `depgraph.plan` says)."""
     import torch
 
-
+    if _imported(model):
+        return depgraph.metapruner(tp, model, plan, importance=_importance(tp, cfg), ratio=ratio,
+                                   global_pruning=cfg.scope == "global")
     m = model.cfg
     # The timestep MLP feeds every block (tiny); the head's conv writes the image channels; the
     # qkv convs keep q/k/v and the heads whole (tracing their reshape into heads hangs the graph).
@@ -155,8 +186,7 @@ def _pruner(tp, model, ratio: float, cfg: PruneConfig):
     p = next(model.parameters())
     example = (torch.zeros(1, m.in_channels, m.image_size, m.image_size, dtype=p.dtype, device=p.device),
                torch.full((1,), PROFILE_TIMESTEP, device=p.device))
-    importance = (tp.importance.GroupTaylorImportance() if cfg.importance == "taylor"
-                  else tp.importance.GroupMagnitudeImportance(p=1))
+    importance = _importance(tp, cfg)
     with _traceable(model):
         return tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
                                     global_pruning=cfg.scope == "global", ignored_layers=ignored,
@@ -187,24 +217,32 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> 
             p.grad = torch.zeros_like(p)
 
 
-def _candidate(tp, model, ratio: float, cfg: PruneConfig):
+def _candidate(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | None = None):
     """A copy of `model` (with its gradients, for Taylor importance) pruned at `ratio`."""
     cand = copy.deepcopy(model)
     for p, q in zip(model.parameters(), cand.parameters()):
         q.grad = None if p.grad is None else p.grad.clone()
-    _pruner(tp, cand, ratio, cfg).step()
+    if not _imported(model):
+        _pruner(tp, cand, ratio, cfg).step()
+        return cand
+    try:  # the checks of depgraph.plan passed: a failure here is one they missed, said as such
+        _pruner(tp, cand, ratio, cfg, plan).step()
+    except Exception as exc:  # noqa: BLE001 -- Torch-Pruning on the user's network
+        raise ConfigError(f"Torch-Pruning failed on the imported network at pruning ratio {ratio:g}: "
+                          f"{depgraph.first_line(exc)}") from None
+    depgraph.check_runs(cand, f"pruned at ratio {ratio:g}")
     return cand
 
 
-def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig):
+def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, plan: depgraph.Plan | None = None):
     """Scan the ratio grid; of the candidates meeting `goal` (fraction of base) keep the one `cfg.select` says."""
     import torch
 
 
-    ratios = [round(cfg.ratio_step * i, 6) for i in range(1, int(round(1 / cfg.ratio_step)))]
+    ratios = [round(cfg.ratio_step * i, 6) for i in range(1, round(1 / cfg.ratio_step))]
     rows, best = [], None
     for r in ratios:
-        cand = _candidate(tp, model, r, cfg)
+        cand = _candidate(tp, model, r, cfg, plan)
         cost = profile_model(cand, model.cfg)
         row = {"ratio": r, "macs": cost["macs"] / base["macs"], "params": cost["params"] / base["params"]}
         if row[cfg.metric] <= goal:
@@ -225,7 +263,14 @@ def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig):
 
 
 def _pruned_config(m, model):
-    """The model config with the widths the pruned modules really have."""
+    """The model config with the widths the pruned modules really have (an imported network: what pruning changed
+    in it, against the network its arguments build)."""
+    if m.arch == "imported":
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # building the nominal network draws its initial weights
+            nominal = models.build_network(m)
+        return dataclasses.replace(m, pruned=models.pruned_structure(model.net, nominal))
     levels = len(m.widths)
     dec = {levels - 1 - i: lv for i, lv in enumerate(model.decoder)}  # the decoder runs coarsest first
     blocks = model.ode_blocks()
@@ -244,6 +289,17 @@ def _rebuild(model_cfg, state: dict, device):
     model = build_model(model_cfg).to(device)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _check_rebuilt(work, rebuilt, val) -> None:
+    """An imported network's config must rebuild exactly the network pruning left (same ε on held-out inputs)."""
+    import torch
+
+    with torch.no_grad():
+        err = rel_err(rebuilt(*val), work.eval()(*val))
+    if not err <= 1e-6:
+        raise ConfigError(f"the pruned imported network does not rebuild from its config (ε differs by {err:.2e}): "
+                          "pruning changed something in it that the config does not record")
 
 
 def _finetune(model, teacher, images, train_cfg, cfg: PruneConfig, steps: int, round_: int,
@@ -277,13 +333,31 @@ def _validation(parent, cfg: PruneConfig, device) -> tuple:
         return val, parent.model(*val)
 
 
+@contextlib.contextmanager
+def _users_code(plan: depgraph.Plan | None, what: str):
+    """An imported network's own code failing in training (e.g. a backward pass it does not support) is a one-line
+    ConfigError, raised before anything is written."""
+    if plan is None:
+        yield
+        return
+    try:
+        yield
+    except CunetEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- the user's network: any failure of its code, said in one line
+        raise ConfigError(f"the imported network fails while {what}: {depgraph.first_line(exc)} (an unrolled "
+                          "network trains by plain backprop; --importance l1 and --finetune-steps 0 need no "
+                          "gradients)") from None
+
+
 def _finetune_shares(cfg: PruneConfig) -> list[int]:
     """Fine-tuning steps after each pruning step: the budget split evenly, the remainder last."""
     share = cfg.finetune_steps // cfg.iterative_steps
     return [share] * (cfg.iterative_steps - 1) + [cfg.finetune_steps - share * (cfg.iterative_steps - 1)]
 
 
-def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, progress: bool) -> tuple:
+def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, progress: bool,
+                        plan: depgraph.Plan | None = None) -> tuple:
     """K rounds of: importance (re-estimated), prune toward the target (k/K of the way), rebuild, fine-tune a share.
 
     Returns the model, its config, a record per round and the drift right after the last pruning.
@@ -296,18 +370,22 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
     for k, steps in enumerate(_finetune_shares(cfg), 1):
         t0 = time.perf_counter()
         if cfg.importance == "taylor":
-            _taylor_gradients(model, images, parent.config, cfg, k)
+            with _users_code(plan, "computing Taylor importance (the diffusion loss's gradients)"):
+                _taylor_gradients(model, images, parent.config, cfg, k)
         goal = 1 - (1 - cfg.target) * k / cfg.iterative_steps
-        work, record = _prune_step(tp, model, goal, base, val, ref, cfg)
+        work, record = _prune_step(tp, model, goal, base, val, ref, cfg, plan)
         model_cfg = _pruned_config(parent.config.model, work)
         model = _rebuild(model_cfg, work.state_dict(), device)
+        if plan is not None:
+            _check_rebuilt(work, model, val)
         if k == cfg.iterative_steps:
             after_pruning = _drift(model, parent, cfg)
         t1 = time.perf_counter()
         record.update(finetune_steps=steps, seconds={"prune": t1 - t0})
         if steps:
-            ema, record["finetune_last_loss"] = _finetune(model, parent.model, images, parent.config, cfg, steps, k,
-                                                          progress)
+            with _users_code(plan, "fine-tuning"):
+                ema, record["finetune_last_loss"] = _finetune(model, parent.model, images, parent.config, cfg, steps,
+                                                              k, progress)
             model = _rebuild(model_cfg, ema, device)
             with torch.no_grad():
                 record["eps_rel_err_after_finetune"] = rel_err(model(*val), ref)
@@ -321,7 +399,16 @@ def _drift(model, parent, cfg: PruneConfig) -> dict:
                        sampler_steps=cfg.drift_sampler_steps, seed=cfg.seed)
 
 
-def _record(cfg: PruneConfig, base: dict, cost: dict, model_cfg, rounds: list[dict], floor: float) -> dict:
+def _widths(model_cfg) -> dict:
+    """The pruned widths: per layer kind of a continuous U-Net, or the changed width attributes of an imported
+    network's layers (module path → attribute → value)."""
+    if model_cfg.arch == "imported":
+        return model_cfg.pruned.get("attributes", {})
+    return model_cfg.layer_widths
+
+
+def _record(cfg: PruneConfig, base: dict, cost: dict, model_cfg, rounds: list[dict], floor: float | None,
+            plan: depgraph.Plan | None = None) -> dict:
     """What the manifest keeps of the pruning: target, cost before and after, widths, rounds, fine-tuning, times."""
     return {
         "config": to_dict(cfg), "metric": cfg.metric, "target": cfg.target, "floor": floor,
@@ -329,7 +416,8 @@ def _record(cfg: PruneConfig, base: dict, cost: dict, model_cfg, rounds: list[di
         "before": {k: base[k] for k in ("params", "macs", "nfe_per_call")},
         "after": {k: cost[k] for k in ("params", "macs", "nfe_per_call")},
         "macs_ratio": cost["macs"] / base["macs"], "params_ratio": cost["params"] / base["params"],
-        "widths": model_cfg.layer_widths,
+        "widths": _widths(model_cfg),
+        "depgraph": plan.as_dict() if plan is not None else None,
         "finetune": {"steps": cfg.finetune_steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
                      "distill_weight": cfg.distill_weight, "last_loss": rounds[-1].get("finetune_last_loss")},
         "seconds": {"prune": sum(r["seconds"]["prune"] for r in rounds),
@@ -338,24 +426,28 @@ def _record(cfg: PruneConfig, base: dict, cost: dict, model_cfg, rounds: list[di
 
 
 def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, threads: int | None = None):
-    """Stage: a continuous U-Net model artifact → the same network with channels removed, fine-tuned."""
+    """Stage: a continuous U-Net or imported model artifact → the same network with channels removed, fine-tuned."""
     import torch
-
 
     tp = import_backend("torch_pruning", "torch-pruning", INSTALL_HINT)
     check_output_path(out)
-    parent = _load_source(src)
+    parent = _load_source(src, cfg)
     base = profile_model(parent.model, parent.config.model)
-    floor = _check_reachable(parent, cfg, base)
     if threads:
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     parent.model.to(device).requires_grad_(False)
+    plan = floor = None
+    if _imported(parent.model):  # every refusal before any work
+        plan = depgraph.plan(tp, parent.model, cfg.keep)
+    else:
+        floor = _check_reachable(parent, cfg, base)
     images = load_images(parent.config.data, "train")[0].to(device)
     t0 = time.perf_counter()
-    model, model_cfg, rounds, after_pruning = _prune_and_finetune(tp, parent, images, base, cfg, device, progress)
+    model, model_cfg, rounds, after_pruning = _prune_and_finetune(tp, parent, images, base, cfg, device, progress,
+                                                                  plan)
     drift = _drift(model, parent, cfg) | {"after_pruning": after_pruning}
-    record = _record(cfg, base, profile_model(model, model_cfg), model_cfg, rounds, floor)
+    record = _record(cfg, base, profile_model(model, model_cfg), model_cfg, rounds, floor, plan)
     record["seconds"]["total"] = time.perf_counter() - t0
     man = parent.artifact.manifest
     extra = {PRUNING: record, DRIFT: drift}

@@ -16,6 +16,10 @@ def inspect(artifact, json_path):
         f"{info['kind']} {info['arch']}: {info['params']:,} params, {info['macs'] / 1e6:.2f} M MACs/call, "
         f"NFE/call {info['nfe_per_call']:g}, solver {info['solver_summary']}"
     )
-    if info["widths"]:
+    if info["widths"] and info["arch"] == "imported":
+        tensors = len(info["model"]["pruned"].get("shapes", {}))
+        click.echo(f"pruned: {len(info['widths'])} layers of the network resized ({tensors} tensors; their widths "
+                   "under widths in --json)")
+    elif info["widths"]:
         click.echo("pruned widths: " + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in info["widths"].items()))
     write_json(json_path, info)

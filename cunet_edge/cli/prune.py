@@ -1,4 +1,5 @@
-"""`cunet-edge prune`: remove channels from a continuous U-Net to a MACs or parameter target, then fine-tune."""
+"""`cunet-edge prune`: remove channels from a continuous U-Net or an imported network to a MACs or parameter target,
+then fine-tune."""
 
 from functools import partial
 
@@ -29,17 +30,21 @@ option = partial(config_option, PruneConfig, unset=True)
 @option("--lr", help="Peak fine-tuning learning rate.")
 @option("--batch-size", help="Batch size of importance estimation and fine-tuning.")
 @option("--seed", help="Seed of the importance batches, fine-tuning and drift.")
+@click.option("--keep", multiple=True, metavar="MODULE",
+              help="Imported networks: leave this module whole (its path in the network, e.g. mid_block.attentions.0; "
+                   "repeat for more). A refusal names what to keep.")
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--out", required=True, type=click.Path(), help="Directory of the pruned artifact.")
 @JSON_OPTION
 def prune(artifact, target_macs, target_params, importance, scope, iterative_steps, importance_batches, ratio_step,
-          select, finetune_steps, distill_weight, lr, batch_size, seed, threads, progress, out, json_path):
-    """Prune ARTIFACT (a continuous U-Net checkpoint, unrolled or not) and fine-tune it toward its parent."""
-    options = dict(target_macs=target_macs, target_params=target_params, importance=importance, scope=scope,
-                   iterative_steps=iterative_steps, importance_batches=importance_batches, ratio_step=ratio_step,
-                   select=select, finetune_steps=finetune_steps, distill_weight=distill_weight, lr=lr,
-                   batch_size=batch_size, seed=seed)
+          select, finetune_steps, distill_weight, lr, batch_size, seed, keep, threads, progress, out, json_path):
+    """Prune ARTIFACT (a continuous U-Net or an imported network, unrolled or not) and fine-tune it toward its
+    parent."""
+    options = {"target_macs": target_macs, "target_params": target_params, "importance": importance, "scope": scope,
+               "iterative_steps": iterative_steps, "importance_batches": importance_batches, "ratio_step": ratio_step,
+               "select": select, "finetune_steps": finetune_steps, "distill_weight": distill_weight, "lr": lr,
+               "batch_size": batch_size, "seed": seed, "keep": tuple(keep) or None}
     cfg = PruneConfig(**{k: v for k, v in options.items() if v is not None})
     check_output_path(out)
     art = run_prune(artifact, cfg, out, progress=progress, threads=threads)

@@ -19,32 +19,36 @@ if TYPE_CHECKING:
     from .baseline import UNetConfig
     from .classifier import Classifier, FeatureExtractor
     from .cunet import CUNetConfig
-    from .imported import ImportedConfig, resolve_module_file
+    from .imported import ImportedConfig, build_network, pruned_structure, resolve_module_file
     from .inception import InceptionFeatures, load_inception_v3
+    from .odeint_unroll import unrolled_odeint
     from .profile import count_nfe, profile_model
     from .solver import SolverConfig
 
     ModelConfig = CUNetConfig | UNetConfig | ImportedConfig
 
 __all__ = [
-    "SolverConfig",
     "CUNetConfig",
-    "UNetConfig",
-    "ImportedConfig",
-    "resolve_module_file",
-    "ModelConfig",
-    "model_config_from_dict",
-    "build_model",
-    "profile_model",
     "Classifier",
     "FeatureExtractor",
+    "ImportedConfig",
     "InceptionFeatures",
+    "ModelConfig",
+    "SolverConfig",
+    "UNetConfig",
+    "build_model",
+    "build_network",
     "load_inception_v3",
     "count_nfe",
     "count_odeint_calls",
-    "require_odeint",
-    "reference_odeint",
+    "model_config_from_dict",
     "patch_odeint",
+    "profile_model",
+    "pruned_structure",
+    "reference_odeint",
+    "require_odeint",
+    "resolve_module_file",
+    "unrolled_odeint",
 ]
 
 # Registry: name → "module:attr", imported on use (see DESIGN §3).
@@ -54,6 +58,8 @@ _LAZY = {
     "UNetConfig": "baseline:UNetConfig",
     "ImportedConfig": "imported:ImportedConfig",
     "resolve_module_file": "imported:resolve_module_file",
+    "build_network": "imported:build_network",
+    "pruned_structure": "imported:pruned_structure",
     "profile_model": "profile:profile_model",
     "SelfAttention": "cunet:SelfAttention",
     "LAYER_WIDTHS": "cunet:LAYER_WIDTHS",
@@ -66,6 +72,7 @@ _LAZY = {
     "require_odeint": "odeint_unroll:require_odeint",
     "reference_odeint": "odeint_unroll:reference_odeint",
     "patch_odeint": "odeint_unroll:patch_odeint",
+    "unrolled_odeint": "odeint_unroll:unrolled_odeint",
 }
 # arch → (config class, model class)
 ARCHS = {

@@ -9,6 +9,11 @@ user's weights.
 A `factory` network is the user's module, imported (with `code_dir` put on sys.path) only after the
 sha256 of its file matched the one recorded at import, so a checkpoint never runs other code than
 the code it was imported with.
+
+A pruned imported network (the prune stage) is the same network with fewer channels: its factory
+arguments cannot say so, so `ImportedConfig.pruned` records what pruning changed (the shape of every
+resized tensor, and the width attributes of the resized torch.nn layers) and `ImportedDenoiser`
+re-applies it to the freshly built network before the weights are loaded.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from ..errors import BackendMissingError, ConfigError
 from .explicit import UNROLLABLE
 from .odeint_unroll import unrolled_odeint
 
-__all__ = ["SOURCES", "ImportedConfig", "ImportedDenoiser", "build_network", "resolve_module_file"]
+__all__ = ["SOURCES", "ImportedConfig", "ImportedDenoiser", "apply_pruned", "build_network", "pruned_structure",
+           "resolve_module_file"]
 
 SOURCES = ("factory", "diffusers", "lucidrains")
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -61,6 +67,9 @@ class ImportedConfig:
     # fixed-step explicit method, `unroll_steps` steps per output interval (cunet_edge.models.odeint_unroll).
     unroll_method: str = ""
     unroll_steps: int = 0
+    # Set by the prune stage: {"shapes": {state-dict name: shape}, "attributes": {module path: {name: value}}},
+    # names relative to the network (see `pruned_structure`); {} for the network as its arguments build it.
+    pruned: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_choice("arch", self.arch, ["imported"])
@@ -83,6 +92,21 @@ class ImportedConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        _check_pruned(self.pruned)
+
+
+def _check_pruned(pruned: dict[str, Any]) -> None:
+    """The shape of a `pruned` record (what it names is checked when it is applied to the network)."""
+    extra = sorted(set(pruned) - {"shapes", "attributes"})
+    if extra:
+        raise ConfigError(f"model.pruned has an unknown key {extra[0]!r} (it holds shapes and attributes)")
+    shapes, attributes = pruned.get("shapes", {}), pruned.get("attributes", {})
+    if not isinstance(shapes, dict) or not all(
+            isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            for v in shapes.values()):
+        raise ConfigError("model.pruned.shapes must map tensor names to shapes (lists of sizes >= 0)")
+    if not isinstance(attributes, dict) or not all(isinstance(v, dict) for v in attributes.values()):
+        raise ConfigError("model.pruned.attributes must map module paths to tables of attribute values")
 
 
 def resolve_module_file(module: str, code_dir: str = "") -> Path:
@@ -197,6 +221,95 @@ def build_network(cfg: ImportedConfig) -> nn.Module:
     return net
 
 
+_MISSING = object()
+
+
+def _is_torch_layer(module: nn.Module) -> bool:
+    """A torch.nn layer (or a subclass of one): the layers whose width attributes Torch-Pruning rewrites."""
+    return any(c.__module__.startswith("torch.nn.") for c in type(module).__mro__ if c not in (nn.Module, object))
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON (tuples become lists), or _MISSING if it is not made of numbers, strings and lists."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _MISSING if any(v is _MISSING for v in items) else items
+    return _MISSING
+
+
+def pruned_structure(pruned: nn.Module, nominal: nn.Module) -> dict[str, Any]:
+    """What `pruned` (a network whose channels were removed) differs in from `nominal` (the same network as its
+    arguments build it): the shape of every tensor that changed, and the changed public attributes of the torch.nn
+    layers holding them (in_channels, num_features, ...). ConfigError if a change cannot be recorded that way."""
+    before = {k: tuple(v.shape) for k, v in nominal.state_dict().items()}
+    after = {k: tuple(v.shape) for k, v in pruned.state_dict().items()}
+    if before.keys() != after.keys():
+        odd = min(before.keys() ^ after.keys())
+        raise ConfigError(f"pruning changed which tensors the network holds ({odd}); it cannot be rebuilt")
+    shapes = {k: list(after[k]) for k in after if after[k] != before[k]}
+    persistent = set(after)
+    for name, buf in pruned.named_buffers():
+        old = nominal.get_buffer(name)
+        if name not in persistent and tuple(buf.shape) != tuple(old.shape):
+            raise ConfigError(f"pruning resized the non-persistent buffer {name}, which the weights do not hold: "
+                              "the network cannot be rebuilt")
+    changed = {k.rpartition(".")[0] for k in shapes}
+    nominal_modules = dict(nominal.named_modules())
+    attributes: dict[str, dict[str, Any]] = {}
+    for path, module in pruned.named_modules():
+        if path not in changed or not _is_torch_layer(module):
+            continue
+        fresh = vars(nominal_modules[path])
+        for key, value in vars(module).items():
+            if key.startswith("_") or key == "training" or isinstance(value, (torch.Tensor, nn.Module)):
+                continue
+            old = fresh.get(key, _MISSING)
+            if old is not _MISSING and _plain(old) == _plain(value):
+                continue
+            plain = _plain(value)
+            if plain is _MISSING:
+                raise ConfigError(f"pruning changed attribute {key} of layer {path} ({type(module).__name__}) to a "
+                                  f"{type(value).__name__}, which a config cannot record")
+            attributes.setdefault(path, {})[key] = plain
+    return {"shapes": shapes, "attributes": attributes}
+
+
+def apply_pruned(net: nn.Module, pruned: dict[str, Any]) -> None:
+    """Resize `net` (freshly built from its arguments) as `pruned` (from `pruned_structure`) records, in place.
+
+    Every recorded tensor is replaced by a zero tensor of its recorded shape (the weights are loaded next;
+    a tensor shared by several modules stays shared) and every recorded attribute is set.
+    """
+    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(old) → (old, new): old held, so ids stay unique
+    for name, shape in pruned.get("shapes", {}).items():
+        path, _, attr = name.rpartition(".")
+        try:
+            owner = net.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(f"model.pruned names tensor {name}, but the network has no module {path!r}") from None
+        table = owner._parameters if attr in owner._parameters else owner._buffers if attr in owner._buffers else None
+        if table is None or table[attr] is None:
+            raise ConfigError(f"model.pruned names tensor {name}, which the network does not have")
+        old = table[attr]
+        if id(old) not in made:
+            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+            made[id(old)] = (old, new)
+        setattr(owner, attr, made[id(old)][1])  # (through the module: an RNN re-reads its flat weights)
+    for path, values in pruned.get("attributes", {}).items():
+        try:
+            module = net.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(f"model.pruned names module {path!r}, which the network does not have") from None
+        for key, value in values.items():
+            old = getattr(module, key, _MISSING)
+            if old is _MISSING:
+                raise ConfigError(f"model.pruned sets {path}.{key}, which {type(module).__name__} does not have")
+            setattr(module, key, tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value)
+
+
 class ImportedDenoiser(nn.Module):
     """An imported network as a denoiser: forward(x (B,C,H,W), t (B,) int64) → a tensor like x.
 
@@ -207,6 +320,8 @@ class ImportedDenoiser(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = build_network(cfg)
+        if cfg.pruned:
+            apply_pruned(self.net, cfg.pruned)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # The one place the network runs. An unrolled model runs it with every torchdiffeq solve replaced by
