@@ -5,7 +5,8 @@ Test material for pruning imported networks (tests/test_prune_imported.py); it k
 - ``mode="plain"``: convolutions, a timestep projection and a gate, all in standard layers;
 - ``mode="loose"``: adds a learned positional map, a raw ``nn.Parameter`` of shape (1, width, size, size)
   added to the features: it owns channels outside any standard layer;
-- ``mode="nograd"``: computes the gate under ``torch.no_grad()``, outside the autograd graph.
+- ``mode="nograd"``: computes the gate under ``torch.no_grad()``, outside the autograd graph;
+- ``mode="badgrad"``: plain, but its backward pass raises (a gradient hook): user code that cannot be trained.
 """
 
 import math
@@ -18,7 +19,7 @@ from torch import nn
 class OddNet(nn.Module):
     def __init__(self, channels=1, width=8, size=8, mode="plain"):
         super().__init__()
-        if mode not in ("plain", "loose", "nograd"):
+        if mode not in ("plain", "loose", "nograd", "badgrad"):
             raise ValueError(f"unknown mode {mode!r}")
         self.width, self.mode = width, mode
         self.inp = nn.Conv2d(channels, width, 3, padding=1)
@@ -43,7 +44,13 @@ class OddNet(nn.Module):
         else:
             g = self.gate(h)
         h = h * torch.sigmoid(g)
+        if self.mode == "badgrad" and h.requires_grad:
+            h.register_hook(_refuse_gradient)
         return self.out(F.silu(self.mid(h)))
+
+
+def _refuse_gradient(grad):
+    raise RuntimeError("this network was never meant to be trained")
 
 
 def build(width=8, channels=1, size=8, mode="plain"):

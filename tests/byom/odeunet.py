@@ -39,11 +39,7 @@ class ODEFunc(nn.Module):
         self.norm2 = nn.InstanceNorm2d(channels, affine=True)
         self.conv2 = nn.Conv2d(channels + 1, channels, 3, padding=1)
         self.cond_proj = nn.Linear(emb_dim, channels)
-        self.cond = None  # the timestep embedding, set by the block before it integrates
         self.nfe = 0
-
-    def forward(self, s, x):
-        return self.field(s, x, self.cond)
 
     def field(self, s, x, cond):
         self.nfe += 1
@@ -63,6 +59,18 @@ class DownBlock(nn.Module):
         return odeint(lambda si, h: self.func.field(si, h, emb), x, s, method="rk4", options={"step_size": 0.5})[-1]
 
 
+class Conditioned(nn.Module):
+    """f(s, x) with the timestep embedding bound, as a Module: odeint_adjoint needs one, and calls it again in the
+    backward pass, after the block's forward has returned."""
+
+    def __init__(self, func, cond):
+        super().__init__()
+        self.func, self.cond = func, cond
+
+    def forward(self, s, x):
+        return self.func.field(s, x, self.cond)
+
+
 class MidBlock(nn.Module):
     def __init__(self, channels, emb_dim):
         super().__init__()
@@ -70,11 +78,9 @@ class MidBlock(nn.Module):
         self.register_buffer("span", torch.tensor([0.0, 2.0]), persistent=False)
 
     def forward(self, x, emb):
-        self.func.cond = emb
         params = tuple(self.func.parameters()) + (emb,)
-        # cond stays set: the adjoint backward pass evaluates self.func again after this returns
-        out = odeint_adjoint(self.func, x, self.span.to(x.dtype), method="dopri5", rtol=1e-4, atol=1e-4,
-                             adjoint_params=params)
+        out = odeint_adjoint(Conditioned(self.func, emb), x, self.span.to(x.dtype), method="dopri5", rtol=1e-4,
+                             atol=1e-4, adjoint_params=params)
         return out[-1]
 
 
