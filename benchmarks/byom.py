@@ -13,7 +13,7 @@ All on scikit-learn's digits at 16 px (nothing is downloaded). Each is then take
 per model: import time, unrolled-vs-torchdiffeq error, ONNX-vs-PyTorch error, INT8 ε error and the ONNX
 Runtime speed-ups over PyTorch eager.
 
-    python benchmarks/byom.py --out runs/byom [--train-steps 300] [--ode-train-steps 30] [--json PATH]
+    python benchmarks/byom.py --out runs/byom [--train-steps 300] [--ode-train-steps 100] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/byom", help="work folder (models, specs, pipeline runs)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps of the lucidrains and diffusers models")
-    p.add_argument("--ode-train-steps", type=int, default=30,
-                   help="training steps of odeunet (its adjoint dopri5 block costs ~8 s a step on 2 CPU cores)")
+    p.add_argument("--ode-train-steps", type=int, default=100,
+                   help="training steps of odeunet (its adjoint dopri5 block costs ~3 s a step on 2 CPU cores)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
     p.add_argument("--sampler-steps", type=int, default=50, help="DDIM steps of the per-image latency")
     p.add_argument("--json", help="where to write the results (default: OUT/result.json)")
