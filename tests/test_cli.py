@@ -204,7 +204,7 @@ def _fields():
                    **same(SweepConfig(), "max_steps", "tolerance", "fid", "fid_n")},
         "prune": same(PruneConfig, "target_macs", "target_params", "importance", "scope", "iterative_steps",
                       "importance_batches", "ratio_step", "select", "finetune_steps", "distill_weight", "lr",
-                      "batch_size", "seed"),
+                      "batch_size", "seed", "keep"),
         "export": {**{n: [(OnnxExportConfig(), n), (TorchTensorRTConfig(), n)]
                       for n in ("precision", "dynamic_batch", "batch")},
                    **same(OnnxExportConfig(), "opset", "tolerance"),
