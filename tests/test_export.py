@@ -65,18 +65,23 @@ def test_verification_failure_writes_nothing(tiny_unrolled, tmp_path):
     assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())
 
 
-def test_export_config_and_kind_errors(tiny_checkpoint, tmp_path):
+def test_export_config_and_kind_errors(tiny_checkpoint, tiny_onnx, tmp_path):
     with pytest.raises(ConfigError, match="opset must be >= 18"):
         OnnxExportConfig(opset=17)
     with pytest.raises(ConfigError, match="precision"):
         OnnxExportConfig(precision="int4")
-    with pytest.raises(ArtifactError, match="of kind 'checkpoint'; this command needs one of: unrolled, pruned"):
+    # A checkpoint exports only when its network is static; the continuous U-Net's ODE blocks run torchdiffeq.
+    with pytest.raises(ConfigError, match="is a continuous U-Net whose ODE blocks run torchdiffeq; unroll it first: "
+                                          "cunet-edge unroll"):
         export_onnx(tiny_checkpoint, OnnxExportConfig(), tmp_path / "x")
+    with pytest.raises(ArtifactError, match="of kind 'onnx'; this command needs one of: checkpoint, unrolled, pruned"):
+        export_onnx(tiny_onnx, OnnxExportConfig(), tmp_path / "y")
+    assert not any(tmp_path.iterdir())
 
 
 def test_export_cli_bad_input(tiny_checkpoint, tiny_unrolled, tmp_path):
     assert_one_line_error(cli_subprocess("export", tiny_checkpoint, "--out", tmp_path / "a"),
-                          "of kind 'checkpoint'")  # the real entry point
+                          "ODE blocks run torchdiffeq; unroll it first")  # the real entry point
     assert_one_line_error(cli_in_process("export", tiny_unrolled, "--format", "coreml", "--out", tmp_path / "b"),
                           "format 'coreml' is not one of: onnx, tensorrt, torch-tensorrt")
     assert_one_line_error(cli_in_process("export", tiny_unrolled, "--batch", 0, "--out", tmp_path / "c"), "batch")
