@@ -23,6 +23,8 @@ from cunet_edge.checkpoint import load_checkpoint
 from cunet_edge.compat import ensure_torchvision_imports
 from cunet_edge.diffusion import alphas_cumprod, sample_ddim
 from cunet_edge.errors import ConfigError
+from cunet_edge.quantize.calibration import CalibrationConfig
+from cunet_edge.quantize.int8 import QuantizeConfig, quantize_int8
 
 BYOM = Path(__file__).resolve().parent / "byom"
 
@@ -182,25 +184,22 @@ def test_lucidrains_later_stages(lucidrains_ckpt, tmp_path):
     info = json.loads((tmp_path / "i.json").read_text())
     assert info["arch"] == "imported" and info["macs"] > 0 and info["nfe_per_call"] == 1
     assert "imported lucidrains network" in info["solver_summary"]
-    proc = cli_in_process("bench", out, "--runtime", "torch", "--min-iters", 2, "--min-seconds", 0.01, "--rounds", 1,
-                          "--sampler-steps", 2, "--json", tmp_path / "b.json")
-    assert proc.returncode == 0, proc.stderr
-    row = json.loads((tmp_path / "b.json").read_text())["results"][0]
-    assert row["runtime"] == "torch" and row["p50_ms"] > 0 and row["params"] == info["params"]
-    # A lucidrains Unet has no ODE solve: it exports as it is (no unroll), then quantizes and benches.
+    # A lucidrains Unet has no ODE solve: it exports as it is (no unroll), then quantizes and benches beside the
+    # checkpoint on torch.
     proc = cli_in_process("export", out, "--out", tmp_path / "onnx")
     assert proc.returncode == 0, proc.stderr
     assert Artifact.load(tmp_path / "onnx").manifest["verification"]["rel_err"] <= 1e-4
-    proc = cli_in_process("quantize", tmp_path / "onnx", "--target", "cpu", "--out", tmp_path / "int8", "--method",
-                          "minmax", "--calibration-images", 4, "--calibration-steps", 16, "--tolerance", 0.5,
-                          "--select", "fewest-float")
-    assert proc.returncode == 0, proc.stderr
+    # Seconds-fast quantize settings (the CLI path of quantize is tested in tests/test_quantize.py).
+    quick = QuantizeConfig(target="cpu", calibration=CalibrationConfig(n_images=4, sampler_steps=16, method="minmax"),
+                           tolerance=0.5, select="fewest-float", val_n=16, drift_samples=4, compare_fp16=False)
+    assert quantize_int8(tmp_path / "onnx", quick, tmp_path / "int8", progress=False).kind == "onnx-int8"
     proc = cli_in_process("bench", out, "--compare", tmp_path / "onnx", "--compare", tmp_path / "int8",
                           "--min-iters", 2, "--min-seconds", 0.01, "--rounds", 1, "--sampler-steps", 2,
                           "--json", tmp_path / "b2.json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((tmp_path / "b2.json").read_text())["results"]
     assert [r["runtime"] for r in rows] == ["torch", "onnxruntime", "onnxruntime"]
+    assert all(r["p50_ms"] > 0 for r in rows) and rows[0]["params"] == info["params"]
 
 
 @pytest.mark.parametrize("objective, min_snr, prediction", [
@@ -537,7 +536,8 @@ def test_pipeline_load_stage_imports(tmp_path, monkeypatch):
     assert "model (load): running" in proc.stdout
     assert Artifact.load(tmp_path / "run" / "model").manifest["id"] != art.manifest["id"]
     # The same tables inline; a bad one is refused when the recipe is planned.
-    inline = _write(tmp_path / "inline.toml", f'[[stage]]\nstage = "load"\n[stage.network]\nfactory = "plainnet:build"\n'
+    inline = _write(tmp_path / "inline.toml",
+                    f'[[stage]]\nstage = "load"\n[stage.network]\nfactory = "plainnet:build"\n'
                     f'code_dir = "{BYOM}"\nkwargs = {{ width = 8 }}\n[stage.weights]\nfile = "w.pt"\n'
                     '[stage.image]\nsize = 8\nchannels = 1\n[stage.diffusion]\nprediction = "score"\n')
     assert_one_line_error(cli_in_process("pipeline", inline, "--out", tmp_path / "run2"),
@@ -552,7 +552,8 @@ def test_half_precision_runs_code_that_makes_float32_tensors(tmp_path):
     """plainnet (like lucidrains' Unet) builds its timestep embedding in float32: cast to fp16 as the torch runner
     casts, the bare network fails; the imported model runs it under autocast, close to float32."""
     _plainnet_weights(tmp_path / "w.pt", width=8)
-    assert cli_in_process("import", _factory_spec(tmp_path), "--out", tmp_path / "m", "--code-dir", BYOM).returncode == 0
+    proc = cli_in_process("import", _factory_spec(tmp_path), "--out", tmp_path / "m", "--code-dir", BYOM)
+    assert proc.returncode == 0
     model = load_checkpoint(tmp_path / "m").model
     x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 50])
     with torch.no_grad():
