@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -164,7 +165,9 @@ def check_choice(name: str, value: Any, allowed: typing.Iterable[Any]) -> None:
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise ConfigError unless value > 0 (or >= 0)."""
+    """Raise ConfigError unless value is finite and > 0 (or >= 0): NaN and infinity are refused too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{name} must be {bound}, got {value}")

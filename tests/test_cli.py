@@ -12,6 +12,7 @@ import sys
 import click
 import pytest
 from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess, run
+from click.testing import CliRunner
 from PIL import Image
 
 
@@ -275,8 +276,9 @@ def test_option_defaults_are_the_config_defaults(label):
                 assert text in values, f"{label} {p.opts[0]} --help shows {shown.group(1)!r}, the config {w!r}"
 
 
-class _Called(Exception):
-    """Raised by a stand-in for a library stage, carrying what the command passed it."""
+class _Called(BaseException):
+    """Raised by a stand-in for a library stage, carrying what the command passed it (a BaseException, so that
+    it passes the CLI's last line of defence, which turns any Exception into an `internal error` line)."""
 
 
 @pytest.mark.parametrize("args, stage, index, config, required", [
@@ -347,3 +349,31 @@ def test_command_reference_shows_the_current_help():
     assert len(blocks.BLOCK.findall(text)) >= 17  # the group, every command, and the devices subcommands
     _, stale = blocks.refresh(text)
     assert not stale, f"stale --help blocks in docs/commands.md: {stale}; run python scripts/help_blocks.py"
+
+
+@click.command()
+def _buggy():
+    """A command with a bug nobody anticipated."""
+    {}["missing"]
+
+
+def test_an_unanticipated_exception_is_one_internal_error_line_with_its_own_exit_code(monkeypatch):
+    """A bug is never shown as bad input (exit 1) nor as a wall of traceback: one line, exit 3; --debug raises it."""
+    from cunet_edge import cli as cli_mod
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "buggy", "test_cli:_buggy")
+    res = CliRunner().invoke(cli_mod.main, ["buggy"], prog_name="cunet-edge")
+    assert res.exit_code == cli_mod.INTERNAL_ERROR_EXIT == 3
+    assert res.stderr.strip() == "internal error: KeyError: 'missing' (run with --debug for the traceback)"
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli_mod.main, ["--debug", "buggy"], prog_name="cunet-edge")
+    assert isinstance(res.exception, KeyError)
+    # click's own exits keep their codes: a usage error is 2, --help is 0
+    assert CliRunner().invoke(cli_mod.main, ["buggy", "--nope"]).exit_code == 2
+    assert CliRunner().invoke(cli_mod.main, ["buggy", "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_and_infinity_are_refused_where_a_positive_number_is_expected(value):
+    assert_one_line_error(cli_in_process("train", "--lr", value, "--out", "/nonexistent/never"),
+                          "lr must be a finite number")

@@ -1,7 +1,8 @@
 """The `cunet-edge` command: a Click group whose subcommands are imported only when run.
 
-Library errors (CunetEdgeError) become one line on stderr and exit status 1; `--debug`
-shows the traceback instead.
+Library errors (CunetEdgeError) become one line on stderr and exit status 1; any other exception is
+a bug, and becomes one `internal error: ...` line and exit status 3. `--debug` shows the traceback
+instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import click
 
 from ..errors import CunetEdgeError
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "INTERNAL_ERROR_EXIT"]
+
+# Exit statuses: 0 done; 1 bad input or missing setup (`error: ...`); 2 a command-line usage error (click's);
+# 3 a bug in cunet-edge (`internal error: ...`), which is never bad input.
+INTERNAL_ERROR_EXIT = 3
 
 # name -> "module:attr", imported on use so `cunet-edge --help` stays light.
 COMMANDS = {
@@ -78,6 +83,15 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors (exit 2), --help and --version, Ctrl-C: click's own handling
+        except Exception as exc:  # noqa: BLE001 -- the last line of defence: a bug, never a wall of traceback
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            text = str(exc).strip()
+            detail = f": {text.splitlines()[0]}" if text else ""
+            click.echo(f"internal error: {type(exc).__name__}{detail} (run with --debug for the traceback)", err=True)
+            ctx.exit(INTERNAL_ERROR_EXIT)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
