@@ -45,8 +45,10 @@ def nfe_per_step(method: str) -> int:
     return len(TABLEAUS[method][1])
 
 
-def _combine(state: Sequence, ks: Sequence[Sequence], coeffs: Sequence[float], dt: float) -> tuple:
-    """state + dt · Σ_j coeffs[j] · ks[j], component by component; zero coefficients emit no op."""
+def _combine(state: Sequence, ks: Sequence[Sequence], coeffs: Sequence[float], dt) -> tuple:
+    """state + dt · Σ_j coeffs[j] · ks[j], component by component; zero coefficients emit no op.
+
+    `dt` is a float (our cunet's [0, 1] steps) or a tensor (odeint_unroll's grid on any output times)."""
     out = []
     for i, s in enumerate(state):
         acc = s

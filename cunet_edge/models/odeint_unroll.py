@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .explicit import NODES, TABLEAUS, UNROLLABLE
+from .explicit import NODES, TABLEAUS, UNROLLABLE, _combine  # one Runge–Kutta stage sum for both loops
 from .solver import UniformGrid
 
 __all__ = [
@@ -87,18 +87,6 @@ def _as_state(y0: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(y0, tuple) and y0 and all(isinstance(y, torch.Tensor) for y in y0):
         return y0
     raise ConfigError(f"odeint y0 must be a tensor or a tuple of tensors, got {type(y0).__name__}")
-
-
-def _combine(state: tuple, ks: list[tuple], coeffs: tuple[float, ...], dt: torch.Tensor) -> tuple:
-    """state + dt · Σ_j coeffs[j] · ks[j], component by component; zero coefficients emit no op."""
-    out = []
-    for i, s in enumerate(state):
-        acc = s
-        for c, k in zip(coeffs, ks):
-            if c != 0.0:
-                acc = acc + (dt * c) * k[i]
-        out.append(acc)
-    return tuple(out)
 
 
 def fixed_grid_odeint(func: Callable, y0: Any, t: torch.Tensor, *, method: str, steps: int) -> Any:
