@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import logging
 from collections import Counter
@@ -132,11 +133,36 @@ def _torch_export(model, model_cfg, cfg: OnnxExportConfig, path: Path) -> None:
     if cfg.dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
         dyn = {"x": {0: batch}, "t": {0: batch}}
+    # The exporter's own optimizer is replaced by `_fold` (see there); torch < 2.6 has no `optimize`.
+    no_opt = {"optimize": False} if "optimize" in inspect.signature(torch.onnx.export).parameters else {}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(model.to(dtype), (x, t), dynamo=True, opset_version=cfg.opset,
                                     input_names=["x", "t"], output_names=["eps"], dynamic_shapes=dyn,
-                                    verbose=False)
+                                    verbose=False, **no_opt)
+        _fold(program.model)
         program.save(str(path))
+
+
+def _fold(model) -> None:
+    """onnxscript's constant folding and dead-node removal on the exporter's graph (onnx_ir, in place).
+
+    This is `torch.onnx.export(optimize=True)` without onnxscript's pattern rewriter, whose ~46 rules are
+    matched against every node of the unfolded graph: measured in one process (process time, 2-core CPU),
+    exporting an unrolled rk4 x 2 model took 31.8 s this way against 41.9 s with the rewriter, and the
+    default 16 px model 8.2 s against 8.9 s. After ONNX Runtime's basic level (`_simplify`) the graphs differ
+    by a few shape-only nodes (1,479 against 1,468 nodes; 138 against 133). Folding itself stays: without it
+    that basic level leaves ~540 more nodes (CastLike, Expand, SequenceAt); and the common-subexpression pass
+    shares the time embedding that every unrolled ODE evaluation would otherwise recompute.
+    """
+    import onnx_ir.passes.common as common
+    import onnxscript.optimizer as opt
+
+    opt.inline(model)
+    opt.fold_constants(model, onnx_shape_inference=True)
+    for step in (common.RemoveUnusedNodesPass(),
+                 common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                 common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass()):
+        step(model)
 
 
 def _simplify(path: Path) -> None:
@@ -223,7 +249,8 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
     require_static(ckpt)
     model_cfg = ckpt.config.model
     cost = profile_model(ckpt.model, model_cfg)
-    with ArtifactWriter(out, kind=STAGE_IO["export"].produces(), stage="export", config=to_dict(cfg), parent=ckpt.artifact) as w:
+    with ArtifactWriter(out, kind=STAGE_IO["export"].produces(), stage="export", config=to_dict(cfg),
+                        parent=ckpt.artifact) as w:
         path = w.dir / ONNX_FILE
         _torch_export(copy.deepcopy(ckpt.model), model_cfg, cfg, path)
         onnx.checker.check_model(str(path), full_check=True)
