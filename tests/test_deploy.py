@@ -327,118 +327,115 @@ def test_importing_deploy_stays_light():
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
-# ---------------------------------------------------------------- build_engine.py against a recording fake TensorRT
+# ---------------------------------------------------------------- build_engine.py against the real API, faked
 
-FAKE_TRT = '''
-"""A recording stand-in for the tensorrt module: enough API for build_engine.py, no GPU."""
-import atexit, json, os, types
-__version__ = os.environ["FAKE_TRT_VERSION"]
-LOG = {"config_set": [], "config_clear": []}
-atexit.register(lambda: open(os.environ["FAKE_TRT_LOG"], "w").write(json.dumps(LOG)))
+# A tensorrt module for the board subprocess: the fake derived from the real surface of FAKE_TRT_VERSION
+# (tests/trt_surface.py), so a name that version lacks fails as on the board. Its call log is written at exit.
+FAKE_TRT = """
+import atexit, json, os, sys
+sys.path.insert(0, os.environ["FAKE_TRT_TESTS"])
+import trt_surface
+fake = trt_surface.FakeTensorRT(os.environ["FAKE_TRT_VERSION"], {
+    "Builder.num_DLA_cores": 2, "Builder.build_serialized_network": lambda st, net, cfg: b"PLAN",
+    "OnnxParser.num_errors": 0, "INetworkDefinition.num_inputs": 2,
+    "IBuilderConfig.add_optimization_profile": lambda st, p: 0})
 
-class _Names:
-    def __init__(self, kind): self.kind = kind
-    def __getattr__(self, name): return name
+def get_input(st, i):
+    tensor = fake.ITensor()
+    tensor.name, tensor.shape = [("x", (-1, 1, 8, 8)), ("t", (-1,))][i]
+    return tensor
 
-NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
-BuilderFlag, MemoryPoolType, DeviceType = _Names("flag"), _Names("pool"), _Names("device")
+fake._behaviours["INetworkDefinition.get_input"] = get_input
+sys.modules["tensorrt"] = fake
 
-class Logger:
-    WARNING, INFO = 1, 2
-    def __init__(self, level): pass
+def plain(a):
+    if isinstance(a, (tuple, list)):
+        return [plain(x) for x in a]
+    if type(a).__name__ == "EnumValue":  # before int: enum values are ints
+        return str(a)
+    return a if a is None or isinstance(a, (str, int, float)) else type(a).__name__
 
-class _Input:
-    def __init__(self, name, shape): self.name, self.shape = name, shape
-
-class _Network:
-    num_inputs = 2
-    def get_input(self, i): return [_Input("x", (-1, 1, 8, 8)), _Input("t", (-1,))][i]
-
-class _Profile:
-    def set_shape(self, name, lo, opt, hi): LOG.setdefault("profile", {})[name] = [lo, opt, hi]
-
-class _Config:
-    def set_memory_pool_limit(self, pool, size): LOG["workspace"] = size
-    def set_flag(self, f): LOG["config_set"].append(f)
-    def clear_flag(self, f): LOG["config_clear"].append(f)
-    def add_optimization_profile(self, p): pass
-    def __setattr__(self, k, v): LOG[k] = v
-
-class Builder:
-    num_DLA_cores = 2
-    def __init__(self, logger): pass
-    def create_network(self, flags): LOG["network_flags"] = flags; return _Network()
-    def create_builder_config(self): return _Config()
-    def create_optimization_profile(self): return _Profile()
-    def build_serialized_network(self, network, config): return b"PLAN"
-
-class OnnxParser:
-    num_errors = 0
-    def __init__(self, network, logger): pass
-    def parse_from_file(self, path): LOG["onnx"] = os.path.basename(path); return True
-'''
+atexit.register(lambda: open(os.environ["FAKE_TRT_LOG"], "w").write(
+    json.dumps([[k, plain(a)] for k, a, _ in fake.LOG])))
+"""
 
 
-@pytest.mark.parametrize("version, extra, strong, flags", [
-    ("8.5.2", [], False, []),
-    ("10.3.0", [], True, []),
-    ("10.3.0", ["--dla-core", "1"], False, ["FP16", "GPU_FALLBACK"]),
-])
-def test_build_engine_picks_typing_and_flags_by_tensorrt_version(bundle, tmp_path, version, extra, strong, flags):
+def _fake_build(bundle, tmp_path, version, *args):
     work = Path(shutil.copytree(bundle, tmp_path / "b"))
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "tensorrt.py").write_text(FAKE_TRT)
     log = tmp_path / "log.json"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "FAKE_TRT_VERSION": version, "FAKE_TRT_LOG": str(log)}
-    proc = board(work, "build_engine.py", *extra, env=env)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "FAKE_TRT_VERSION": version, "FAKE_TRT_LOG": str(log),
+           "FAKE_TRT_TESTS": str(Path(__file__).parent)}
+    proc = board(work, "build_engine.py", *args, env=env)
+    calls = {}
+    for key, call_args in json.loads(log.read_text()) if log.exists() else []:
+        calls.setdefault(key, []).append(call_args)
+    return work, proc, calls
+
+
+@pytest.mark.parametrize("version, extra, strong, flags", [
+    ("8.6.1", [], False, []),
+    ("10.3.0", [], True, []),
+    ("10.3.0", ["--dla-core", "1"], False, ["BuilderFlag.FP16", "BuilderFlag.GPU_FALLBACK"]),
+    ("10.16.1.11", [], True, []),
+    ("11.4.0.106", [], True, []),
+])
+def test_build_engine_picks_typing_and_flags_by_tensorrt_version(bundle, tmp_path, version, extra, strong, flags):
+    work, proc, got = _fake_build(bundle, tmp_path, version, *extra)
     assert proc.returncode == 0, proc.stderr
-    got = json.loads(log.read_text())
     explicit_batch = 1 if version.startswith("8.") else 0
-    assert got["network_flags"] == explicit_batch | ((1 << 1) if strong else 0)
-    assert got["config_set"] == flags and got["config_clear"] == ["TF32"]  # fp32 bundle: TF32 off
-    assert got["profile"]["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [16, 1, 8, 8]] and got["workspace"] == 1024 << 20
+    assert got["Builder.create_network"] == [[explicit_batch | ((1 << 1) if strong and version < "11" else 0)]]
+    assert [f for (f,) in got.get("IBuilderConfig.set_flag", [])] == flags
+    assert got["IBuilderConfig.clear_flag"] == [["BuilderFlag.TF32"]]  # fp32 bundle: TF32 off
+    profile = {name: shapes for name, *shapes in got["IOptimizationProfile.set_shape"]}
+    assert profile["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [16, 1, 8, 8]]
+    assert got["IBuilderConfig.set_memory_pool_limit"] == [["MemoryPoolType.WORKSPACE", 1024 << 20]]
     if extra:
-        assert got["default_device_type"] == "DLA" and got["DLA_core"] == 1
+        assert got["IBuilderConfig.default_device_type="] == [["DeviceType.DLA"]]
+        assert got["IBuilderConfig.DLA_core="] == [[1]]
     assert (work / "model.plan").read_bytes() == b"PLAN"
     assert json.loads((work / "engine.json").read_text())["strongly_typed"] is strong
 
 
 # ---------------------------------------------------------------- run.py's TensorRT path against fakes (no GPU here)
 
-FAKE_RUNTIME = '''
-import ctypes
-import numpy as np
-__version__ = "8.5.2"
-class Logger:
-    WARNING = 1
-    def __init__(self, level): pass
-class TensorIOMode:
-    INPUT, OUTPUT = "in", "out"
-def nptype(dtype): return dtype
-class _Context:
-    def __init__(self): self.shapes, self.addr = {}, {}
-    def set_input_shape(self, name, shape): self.shapes[name] = tuple(shape)
-    def get_tensor_shape(self, name): return self.shapes["x"]
-    def set_tensor_address(self, name, ptr): self.addr[name] = ptr
-    def execute_async_v3(self, stream):
-        n, b = int(np.prod(self.shapes["x"])), self.shapes["t"][0]
-        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["x"]))
-        t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(self.addr["t"]))  # int32, as TensorRT 8.5 has it
-        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["eps"]))
+def _fake_runtime(version):
+    """The surface-derived tensorrt of `version`, behaving as an engine eps = 0.5 x + 1e-3 t over host memory."""
+    import ctypes
+
+    import trt_surface
+
+    fake = trt_surface.FakeTensorRT(version)
+    t_type = "INT32" if version.startswith("8.") else "INT64"  # t is int32 before TensorRT 10
+    np_types = {"FLOAT": np.float32, "INT32": np.int32, "INT64": np.int64}
+
+    def execute(st, stream):
+        shapes, addr = st["shapes"], st["addr"]
+        n, b = int(np.prod(shapes["x"])), shapes["t"][0]
+        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["x"]))
+        t_c = ctypes.c_int32 if t_type == "INT32" else ctypes.c_int64
+        t = np.ctypeslib.as_array((t_c * b).from_address(addr["t"]))
+        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
         out[:] = (x.reshape(b, -1) * 0.5 + t[:, None] * 1e-3).ravel()
         return True
-class _Engine:
-    num_io_tensors = 3
-    def get_tensor_name(self, i): return ["x", "t", "eps"][i]
-    def get_tensor_mode(self, name): return "out" if name == "eps" else "in"
-    def get_tensor_dtype(self, name): return np.int32 if name == "t" else np.float32
-    def create_execution_context(self): return _Context()
-class Runtime:
-    def __init__(self, logger): pass
-    def deserialize_cuda_engine(self, data): return _Engine() if data == b"PLAN" else None
-'''
 
-FAKE_CUDART = '''
+    fake._behaviours.update({
+        "Runtime.deserialize_cuda_engine": lambda st, data: fake.ICudaEngine() if data == b"PLAN" else None,
+        "ICudaEngine.num_io_tensors": 3,
+        "ICudaEngine.get_tensor_name": lambda st, i: ["x", "t", "eps"][i],
+        "ICudaEngine.get_tensor_mode": lambda st, n: getattr(fake.TensorIOMode, "OUTPUT" if n == "eps" else "INPUT"),
+        "ICudaEngine.get_tensor_dtype": lambda st, n: getattr(fake.DataType, t_type if n == "t" else "FLOAT"),
+        "nptype": lambda d: np_types[d.name],
+        "IExecutionContext.set_input_shape": lambda st, n, s: st.setdefault("shapes", {}).update({n: tuple(s)}) or True,
+        "IExecutionContext.get_tensor_shape": lambda st, n: st["shapes"]["x"],
+        "IExecutionContext.set_tensor_address": lambda st, n, p: st.setdefault("addr", {}).update({n: p}) or True,
+        "IExecutionContext.execute_async_v3": execute,
+    })
+    return fake
+
+
+FAKE_CUDART = """
 import ctypes
 _live = {}
 class cudaMemcpyKind:
@@ -451,7 +448,7 @@ def cudaFree(ptr): _live.pop(ptr, None); return (0,)
 def cudaMemcpy(dst, src, n, kind): ctypes.memmove(dst, src, n); return (0,)
 def cudaStreamCreate(): return (0, 7)
 def cudaStreamSynchronize(stream): return (0,)
-'''
+"""
 
 
 def _module(name, source, folder):
@@ -466,7 +463,8 @@ def _module(name, source, folder):
     return mod
 
 
-def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monkeypatch):
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.4.0.106"])
+def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monkeypatch, version):
     import runpy
 
     monkeypatch.setattr(sys, "path", sys.path[:])  # run.py puts its own folder first on sys.path
@@ -474,7 +472,7 @@ def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monk
     (work / "model.plan").write_bytes(b"PLAN")
     cuda = _module("cuda", "", tmp_path)
     cuda.cudart = _module("cudart", FAKE_CUDART, tmp_path)
-    trt = _module("tensorrt", FAKE_RUNTIME, tmp_path)
+    trt = _fake_runtime(version)
     for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.cudart", cuda.cudart)):
         monkeypatch.setitem(sys.modules, name, mod)
     ns = runpy.run_path(str(work / "run.py"), run_name="run_py")
@@ -487,6 +485,6 @@ def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monk
         t = np.arange(b, dtype=np.int64) * 100
         np.testing.assert_allclose(backend(x, t), x * 0.5 + t[:, None, None, None] * 1e-3, rtol=1e-6)
     backend.close()
-    (work / "engine.json").write_text(json.dumps({"tensorrt": "10.3.0"}))
-    with pytest.raises(ns["BundleError"], match="built with TensorRT 10.3.0, this is 8.5.2"):
+    (work / "engine.json").write_text(json.dumps({"tensorrt": "9.9.9"}))
+    with pytest.raises(ns["BundleError"], match=f"built with TensorRT 9.9.9, this is {version}"):
         ns["TensorRTBackend"](info)

@@ -193,10 +193,15 @@ class FakeTensorRT(types.ModuleType):
             return self._behaviours[name](*args, **kwargs)
         return call
 
-    def _check(self, qual, entry, args, kwargs):
+    @staticmethod
+    def _signatures(entry) -> list[str]:
         sigs = entry.get("signatures") or []
         if len(sigs) > 1:  # pybind11's overload header "name(*args, **kwargs)" is not a signature of its own
             sigs = [s for s in sigs if not s.endswith("(*args, **kwargs)")]
+        return sigs
+
+    def _check(self, qual, entry, args, kwargs):
+        sigs = self._signatures(entry)
         if sigs and not any(_fits(s, args, kwargs) for s in sigs):
             raise TypeError(f"{qual}(): incompatible arguments {args!r} {kwargs!r}; TensorRT {self.__version__} "
                             f"takes {' | '.join(sigs)}")
@@ -275,7 +280,7 @@ class FakeTensorRT(types.ModuleType):
 
     def _default(self, key, member):
         """A method with no behaviour: None for `-> None`, True for `-> bool`, a fresh object for a TensorRT class."""
-        rets = {_split_params(s)[1] for s in member.get("signatures") or []}
+        rets = {_split_params(s)[1] for s in self._signatures(member)}
         if rets == {"None"}:
             return None
         if rets == {"bool"}:
