@@ -31,7 +31,9 @@ from ..config import check_positive, to_dict
 from ..diffusion import alphas_cumprod
 from ..errors import BackendMissingError, ConfigError, CunetEdgeError, OutputPathError
 from ..export.tensorrt import EngineConfig, trtexec_command
+from ..export.trt_compat import check_tensorrt_compat
 from ..kinds import STAGE_IO
+from ..quantize.lint import assert_tensorrt_qdq
 from ..records import SOLVER, precision_of
 from .profiles import check_request, load_profile
 
@@ -90,7 +92,33 @@ def _check_device(profile, art: Artifact) -> str:
     if precision not in TOLERANCES:
         raise ConfigError(f"precision {precision!r} of {art.path} has no self-check tolerance "
                           f"(known: {', '.join(TOLERANCES)})")
+    _check_tensorrt(profile, art, precision)
     return precision
+
+
+def _check_tensorrt(profile, art: Artifact, precision: str) -> None:
+    """The checks `export --format tensorrt` and `quantize --target tensorrt` make, for the board's TensorRT.
+
+    The ONNX parser's coverage (export/trt_compat.py) at the board's TensorRT version, and for INT8 the
+    quantization target and the Q/DQ lint (quantize/lint.py): a `cpu`-target model is U8S8 with zero
+    points, which TensorRT refuses.
+    """
+    onnx_file = art.file("model.onnx")
+    target = art.manifest.get("target")
+    if precision == "int8" and target != "tensorrt":
+        raise ConfigError(f"{art.path} was quantized for target {target or 'unknown'!r}, which TensorRT cannot run "
+                          "(it needs symmetric INT8 Q/DQ): quantize the fp32 ONNX again with --target tensorrt")
+    where = f"TensorRT {profile.tensorrt}" if profile.tensorrt else "TensorRT"
+    report = check_tensorrt_compat(onnx_file, tensorrt_version=profile.tensorrt)
+    if not report["ok"]:
+        problems = "; ".join(report["problems"])
+        raise ConfigError(f"{art.path} cannot be built with {where} on {profile.name}: {problems}")
+    if precision != "int8":
+        return
+    try:
+        assert_tensorrt_qdq(onnx_file, float_nodes=set(art.manifest.get("float_nodes") or ()))
+    except ConfigError as e:
+        raise ConfigError(f"{art.path}: the TensorRT Q/DQ lint found {e}") from None
 
 
 def _image_spec(art: Artifact) -> tuple[list[int], int | None]:
