@@ -138,10 +138,10 @@ def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) 
     batch = art.manifest.get("batch", 1)
     kw = {"precision": precision, "signature": art.manifest["signature"], "tensorrt_version": version,
           "engine_file": "model.plan", "batch": batch}
-    ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch))
-    cmds = [trtexec_command("model.onnx", ecfg, **kw) + (["--noTF32"] if precision == "fp32" else [])]
-    if profile.dla_count:
-        dla = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=ecfg.max_batch, dla_core=0,
+    ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch), tf32=False)
+    cmds = [trtexec_command("model.onnx", ecfg, **kw)]
+    if profile.dla_count:  # DLA takes static shapes: the ONNX's batch only
+        dla = EngineConfig(workspace_mb=cfg.workspace_mb, min_batch=batch, max_batch=batch, dla_core=0, tf32=False,
                            builder_precision="fp16" if precision == "fp32" else "auto")
         cmds.append(trtexec_command("model.onnx", dla, **kw))
     return cmds
@@ -214,6 +214,8 @@ def _copy_sources(d: Path, art: Artifact, profile) -> None:
     (d / "sampler.py").write_bytes(sampler.read_bytes())  # verbatim: the tests run it as the board would
     for name in SCRIPTS:
         shutil.copy2(TEMPLATE_DIR / name, d / name)
+    build_rules = resources.files("cunet_edge.export").joinpath("trt_build.py")
+    (d / "trt_build.py").write_bytes(build_rules.read_bytes())  # verbatim, as sampler.py
 
 
 def deploy(artifact: str | Path, cfg: DeployConfig, out: str | Path) -> Artifact:

@@ -57,6 +57,7 @@ def board(bundle_dir, script, *args, env=None):
 
 def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_onnx):
     from cunet_edge.devices.profiles import load_profile
+    from cunet_edge.export import trt_build
     from cunet_edge.runtimes import numpy_sampler
 
     from cunet_edge.checkpoint import read_train_config
@@ -66,12 +67,13 @@ def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_o
     art = Artifact.load(bundle, kinds=["deploy-bundle"])  # verifies every file's hash
     assert set(art.manifest["files"]) == {
         "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
-        "build_engine.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
+        "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
     assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
     assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
     assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
     assert json.loads((bundle / "device.json").read_text()) == load_profile(DEVICE).to_dict()
     assert (bundle / "sampler.py").read_bytes() == Path(numpy_sampler.__file__).read_bytes()
+    assert (bundle / "trt_build.py").read_bytes() == Path(trt_build.__file__).read_bytes()  # export's build rules
     diffusion = read_train_config(src).diffusion
     np.testing.assert_array_equal(np.load(bundle / "schedule.npy"), alphas_cumprod(diffusion))
     info = json.loads((bundle / "bundle.json").read_text())
@@ -137,7 +139,7 @@ def test_missing_tensorrt_is_one_line(bundle):
     assert proc.returncode == 2 and "build_engine.sh" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py"])
+@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py"])
 def test_board_scripts_are_python38(bundle, name, tmp_path):
     src = (bundle / name).read_text()
     ast.parse(src, feature_version=(3, 8))
@@ -155,7 +157,8 @@ def test_board_scripts_start_on_python38(bundle, tmp_path):
     (tmp_path / "numpy.py").write_text("ndarray = object\ninteger = int\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONPYCACHEPREFIX": str(tmp_path / "pyc")}
     for args in (["run.py", "--help"], ["run.py", "bench", "--help"], ["build_engine.py", "--help"],
-                 ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"]):
+                 ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"],
+                 ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"]):
         proc = subprocess.run([str(PY38), *args], cwd=bundle, env=env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (args, proc.stderr)
 
@@ -337,15 +340,21 @@ sys.path.insert(0, os.environ["FAKE_TRT_TESTS"])
 import trt_surface
 fake = trt_surface.FakeTensorRT(os.environ["FAKE_TRT_VERSION"], {
     "Builder.num_DLA_cores": 2, "Builder.build_serialized_network": lambda st, net, cfg: b"PLAN",
-    "OnnxParser.num_errors": 0, "INetworkDefinition.num_inputs": 2,
-    "IBuilderConfig.add_optimization_profile": lambda st, p: 0})
+    "OnnxParser.num_errors": 0, "INetworkDefinition.num_inputs": 2, "INetworkDefinition.num_layers": 2,
+    "IBuilderConfig.add_optimization_profile": lambda st, p: 0,
+    "IBuilderConfig.can_run_on_DLA": lambda st, layer: layer.name != "odd_op"})
+
+def get_layer(st, i):
+    layer = fake.ILayer()
+    layer.name = ["conv", "odd_op"][i]
+    return layer
 
 def get_input(st, i):
     tensor = fake.ITensor()
     tensor.name, tensor.shape = [("x", (-1, 1, 8, 8)), ("t", (-1,))][i]
     return tensor
 
-fake._behaviours["INetworkDefinition.get_input"] = get_input
+fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})
 sys.modules["tensorrt"] = fake
 
 def plain(a):
@@ -377,7 +386,8 @@ def _fake_build(bundle, tmp_path, version, *args):
 @pytest.mark.parametrize("version, extra, strong, flags", [
     ("8.6.1", [], False, []),
     ("10.3.0", [], True, []),
-    ("10.3.0", ["--dla-core", "1"], False, ["BuilderFlag.FP16", "BuilderFlag.GPU_FALLBACK"]),
+    ("10.3.0", ["--dla-core", "1", "--min-batch", "1", "--max-batch", "1"], False,
+     ["BuilderFlag.FP16", "BuilderFlag.GPU_FALLBACK"]),
     ("10.16.1.11", [], True, []),
     ("11.4.0.106", [], True, []),
 ])
@@ -389,13 +399,29 @@ def test_build_engine_picks_typing_and_flags_by_tensorrt_version(bundle, tmp_pat
     assert [f for (f,) in got.get("IBuilderConfig.set_flag", [])] == flags
     assert got["IBuilderConfig.clear_flag"] == [["BuilderFlag.TF32"]]  # fp32 bundle: TF32 off
     profile = {name: shapes for name, *shapes in got["IOptimizationProfile.set_shape"]}
-    assert profile["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [16, 1, 8, 8]]
+    assert profile["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [1 if extra else 16, 1, 8, 8]]  # DLA: static shapes
     assert got["IBuilderConfig.set_memory_pool_limit"] == [["MemoryPoolType.WORKSPACE", 1024 << 20]]
+    engine = json.loads((work / "engine.json").read_text())
     if extra:
         assert got["IBuilderConfig.default_device_type="] == [["DeviceType.DLA"]]
         assert got["IBuilderConfig.DLA_core="] == [[1]]
+        assert engine["dla_gpu_fallback_layers"] == ["odd_op"] and "run on the GPU, not the DLA: odd_op" in proc.stdout
     assert (work / "model.plan").read_bytes() == b"PLAN"
-    assert json.loads((work / "engine.json").read_text())["strongly_typed"] is strong
+    assert engine["strongly_typed"] is strong and engine["tensorrt"] == version
+
+
+@pytest.mark.parametrize("version, args, match", [
+    ("10.3.0", ["--dla-core", "0"], "DLA builds take static shapes only, and the batch profile is 1..16"),
+    ("11.4.0.106", ["--dla-core", "0", "--max-batch", "1"],
+     "DLA runs FP16 and INT8 layers only, and this ONNX is fp32"),
+    ("10.3.0", ["--dla-core", "2", "--max-batch", "1"], "DLA core 2 requested; this GPU has 2"),
+    ("10.3.0", ["--dla-core", "0", "--max-batch", "1", "--no-gpu-fallback"],
+     "1 layer(s) cannot run on the DLA and GPU fallback is off: odd_op"),
+])
+def test_build_engine_refusals_are_one_line(bundle, tmp_path, version, args, match):
+    work, proc, _ = _fake_build(bundle, tmp_path, version, *args)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert match in proc.stderr and not (work / "model.plan").exists()
 
 
 # ---------------------------------------------------------------- run.py's TensorRT path against fakes (no GPU here)

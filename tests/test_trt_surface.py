@@ -10,7 +10,6 @@ from each surface, which refuses what that version lacks.
 from __future__ import annotations
 
 import importlib.util
-import re
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,6 @@ ALL = set(ts.VERSIONS)
 GATED = {
     "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": {"8.6.1"},  # explicit batch: required before 10.0
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED": {"10.3.0", "10.16.1.11"},  # always on from 11.0
-    "BuilderFlag.FP16": {"8.6.1", "10.3.0", "10.16.1.11"},  # weakly typed builds: < 10, or 10.x DLA / fp16
-    "BuilderFlag.INT8": {"8.6.1", "10.3.0", "10.16.1.11"},
 }
 
 
@@ -92,12 +89,28 @@ def test_every_tensorrt_name_the_code_touches_exists_where_the_code_uses_it():
     assert missing == []
 
 
-def test_only_the_listed_files_touch_tensorrt():
-    """project_trt_names() walks PROJECT_FILES; a new file that binds the tensorrt module must join them."""
-    files = {p.resolve().relative_to(ROOT).as_posix() for folder in ("cunet_edge", "export", "quantize", "runtimes",
-                                                                     "devices") for p in (ROOT / folder).rglob("*.py")}
-    binds = {f for f in files if re.search(r"import tensorrt|import_tensorrt\(\)", (ROOT / f).read_text())}
-    assert binds and binds <= set(ts.PROJECT_FILES)
+def test_every_precision_flag_the_build_rules_can_ask_for_exists_in_that_version():
+    """trt_build sets BuilderFlag.<name> through getattr, which the AST walk cannot see: enumerate the rules."""
+    from cunet_edge.export import trt_build
+
+    asked = {}
+    for v in ts.VERSIONS:
+        for precision in trt_build.PRECISIONS:
+            for dla in (None, 0):
+                for bp in trt_build.BUILDER_PRECISIONS:
+                    try:
+                        strong = trt_build.strongly_typed(v, dla, bp)
+                        flags = trt_build.precision_flags(precision, strong, dla, bp)
+                    except trt_build.BuildError:
+                        continue
+                    asked.setdefault(v, set()).update(f"BuilderFlag.{f.upper()}" for f in flags)
+    assert asked["8.6.1"] == asked["10.3.0"] == {"BuilderFlag.FP16", "BuilderFlag.INT8"} and not asked["11.4.0.106"]
+    assert [(v, f) for v, fs in asked.items() for f in sorted(fs) if not ts.has(ts.load_surface(v), f)] == []
+
+
+def test_the_walk_finds_every_file_that_uses_tensorrt():
+    assert {"export/tensorrt.py", "export/trt_build.py", "runtimes/tensorrt_runner.py", "runtimes/engines.py",
+            "devices/bundle/build_engine.py", "devices/bundle/run.py"} <= set(ts.project_files())
 
 
 def test_the_fake_refuses_what_a_version_lacks():
@@ -142,7 +155,23 @@ def _onnx_artifact(path, precision):
 
 
 BUILD = {"Builder.build_serialized_network": lambda st, net, cfg: b"PLAN", "OnnxParser.num_errors": 0,
-         "IBuilderConfig.add_optimization_profile": lambda st, p: 0, "ITimingCache.serialize": lambda st: b"CACHE"}
+         "IBuilderConfig.add_optimization_profile": lambda st, p: 0, "ITimingCache.serialize": lambda st: b"CACHE",
+         "Builder.num_DLA_cores": 2, "INetworkDefinition.num_inputs": 2, "INetworkDefinition.num_layers": 1,
+         "IBuilderConfig.can_run_on_DLA": lambda st, layer: True}
+
+
+def _network_behaviours(fake):
+    """The parsed network of _onnx_artifact: x (-1, 1, 8, 8), t (-1,), one layer."""
+    def get_input(st, i):
+        tensor = fake.ITensor()
+        tensor.name, tensor.shape = [("x", (-1, 1, 8, 8)), ("t", (-1,))][i]
+        return tensor
+
+    def get_layer(st, i):
+        layer = fake.ILayer()
+        layer.name = "relu"
+        return layer
+    fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})
 
 
 @pytest.fixture
@@ -152,6 +181,7 @@ def fake_trt(monkeypatch):
 
     def make(version):
         fake = ts.FakeTensorRT(version, BUILD)
+        _network_behaviours(fake)
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
         monkeypatch.setattr(export_trt, "current_platform", lambda: {
             "gpu_name": "Orin", "compute_capability": "8.7", "tensorrt_version": fake.__version__})
@@ -173,7 +203,8 @@ def test_export_builds_on_each_versions_api(fake_trt, tmp_path, version, precisi
 
     fake = fake_trt(version)
     src = _onnx_artifact(tmp_path / "onnx", precision)
-    cfg = EngineConfig(dla_core=dla, timing_cache=str(tmp_path / "tc.bin"), max_batch=8)
+    batches = dict(min_batch=4, max_batch=4) if dla is not None else dict(max_batch=8)  # DLA: static shapes
+    cfg = EngineConfig(dla_core=dla, timing_cache=str(tmp_path / "tc.bin"), **batches)
     art = build_engine(src.path, cfg, tmp_path / "engine")
     assert art.file("engine.plan").read_bytes() == b"PLAN" and (tmp_path / "tc.bin").read_bytes() == b"CACHE"
     assert art.manifest["strongly_typed"] is strong
@@ -182,10 +213,38 @@ def test_export_builds_on_each_versions_api(fake_trt, tmp_path, version, precisi
     assert network_flags == (want,)
     assert [str(f) for (f,) in fake.calls("IBuilderConfig.set_flag")] == flags
     shapes = {name: rest for name, *rest in fake.calls("IOptimizationProfile.set_shape")}
-    assert shapes == {"x": [(1, 1, 8, 8), (4, 1, 8, 8), (8, 1, 8, 8)], "t": [(1,), (4,), (8,)]}
+    lo, hi = (4, 4) if dla is not None else (1, 8)
+    assert shapes == {"x": [(lo, 1, 8, 8), (4, 1, 8, 8), (hi, 1, 8, 8)], "t": [(lo,), (4,), (hi,)]}
+    assert art.manifest["profile"] == {"min": lo, "opt": 4, "max": hi} and art.manifest["tf32"] is (
+        True if precision == "fp32" else None)
     if dla is not None:
         assert fake.calls("IBuilderConfig.DLA_core=") == [(dla,)]
         assert [str(d) for (d,) in fake.calls("IBuilderConfig.default_device_type=")] == ["DeviceType.DLA"]
+        assert art.manifest["gpu_fallback"] is True and art.manifest["dla_gpu_fallback_layers"] == []
+
+
+@pytest.mark.parametrize("version, precision, cfg, match", [
+    ("10.3.0", "fp16", dict(dla_core=0), "DLA builds take static shapes only, and the batch profile is 1..16"),
+    ("11.4.0.106", "fp32", dict(dla_core=0, min_batch=4, max_batch=4), "DLA runs FP16 and INT8 layers only"),
+    ("10.3.0", "fp32", dict(dla_core=0, min_batch=4, max_batch=4), "or set builder_precision fp16"),
+])
+def test_dla_requests_tensorrt_cannot_honour_are_refused_before_the_build(fake_trt, tmp_path, version, precision,
+                                                                          cfg, match):
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    fake = fake_trt(version)
+    with pytest.raises(ConfigError, match=match):
+        build_engine(_onnx_artifact(tmp_path / "onnx", precision).path, EngineConfig(**cfg), tmp_path / "engine")
+    assert not fake.calls("Builder") and not (tmp_path / "engine").exists()
+
+
+def test_tf32_policy_is_shared_with_the_bundle(fake_trt, tmp_path):
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    fake = fake_trt("10.3.0")
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "fp32").path, EngineConfig(tf32=False), tmp_path / "engine")
+    assert [str(f) for (f,) in fake.calls("IBuilderConfig.clear_flag")] == ["BuilderFlag.TF32"]
+    assert art.manifest["tf32"] is False and "--noTF32" in art.file("trtexec.sh").read_text()
 
 
 def test_tensorrt_11_has_no_precision_flags_to_ask_for(fake_trt, tmp_path):

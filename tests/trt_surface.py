@@ -56,10 +56,14 @@ def has(surface: dict, chain: str) -> bool:
 
 # ---------------------------------------------------------------- the project's TensorRT names (AST)
 
-# Files that touch the tensorrt module (a test checks that no other project file imports it).
-PROJECT_FILES = ("export/tensorrt.py", "runtimes/tensorrt_runner.py", "runtimes/engines.py",
-                 "devices/bundle/build_engine.py", "devices/bundle/run.py")
+PACKAGE_DIRS = ("cunet_edge", "export", "quantize", "runtimes", "devices")
 _TRT_ROOTS = {"trt", "_trt"}  # names (and self.<name> attributes) the code binds the module to
+
+
+def project_files() -> list[str]:
+    """Every project source file (the bundle's scripts included) that imports tensorrt or uses a `trt` name."""
+    files = sorted({p.resolve().relative_to(ROOT).as_posix() for d in PACKAGE_DIRS for p in (ROOT / d).rglob("*.py")})
+    return [f for f in files if re.search(r"import tensorrt\b|import_tensorrt\(\)|\b_?trt\.", (ROOT / f).read_text())]
 
 
 def _chain(node) -> list[str] | None:
@@ -74,10 +78,10 @@ def _chain(node) -> list[str] | None:
     return None
 
 
-def project_trt_names(files=PROJECT_FILES) -> dict[str, list[str]]:
+def project_trt_names(files=None) -> dict[str, list[str]]:
     """{"BuilderFlag.GPU_FALLBACK": ["export/tensorrt.py:171", ...]}: each longest `trt.X.Y` chain in the code."""
     found: dict[str, list[str]] = {}
-    for rel in files:
+    for rel in files or project_files():
         tree = ast.parse((ROOT / rel).read_text())
         inner = set()
         for node in ast.walk(tree):
