@@ -452,8 +452,11 @@ def _fake_runtime(version):
         "ICudaEngine.get_tensor_name": lambda st, i: ["x", "t", "eps"][i],
         "ICudaEngine.get_tensor_mode": lambda st, n: getattr(fake.TensorIOMode, "OUTPUT" if n == "eps" else "INPUT"),
         "ICudaEngine.get_tensor_dtype": lambda st, n: getattr(fake.DataType, t_type if n == "t" else "FLOAT"),
+        "ICudaEngine.get_tensor_shape": lambda st, n: (-1, 1, 8, 8) if n == "x" else (-1,),
+        "ICudaEngine.get_tensor_profile_shape": lambda st, n, i: [(1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8)],
         "nptype": lambda d: np_types[d.name],
-        "IExecutionContext.set_input_shape": lambda st, n, s: st.setdefault("shapes", {}).update({n: tuple(s)}) or True,
+        "IExecutionContext.set_input_shape": lambda st, n, s: s[0] <= 8 and (
+            st.setdefault("shapes", {}).update({n: tuple(s)}) or True),  # the profile's max batch is 8
         "IExecutionContext.get_tensor_shape": lambda st, n: st["shapes"]["x"],
         "IExecutionContext.set_tensor_address": lambda st, n, p: st.setdefault("addr", {}).update({n: p}) or True,
         "IExecutionContext.execute_async_v3": execute,
@@ -510,6 +513,12 @@ def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monk
         x = rng.standard_normal((b, 1, 8, 8)).astype(np.float32)
         t = np.arange(b, dtype=np.int64) * 100
         np.testing.assert_allclose(backend(x, t), x * 0.5 + t[:, None, None, None] * 1e-3, rtol=1e-6)
+    assert backend.batch_range == (1, 8)
+    x, t = rng.standard_normal((19, 1, 8, 8)).astype(np.float32), np.arange(19)
+    np.testing.assert_allclose(ns["batched"](backend, None)(x, t), x * 0.5 + t[:, None, None, None] * 1e-3, rtol=1e-6)
+    assert max(shape[0] for _, shape in trt.calls("IExecutionContext.set_input_shape")) == 8  # 19 = 8 + 8 + 3
+    with pytest.raises(ns["BundleError"], match=r"refused input x of shape \(9, 1, 8, 8\).*--max-batch"):
+        backend(x[:9], t[:9])
     backend.close()
     (work / "engine.json").write_text(json.dumps({"tensorrt": "9.9.9"}))
     with pytest.raises(ns["BundleError"], match=f"built with TensorRT 9.9.9, this is {version}"):

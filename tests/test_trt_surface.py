@@ -263,3 +263,48 @@ def test_fake_module_functions_take_their_behaviour_from_the_test():
     with pytest.raises(AttributeError):
         fake.DataType.FLOAT64
     assert fake.calls("nptype") == [(0,)]
+
+
+# ---------------------------------------------------------------- batches the engine accepts
+
+def test_engine_batches_chunk_at_the_max_and_pad_to_the_min():
+    from cunet_edge.runtimes.numpy_sampler import engine_batches
+
+    seen = []
+
+    def model(x, t):
+        seen.append(len(x))
+        assert 2 <= len(x) <= 4
+        return x * 2 + t[:, None, None, None]
+
+    eps = engine_batches(model, 2, 4)
+    x, t = np.arange(11 * 2, dtype=np.float32).reshape(11, 1, 1, 2), np.arange(11)
+    np.testing.assert_array_equal(eps(x, t), x * 2 + t[:, None, None, None])
+    assert seen == [4, 4, 3]
+    seen.clear()
+    np.testing.assert_array_equal(eps(x[:1], t[:1]), x[:1] * 2 + t[:1, None, None, None])
+    assert seen == [2]  # padded to the min, the padding dropped
+    with pytest.raises(ValueError, match="batch range 3..2"):
+        engine_batches(model, 3, 2)
+
+
+def test_tensorrt_runner_keeps_to_the_profile_it_was_built_with(fake_trt, tmp_path):
+    """The runner reads the profile the build recorded: a sampler's batch of 11 reaches a 1..4 engine as 4+4+3;
+    timing (bind) a batch the engine cannot take is a one-line error. The GPU half of the runner cannot run
+    here, so its engine call is replaced by numpy."""
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.runtimes.base import open_runner
+
+    fake_trt("10.3.0")
+    engine = build_engine(_onnx_artifact(tmp_path / "onnx", "fp32").path, EngineConfig(max_batch=4),
+                          tmp_path / "engine")
+    runner = open_runner(engine.path, "tensorrt")
+    assert runner.batch_range() == (1, 4)
+    seen = []
+    runner._infer = lambda feed: seen.append(len(feed["x"])) or {"eps": feed["x"] * 2}
+    x = np.ones((11, 1, 8, 8), np.float32)
+    np.testing.assert_array_equal(runner.infer({"x": x, "t": np.zeros(11, np.int64)})["eps"], x * 2)
+    assert seen == [4, 4, 3]
+    with pytest.raises(ConfigError, match=r"takes batch 1..4, not 11: rebuild it with cunet-edge export .* "
+                                          r"--max-batch 11"):
+        runner.bind({"x": x, "t": np.zeros(11, np.int64)})
