@@ -141,9 +141,13 @@ def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) 
     ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch), tf32=False)
     cmds = [trtexec_command("model.onnx", ecfg, **kw)]
     if profile.dla_count:  # DLA takes static shapes: the ONNX's batch only
+        weak = precision == "fp32" and int(version.split(".")[0]) < 11  # 11 has no FP16 flag for an fp32 ONNX
         dla = EngineConfig(workspace_mb=cfg.workspace_mb, min_batch=batch, max_batch=batch, dla_core=0, tf32=False,
-                           builder_precision="fp16" if precision == "fp32" else "auto")
-        cmds.append(trtexec_command("model.onnx", dla, **kw))
+                           builder_precision="fp16" if weak else "auto")
+        try:
+            cmds.append(trtexec_command("model.onnx", dla, **kw))
+        except ConfigError:  # this model cannot go on the DLA with the board's TensorRT: no DLA line offered
+            pass
     return cmds
 
 
