@@ -7,8 +7,8 @@ libnvonnxparser, and libnvparsers for 8.x). This script installs a wheel with
 `pip install --target CACHE/VERSION --no-deps`, builds stand-in libraries with gcc that export the
 C entry points the module needs (read with `nm -D --undefined-only`; each returns NULL, so nothing
 can be built, but the module imports), imports the module in a subprocess and writes its surface:
-classes with their members (methods with their pybind11 signatures, properties and whether they
-can be set), enums with their values, module functions.
+classes with their constructor signatures and members (methods with their pybind11 signatures,
+properties and whether they can be set), enums with their values, module functions.
 
     python scripts/trt_surfaces.py                 # every version in VERSIONS -> tests/data/trt_surface/
     python scripts/trt_surfaces.py --version 10.3.0 --out /tmp/s.json
@@ -116,7 +116,8 @@ def describe(cls):
     if hasattr(cls, "__members__"):
         return {"kind": "enum", "values": {k: int(v) for k, v in cls.__members__.items()}}
     bases = [b.__name__ for b in cls.__bases__ if b.__name__ not in ("object", "pybind11_object")]
-    return {"kind": "class", "bases": bases, "members": members(cls)}
+    # "init": the constructor's signatures; none: Python code cannot make one (pybind11 "No constructor defined")
+    return {"kind": "class", "bases": bases, "init": sigs(cls.__init__, "__init__"), "members": members(cls)}
 
 surface = {}
 todo = [(n, getattr(trt, n)) for n in dir(trt) if not n.startswith("_")]

@@ -345,12 +345,12 @@ fake = trt_surface.FakeTensorRT(os.environ["FAKE_TRT_VERSION"], {
     "IBuilderConfig.can_run_on_DLA": lambda st, layer: layer.name != "odd_op"})
 
 def get_layer(st, i):
-    layer = fake.ILayer()
+    layer = fake.new("ILayer")
     layer.name = ["conv", "odd_op"][i]
     return layer
 
 def get_input(st, i):
-    tensor = fake.ITensor()
+    tensor = fake.new("ITensor")
     tensor.name, tensor.shape = [("x", (-1, 1, 8, 8)), ("t", (-1,))][i]
     return tensor
 
@@ -447,7 +447,7 @@ def _fake_runtime(version):
         return True
 
     fake._behaviours.update({
-        "Runtime.deserialize_cuda_engine": lambda st, data: fake.ICudaEngine() if data == b"PLAN" else None,
+        "Runtime.deserialize_cuda_engine": lambda st, data: fake.new("ICudaEngine") if data == b"PLAN" else None,
         "ICudaEngine.num_io_tensors": 3,
         "ICudaEngine.get_tensor_name": lambda st, i: ["x", "t", "eps"][i],
         "ICudaEngine.get_tensor_mode": lambda st, n: getattr(fake.TensorIOMode, "OUTPUT" if n == "eps" else "INPUT"),

@@ -89,6 +89,16 @@ def test_every_tensorrt_name_the_code_touches_exists_where_the_code_uses_it():
     assert missing == []
 
 
+def test_every_member_the_code_reads_on_tensorrt_objects_exists_in_every_version():
+    uses = ts.project_member_uses()
+    assert {"IExecutionContext.execute_async_v3", "IExecutionContext.set_input_shape", "ICudaEngine.num_io_tensors",
+            "IBuilderConfig.set_timing_cache", "IBuilderConfig.can_run_on_DLA",
+            "Runtime.deserialize_cuda_engine"} <= set(uses)
+    missing = [f"{name} (used at {', '.join(where)}) is missing from TensorRT {v}"
+               for name, where in uses.items() for v in ts.VERSIONS if not ts.has(ts.load_surface(v), name)]
+    assert missing == []
+
+
 def test_every_precision_flag_the_build_rules_can_ask_for_exists_in_that_version():
     """trt_build sets BuilderFlag.<name> through getattr, which the AST walk cannot see: enumerate the rules."""
     from cunet_edge.export import trt_build
@@ -131,6 +141,10 @@ def test_the_fake_refuses_what_a_version_lacks():
     with pytest.raises(TypeError, match="set_timing_cache"):
         config.set_timing_cache(None)  # ignore_mismatch has no default
     config.set_timing_cache(None, ignore_mismatch=False)
+    with pytest.raises(TypeError, match="OnnxParser.__init__"):
+        new.OnnxParser(new.Logger())  # the network comes first
+    with pytest.raises(TypeError, match="No constructor defined"):
+        new.ICudaEngine()  # engines come from Runtime.deserialize_cuda_engine
 
 
 # ---------------------------------------------------------------- export's engine build, on every version's fake
@@ -163,12 +177,12 @@ BUILD = {"Builder.build_serialized_network": lambda st, net, cfg: b"PLAN", "Onnx
 def _network_behaviours(fake):
     """The parsed network of _onnx_artifact: x (-1, 1, 8, 8), t (-1,), one layer."""
     def get_input(st, i):
-        tensor = fake.ITensor()
+        tensor = fake.new("ITensor")
         tensor.name, tensor.shape = [("x", (-1, 1, 8, 8)), ("t", (-1,))][i]
         return tensor
 
     def get_layer(st, i):
-        layer = fake.ILayer()
+        layer = fake.new("ILayer")
         layer.name = "relu"
         return layer
     fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})

@@ -6,7 +6,8 @@ what a property reads) comes from the test; everything else is recorded in `modu
 
 Also: `project_trt_names()`, every `trt.X.Y` attribute chain the project's code touches (an AST walk).
 
-Loadable by path from a subprocess (the board scripts): `fake_module(VERSION, behaviours)` builds one.
+A board script's subprocess gets one through a `tensorrt.py` on its PYTHONPATH that builds a
+FakeTensorRT and puts it in sys.modules (tests/test_deploy.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 import types
 from functools import lru_cache
 from pathlib import Path
@@ -60,10 +60,12 @@ PACKAGE_DIRS = ("cunet_edge", "export", "quantize", "runtimes", "devices")
 _TRT_ROOTS = {"trt", "_trt"}  # names (and self.<name> attributes) the code binds the module to
 
 
-def project_files() -> list[str]:
+@lru_cache(maxsize=None)
+def project_files() -> tuple[str, ...]:
     """Every project source file (the bundle's scripts included) that imports tensorrt or uses a `trt` name."""
     files = sorted({p.resolve().relative_to(ROOT).as_posix() for d in PACKAGE_DIRS for p in (ROOT / d).rglob("*.py")})
-    return [f for f in files if re.search(r"import tensorrt\b|import_tensorrt\(\)|\b_?trt\.", (ROOT / f).read_text())]
+    uses = re.compile(r"import tensorrt\b|import_tensorrt\(\)|\b_?trt\.")
+    return tuple(f for f in files if uses.search((ROOT / f).read_text()))
 
 
 def _chain(node) -> list[str] | None:
@@ -96,6 +98,31 @@ def project_trt_names(files=None) -> dict[str, list[str]]:
     # Drop chains that end in a dunder (trt.__version__ is checked by the version tests) and keep methods'
     # owners: `trt.Logger.WARNING` is a chain; `trt.Logger(...)` a prefix of it.
     return {k: v for k, v in sorted(found.items()) if not k.split(".")[-1].startswith("__")}
+
+
+# Names the code gives TensorRT objects (locals, or self.<name>) -> their TensorRT class; the walk below checks
+# every member the code reads on them. (Members read on a call's result, `x.get_timing_cache().serialize()`, are
+# not seen here: the fake-based build tests run those lines.)
+HOLDERS = {"builder": "Builder", "config": "IBuilderConfig", "network": "INetworkDefinition", "parser": "OnnxParser",
+           "profile": "IOptimizationProfile", "engine": "ICudaEngine", "context": "IExecutionContext",
+           "_runtime": "Runtime", "inp": "ITensor", "layer": "ILayer", "cache": "ITimingCache"}
+
+
+def project_member_uses(files=None) -> dict[str, list[str]]:
+    """{"IExecutionContext.execute_async_v3": ["runtimes/tensorrt_runner.py:80", ...]}: members read on TensorRT
+    objects, found by the names the code holds them in (HOLDERS)."""
+    found: dict[str, list[str]] = {}
+    for rel in files or project_files():
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            holder = node.value
+            name = holder.id if isinstance(holder, ast.Name) else (
+                holder.attr if isinstance(holder, ast.Attribute) and isinstance(holder.value, ast.Name)
+                and holder.value.id == "self" else None)
+            if name in HOLDERS:
+                found.setdefault(f"{HOLDERS[name]}.{node.attr}", []).append(f"{rel}:{node.lineno}")
+    return dict(sorted(found.items()))
 
 
 # ---------------------------------------------------------------- the fake module
@@ -237,6 +264,10 @@ class FakeTensorRT(types.ModuleType):
                 raise FakeError(f"tensorrt.{qual}.{name} read from the class: the fake does not model it")
 
         def __init__(obj, *args, **kwargs):
+            if not entry.get("init"):
+                raise TypeError(f"tensorrt.{qual}: No constructor defined! (TensorRT {module.__version__}; "
+                                "a test makes one with FakeTensorRT.new)")
+            module._check(f"{qual}.__init__", {"signatures": entry["init"]}, args, kwargs)
             object.__setattr__(obj, "_state", {"args": args, "kwargs": kwargs})
             module.LOG.append((qual, args, kwargs))
             init = module._behaviours.get(f"{qual}.__init__")
@@ -282,6 +313,12 @@ class FakeTensorRT(types.ModuleType):
         self._classes[qual] = cls
         return cls
 
+    def new(self, qual: str):
+        """An instance of class `qual` as TensorRT hands them out (ITensor, ILayer, ICudaEngine: no constructor)."""
+        obj = object.__new__(self._class(qual))
+        object.__setattr__(obj, "_state", {})
+        return obj
+
     def _default(self, key, member):
         """A method with no behaviour: None for `-> None`, True for `-> bool`, a fresh object for a TensorRT class."""
         rets = {_split_params(s)[1] for s in self._signatures(member)}
@@ -290,16 +327,9 @@ class FakeTensorRT(types.ModuleType):
         if rets == {"bool"}:
             return True
         if len(rets) == 1 and next(iter(rets)) in self._names and self._names[next(iter(rets))]["kind"] == "class":
-            return self._class(next(iter(rets)))()
+            return self.new(next(iter(rets)))
         raise FakeError(f"no behaviour for tensorrt.{key} (returns {' | '.join(sorted(rets)) or '?'})")
 
     def calls(self, key: str) -> list:
         """The argument tuples of every recorded call (or property set, key "Class.name=") of `key`."""
         return [args for k, args, _ in self.LOG if k == key]
-
-
-def install(version: str, behaviours: dict | None = None) -> FakeTensorRT:
-    """A fake put in sys.modules["tensorrt"] (for a subprocess that runs a board script)."""
-    fake = FakeTensorRT(version, behaviours)
-    sys.modules["tensorrt"] = fake
-    return fake
