@@ -118,4 +118,5 @@ class TensorRTRunner(Runner):
     def describe(self) -> dict:
         m = self.artifact.manifest
         return super().describe() | {"tensorrt": m.get("tensorrt_version"), "gpu": m.get("gpu_name"),
-                                     "dla_core": m.get("dla_core"), "strongly_typed": m.get("strongly_typed")}
+                                     "dla_core": m.get("dla_core"), "strongly_typed": m.get("strongly_typed"),
+                                     "profile": m.get("profile")}

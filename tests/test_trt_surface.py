@@ -322,3 +322,19 @@ def test_tensorrt_runner_keeps_to_the_profile_it_was_built_with(fake_trt, tmp_pa
     with pytest.raises(ConfigError, match=r"takes batch 1..4, not 11: rebuild it with cunet-edge export .* "
                                           r"--max-batch 11"):
         runner.bind({"x": x, "t": np.zeros(11, np.int64)})
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--dla-core", "0", "--max-batch", "8"], "DLA builds take static shapes only, and the batch profile is 1..8"),
+    (["--dla-core", "0", "--min-batch", "4", "--max-batch", "4"], "DLA runs FP16 and INT8 layers only"),
+    (["--min-batch", "8", "--max-batch", "4"], "min_batch 8 is larger than max_batch 4"),
+    (["--opt-batch", "32"], "opt batch 32 is outside min_batch..max_batch (1..16)"),
+])
+def test_cli_refuses_a_profile_tensorrt_cannot_build_in_one_line(tmp_path, args, match):
+    """Checked before TensorRT is loaded: the same line here, where there is none, as on the board."""
+    from cli_helpers import assert_one_line_error, cli_in_process
+
+    src = _onnx_artifact(tmp_path / "onnx", "fp32")
+    proc = cli_in_process("export", src.path, "--format", "tensorrt", "--out", tmp_path / "engine", *args)
+    assert_one_line_error(proc, match)
+    assert not (tmp_path / "engine").exists()
