@@ -30,7 +30,7 @@ from ..checkpoint import read_train_config
 from ..config import check_positive, to_dict
 from ..diffusion import alphas_cumprod
 from ..errors import BackendMissingError, ConfigError, CunetEdgeError, OutputPathError
-from ..export.tensorrt import EngineConfig, trtexec_command
+from ..export.tensorrt import EngineConfig, check_int8_target, trtexec_command
 from ..export.trt_compat import check_tensorrt_compat
 from ..kinds import STAGE_IO
 from ..quantize.lint import assert_tensorrt_qdq
@@ -104,10 +104,7 @@ def _check_tensorrt(profile, art: Artifact, precision: str) -> None:
     points, which TensorRT refuses.
     """
     onnx_file = art.file("model.onnx")
-    target = art.manifest.get("target")
-    if precision == "int8" and target != "tensorrt":
-        raise ConfigError(f"{art.path} was quantized for target {target or 'unknown'!r}, which TensorRT cannot run "
-                          "(it needs symmetric INT8 Q/DQ): quantize the fp32 ONNX again with --target tensorrt")
+    check_int8_target(art)
     where = f"TensorRT {profile.tensorrt}" if profile.tensorrt else "TensorRT"
     report = check_tensorrt_compat(onnx_file, tensorrt_version=profile.tensorrt)
     if not report["ok"]:

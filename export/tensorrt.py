@@ -31,7 +31,8 @@ from . import trt_build
 from .trt_build import BUILDER_PRECISIONS, BuildError
 from .trt_compat import check_tensorrt_compat
 
-__all__ = ["TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "trtexec_command", "uses_strong_typing"]
+__all__ = ["TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "check_int8_target", "trtexec_command",
+           "uses_strong_typing"]
 
 TRTEXEC_FILE = "trtexec.sh"
 ONNX_FILE = "model.onnx"
@@ -148,6 +149,15 @@ def trtexec_command(onnx_file, cfg: EngineConfig, *, precision: str, signature: 
     return cmd
 
 
+def check_int8_target(art) -> None:
+    """An INT8 artifact must be quantized for TensorRT: `--target cpu` is U8S8 with zero points, which it refuses."""
+    m = art.manifest
+    target = m.get("target") or "unknown"
+    if m.get("precision") == "int8" and target != "tensorrt":
+        raise ConfigError(f"{art.path} was quantized for target {target!r}, which TensorRT cannot run (it needs "
+                          "symmetric INT8 Q/DQ): quantize the fp32 ONNX again with --target tensorrt")
+
+
 def _check_onnx(art, tensorrt_version: str | None = None) -> dict:
     report = check_tensorrt_compat(art.file(ONNX_FILE), tensorrt_version=tensorrt_version)
     if not report["ok"]:
@@ -174,6 +184,7 @@ def build_engine(src, cfg: EngineConfig, out) -> Artifact:
     check_output_path(out)
     art = Artifact.load(src, kinds=STAGE_IO["export-tensorrt"].accepts)
     m = art.manifest
+    check_int8_target(art)
     _check_onnx(art)
     batch = m.get("batch", 1)
     if _is_dynamic(m["signature"]):

@@ -134,6 +134,10 @@ def test_deploy_takes_a_tensorrt_target_model_and_refuses_a_cpu_one(tiny_int8_tr
                                           r"--target tensorrt"):
         deploy(tiny_int8_cpu.path, DeployConfig(device="jetson-orin-nano-8gb"), tmp_path / "cpu")
     assert not (tmp_path / "cpu").exists()
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    with pytest.raises(ConfigError, match="quantized for target 'cpu'"):  # export says the same, before TensorRT
+        build_engine(tiny_int8_cpu.path, EngineConfig(), tmp_path / "engine")
 
 
 def test_tolerance_parsing():

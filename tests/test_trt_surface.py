@@ -164,7 +164,8 @@ def _onnx_artifact(path, precision):
     with ArtifactWriter(path, kind="onnx-int8" if precision == "int8" else "onnx", stage="export", config={}) as w:
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(w.dir / "model.onnx"))
         (w.dir / "config.json").write_text("{}\n")
-        w.manifest.update(precision=precision, opset=18, dynamic_batch=True, batch=4, signature=SIG)
+        w.manifest.update(precision=precision, opset=18, dynamic_batch=True, batch=4, signature=SIG,
+                          **({"target": "tensorrt"} if precision == "int8" else {}))
     return w.artifact
 
 
