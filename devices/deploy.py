@@ -30,8 +30,10 @@ from ..checkpoint import read_train_config
 from ..config import check_positive, to_dict
 from ..diffusion import alphas_cumprod
 from ..errors import BackendMissingError, ConfigError, CunetEdgeError, OutputPathError
-from ..export.tensorrt import EngineConfig, trtexec_command
+from ..export.tensorrt import EngineConfig, check_int8_target, trtexec_command
+from ..export.trt_compat import check_tensorrt_compat
 from ..kinds import STAGE_IO
+from ..quantize.lint import assert_tensorrt_qdq
 from ..records import SOLVER, precision_of
 from .profiles import check_request, load_profile
 
@@ -90,7 +92,30 @@ def _check_device(profile, art: Artifact) -> str:
     if precision not in TOLERANCES:
         raise ConfigError(f"precision {precision!r} of {art.path} has no self-check tolerance "
                           f"(known: {', '.join(TOLERANCES)})")
+    _check_tensorrt(profile, art, precision)
     return precision
+
+
+def _check_tensorrt(profile, art: Artifact, precision: str) -> None:
+    """The checks `export --format tensorrt` and `quantize --target tensorrt` make, for the board's TensorRT.
+
+    The ONNX parser's coverage (export/trt_compat.py) at the board's TensorRT version, and for INT8 the
+    quantization target and the Q/DQ lint (quantize/lint.py): a `cpu`-target model is U8S8 with zero
+    points, which TensorRT refuses.
+    """
+    onnx_file = art.file("model.onnx")
+    check_int8_target(art)
+    where = f"TensorRT {profile.tensorrt}" if profile.tensorrt else "TensorRT"
+    report = check_tensorrt_compat(onnx_file, tensorrt_version=profile.tensorrt)
+    if not report["ok"]:
+        problems = "; ".join(report["problems"])
+        raise ConfigError(f"{art.path} cannot be built with {where} on {profile.name}: {problems}")
+    if precision != "int8":
+        return
+    try:
+        assert_tensorrt_qdq(onnx_file, float_nodes=set(art.manifest.get("float_nodes") or ()))
+    except ConfigError as e:
+        raise ConfigError(f"{art.path}: the TensorRT Q/DQ lint found {e}") from None
 
 
 def _image_spec(art: Artifact) -> tuple[list[int], int | None]:
@@ -110,12 +135,16 @@ def _engine_commands(profile, art: Artifact, precision: str, cfg: DeployConfig) 
     batch = art.manifest.get("batch", 1)
     kw = {"precision": precision, "signature": art.manifest["signature"], "tensorrt_version": version,
           "engine_file": "model.plan", "batch": batch}
-    ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch))
-    cmds = [trtexec_command("model.onnx", ecfg, **kw) + (["--noTF32"] if precision == "fp32" else [])]
-    if profile.dla_count:
-        dla = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=ecfg.max_batch, dla_core=0,
-                           builder_precision="fp16" if precision == "fp32" else "auto")
-        cmds.append(trtexec_command("model.onnx", dla, **kw))
+    ecfg = EngineConfig(workspace_mb=cfg.workspace_mb, max_batch=max(cfg.max_batch, batch), tf32=False)
+    cmds = [trtexec_command("model.onnx", ecfg, **kw)]
+    if profile.dla_count:  # DLA takes static shapes: the ONNX's batch only
+        weak = precision == "fp32" and int(version.split(".")[0]) < 11  # 11 has no FP16 flag for an fp32 ONNX
+        dla = EngineConfig(workspace_mb=cfg.workspace_mb, min_batch=batch, max_batch=batch, dla_core=0, tf32=False,
+                           builder_precision="fp16" if weak else "auto")
+        try:
+            cmds.append(trtexec_command("model.onnx", dla, **kw))
+        except ConfigError:  # this model cannot go on the DLA with the board's TensorRT: no DLA line offered
+            pass
     return cmds
 
 
@@ -186,6 +215,8 @@ def _copy_sources(d: Path, art: Artifact, profile) -> None:
     (d / "sampler.py").write_bytes(sampler.read_bytes())  # verbatim: the tests run it as the board would
     for name in SCRIPTS:
         shutil.copy2(TEMPLATE_DIR / name, d / name)
+    build_rules = resources.files("cunet_edge.export").joinpath("trt_build.py")
+    (d / "trt_build.py").write_bytes(build_rules.read_bytes())  # verbatim, as sampler.py
 
 
 def deploy(artifact: str | Path, cfg: DeployConfig, out: str | Path) -> Artifact:

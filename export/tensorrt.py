@@ -7,8 +7,11 @@ builds on 10.x also use the flags: TensorRT 10's DLA path is documented with the
 only FP16 and INT8 layers. Engines only run where they were built (same GPU compute capability
 and TensorRT version), so the manifest records both and runners check them.
 
+The build itself (flags, TF32 policy, profile, DLA, timing cache) is export/trt_build.py, the
+module deploy bundles copy, so `export` and a bundle's build_engine.py build the same engine.
 Everything here that does not touch TensorRT (the trtexec command line, the location check,
-the version rules) is a pure function, tested without a GPU.
+the version rules) is a pure function, tested without a GPU; the build runs in the tests against
+fakes derived from the real TensorRT APIs (tests/test_trt_surface.py).
 """
 
 from __future__ import annotations
@@ -24,23 +27,34 @@ from ..errors import ConfigError
 from ..kinds import STAGE_IO
 from ..records import SOLVER
 from ..runtimes.engines import ENGINE_FILE, current_platform, import_tensorrt
+from . import trt_build
+from .trt_build import BUILDER_PRECISIONS, BuildError
 from .trt_compat import check_tensorrt_compat
 
-__all__ = ["TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "trtexec_command", "uses_strong_typing"]
+__all__ = ["TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "check_int8_target", "trtexec_command",
+           "uses_strong_typing"]
 
 TRTEXEC_FILE = "trtexec.sh"
 ONNX_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
-MIN_VERSION = (8, 5)
-BUILDER_PRECISIONS = ("auto", "fp16")
+
+
+def _config_error(fn, *args, **kwargs):
+    """Call a trt_build rule; its BuildError (the bundle has no cunet_edge) becomes a ConfigError here."""
+    try:
+        return fn(*args, **kwargs)
+    except BuildError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """TensorRT build settings. Batch range applies to dynamic-batch ONNX; `opt_batch` None = the ONNX's batch.
+    """TensorRT build settings (the rules are export/trt_build.py's, shared with deploy bundles).
 
-    `builder_precision` "auto" takes the precision from the ONNX; "fp16" also lets a weakly typed
-    build (TensorRT < 10, DLA, or asked for on 10.x) pick FP16 kernels for an fp32 ONNX.
+    Batch range applies to dynamic-batch ONNX; `opt_batch` None = the ONNX's batch; a DLA build
+    needs min = opt = max. `builder_precision` "auto" takes the precision from the ONNX; "fp16" also
+    lets a weakly typed build (TensorRT < 10, DLA, or asked for on 10.x) pick FP16 kernels for an
+    fp32 ONNX. `tf32` False turns TF32 off in an fp32 build (deploy bundles do, for their 1e-3 self-check).
     """
 
     workspace_mb: int = 1024
@@ -51,6 +65,7 @@ class EngineConfig:
     opt_batch: int | None = None
     max_batch: int = 16
     builder_precision: str = "auto"
+    tf32: bool = True
 
     def __post_init__(self):
         for name in ("workspace_mb", "min_batch", "max_batch"):
@@ -65,43 +80,30 @@ class EngineConfig:
 
     def batch_range(self, batch: int) -> tuple[int, int, int]:
         """(min, opt, max) batch of the optimization profile; `batch` is the ONNX artifact's typical batch."""
-        opt = self.opt_batch or batch
-        if not self.min_batch <= opt <= self.max_batch:
-            raise ConfigError(f"opt batch {opt} is outside min_batch..max_batch ({self.min_batch}..{self.max_batch})")
-        return self.min_batch, opt, self.max_batch
+        return _config_error(trt_build.batch_profile, self.min_batch, self.opt_batch or batch, self.max_batch,
+                             self.dla_core)
+
+    def settings(self, precision: str, batch: int, timing_cache: bytes | None) -> dict:
+        """The trt_build settings of this config for an ONNX of `precision` and typical `batch`."""
+        return dict(precision=precision, workspace_mb=self.workspace_mb, min_batch=self.min_batch,
+                    opt_batch=self.opt_batch or batch, max_batch=self.max_batch, dla_core=self.dla_core,
+                    gpu_fallback=self.gpu_fallback, tf32=self.tf32, builder_precision=self.builder_precision,
+                    timing_cache=timing_cache)
 
 
 def _version(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in str(text).split(".")[:2] if p.isdigit()]
-    if len(parts) < 2:
-        raise ConfigError(f"cannot read TensorRT version {text!r}")
-    return parts[0], parts[1]
+    return _config_error(trt_build.version_tuple, text)
 
 
 def uses_strong_typing(tensorrt_version: str, cfg: EngineConfig) -> bool:
     """Whether the build is STRONGLY_TYPED (precision from the ONNX) or weakly typed with builder flags."""
-    v = _version(tensorrt_version)
-    if v < MIN_VERSION:
-        raise ConfigError(f"TensorRT {tensorrt_version} is too old: cunet-edge builds with TensorRT 8.5 or newer "
-                          "(JetPack 5 or later)")
-    if v[0] >= 11:
-        if cfg.builder_precision != "auto":
-            raise ConfigError(f"TensorRT {tensorrt_version} has no precision flags (builder_precision "
-                              f"{cfg.builder_precision!r}): convert the ONNX to fp16 or quantize it instead")
-        return True
-    return v[0] == 10 and cfg.dla_core is None and cfg.builder_precision == "auto"
+    return _config_error(trt_build.strongly_typed, tensorrt_version, cfg.dla_core, cfg.builder_precision)
 
 
 def builder_flags(precision: str, cfg: EngineConfig) -> tuple[str, ...]:
     """Precision builder flags of a weakly typed build ("fp16", "int8"), from the ONNX precision and the config."""
     check_choice("precision", precision, ("fp32", "fp16", "int8"))
-    flags = {"fp32": (), "fp16": ("fp16",), "int8": ("int8",)}[precision]
-    if cfg.builder_precision == "fp16" and "fp16" not in flags:
-        flags += ("fp16",)
-    if cfg.dla_core is not None and not flags:
-        raise ConfigError("DLA runs FP16 and INT8 layers only, and this ONNX is fp32: export it with precision "
-                          "fp16, quantize it, or set builder_precision fp16")
-    return flags
+    return _config_error(trt_build.precision_flags, precision, False, cfg.dla_core, cfg.builder_precision)
 
 
 def _is_dynamic(signature: dict) -> bool:
@@ -126,10 +128,11 @@ def trtexec_command(onnx_file, cfg: EngineConfig, *, precision: str, signature: 
     `batch` is the ONNX artifact's batch, the opt batch of a dynamic profile unless cfg.opt_batch says.
     """
     cmd = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file}"]
-    if uses_strong_typing(tensorrt_version, cfg):
-        cmd.append("--stronglyTyped")
-    else:
-        cmd += [f"--{flag}" for flag in builder_flags(precision, cfg)]
+    strong = uses_strong_typing(tensorrt_version, cfg)
+    flags = _config_error(trt_build.precision_flags, precision, strong, cfg.dla_core, cfg.builder_precision)
+    cmd += ["--stronglyTyped"] if strong else [f"--{flag}" for flag in flags]
+    if precision == "fp32" and not cfg.tf32:
+        cmd.append("--noTF32")
     if _is_dynamic(signature):
         lo, opt, hi = cfg.batch_range(batch)
         cmd += [f"--minShapes={_shapes(signature, lo)}", f"--optShapes={_shapes(signature, opt)}",
@@ -146,57 +149,13 @@ def trtexec_command(onnx_file, cfg: EngineConfig, *, precision: str, signature: 
     return cmd
 
 
-def _network(trt, builder, strongly_typed: bool):
-    flags = 0
-    v = _version(trt.__version__)
-    if v[0] < 10:  # explicit batch is required before 10.0 and the only mode after
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed and v[0] == 10:  # always on (and the flag deprecated) from 11.0
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    return builder.create_network(flags)
-
-
-def _parse(trt, network, logger, onnx_path: Path) -> None:
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
-        raise ConfigError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
-
-
-def _configure(trt, builder, cfg: EngineConfig, flags, signature: dict, batches):
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
-    for flag in flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag.upper()))
-    if batches is not None:
-        profile = builder.create_optimization_profile()
-        for name, spec in signature["inputs"].items():
-            profile.set_shape(name, *[(b, *spec["shape"][1:]) for b in batches])
-        config.add_optimization_profile(profile)
-    if cfg.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = cfg.dla_core
-        if cfg.gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    if cfg.timing_cache:  # loaded if it exists; the build adds its timings, saved back afterwards
-        path = Path(cfg.timing_cache)
-        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    return config
-
-
-def _build(trt, onnx_path: Path, cfg: EngineConfig, strongly_typed: bool, flags, signature, batches):
-    """Parse and build; returns (serialized engine, serialized timing cache or None)."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = _network(trt, builder, strongly_typed)
-    _parse(trt, network, logger, onnx_path)
-    config = _configure(trt, builder, cfg, flags, signature, batches)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ConfigError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
-    cache = bytes(config.get_timing_cache().serialize()) if cfg.timing_cache else None
-    return bytes(plan), cache
+def check_int8_target(art) -> None:
+    """An INT8 artifact must be quantized for TensorRT: `--target cpu` is U8S8 with zero points, which it refuses."""
+    m = art.manifest
+    target = m.get("target") or "unknown"
+    if m.get("precision") == "int8" and target != "tensorrt":
+        raise ConfigError(f"{art.path} was quantized for target {target!r}, which TensorRT cannot run (it needs "
+                          "symmetric INT8 Q/DQ): quantize the fp32 ONNX again with --target tensorrt")
 
 
 def _check_onnx(art, tensorrt_version: str | None = None) -> dict:
@@ -206,13 +165,15 @@ def _check_onnx(art, tensorrt_version: str | None = None) -> dict:
     return report
 
 
-def _engine_record(m: dict, here: dict, flags, strongly_typed: bool, batches, cfg: EngineConfig, report: dict):
+def _engine_record(m: dict, here: dict, record: dict, report: dict):
     """What an engine's manifest says beyond the common fields: where it runs, how it was built."""
+    flags, batches = record["builder_flags"], record["profile"]
     precision = "fp16" if "fp16" in flags and m["precision"] == "fp32" else m["precision"]
     return dict(
-        here, precision=precision, signature=m["signature"], solver=m.get(SOLVER), strongly_typed=strongly_typed,
-        builder_flags=list(flags), dynamic_batch=batches is not None, batch=batches[1] if batches else m.get("batch"),
-        profile=dict(zip(("min", "opt", "max"), batches)) if batches else None, dla_core=cfg.dla_core,
+        here, precision=precision, signature=m["signature"], solver=m.get(SOLVER),
+        **{k: record[k] for k in ("strongly_typed", "builder_flags", "tf32", "profile", "dla_core", "gpu_fallback",
+                                  "dla_gpu_fallback_layers")},
+        dynamic_batch=batches is not None, batch=batches["opt"] if batches else m.get("batch"),
         onnx_ops=report["ops"], onnx_notes=report["notes"], model_cost=m.get("model_cost"),
         op_list={k: report[k] for k in ("source", "tensorrt_version")},
     )
@@ -223,23 +184,30 @@ def build_engine(src, cfg: EngineConfig, out) -> Artifact:
     check_output_path(out)
     art = Artifact.load(src, kinds=STAGE_IO["export-tensorrt"].accepts)
     m = art.manifest
+    check_int8_target(art)
     _check_onnx(art)
+    batch = m.get("batch", 1)
+    if _is_dynamic(m["signature"]):
+        cfg.batch_range(batch)  # the profile (and DLA's static-shape rule) before TensorRT is loaded
+    if cfg.dla_core is not None:
+        builder_flags(m["precision"], cfg)  # DLA runs FP16/INT8 only
     trt = import_tensorrt()
     version = trt.__version__
     report = _check_onnx(art, version)
     here = current_platform()
-    strongly_typed = uses_strong_typing(version, cfg)
-    flags = () if strongly_typed else builder_flags(m["precision"], cfg)
-    batches = cfg.batch_range(m.get("batch", 1)) if _is_dynamic(m["signature"]) else None
-    plan, cache = _build(trt, art.file(ONNX_FILE), cfg, strongly_typed, flags, m["signature"], batches)
+    cache_file = Path(cfg.timing_cache) if cfg.timing_cache else None
+    cache_in = (cache_file.read_bytes() if cache_file.is_file() else b"") if cache_file else None
+    plan, cache, record = _config_error(trt_build.build, trt, art.file(ONNX_FILE),
+                                        cfg.settings(m["precision"], batch, cache_in))
     cmd = trtexec_command(art.file(ONNX_FILE).resolve(), cfg, precision=m["precision"], signature=m["signature"],
-                          tensorrt_version=version, engine_file=ENGINE_FILE, batch=m.get("batch", 1))
-    with ArtifactWriter(out, kind=STAGE_IO["export-tensorrt"].produces(), stage="export", config=to_dict(cfg), parent=art) as w:
+                          tensorrt_version=version, engine_file=ENGINE_FILE, batch=batch)
+    kind = STAGE_IO["export-tensorrt"].produces()
+    with ArtifactWriter(out, kind=kind, stage="export", config=to_dict(cfg), parent=art) as w:
         (w.dir / ENGINE_FILE).write_bytes(plan)
         (w.dir / TRTEXEC_FILE).write_text("#!/bin/sh\n# The same build with trtexec, run in this folder.\n"
                                           + shlex.join(map(str, cmd)) + "\n")
         shutil.copyfile(art.file(CONFIG_FILE), w.dir / CONFIG_FILE)
-        w.manifest.update(_engine_record(m, here, flags, strongly_typed, batches, cfg, report))
+        w.manifest.update(_engine_record(m, here, record, report))
     if cache is not None:
         write_atomic(cfg.timing_cache, cache)
     return w.artifact

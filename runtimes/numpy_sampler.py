@@ -140,6 +140,28 @@ def sample_ddim(model: EpsFn, x: np.ndarray, abar: np.ndarray, timesteps, *, eta
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
 
 
+def engine_batches(model: EpsFn, lo: int, hi: int) -> EpsFn:
+    """eps(x, t) for any batch through a model that takes batches lo..hi only (a TensorRT profile; lo = hi for a
+    static batch): bigger batches go in chunks of `hi`, smaller ones are padded to `lo` (zero x, the last t)."""
+    if not 1 <= lo <= hi:
+        raise ValueError(f"batch range {lo}..{hi} is not 1 <= min <= max")
+
+    def eps(x, t):
+        if lo <= x.shape[0] <= hi:
+            return model(x, t)
+        outs = []
+        for i in range(0, x.shape[0], hi):
+            xb, tb = x[i:i + hi], t[i:i + hi]
+            n = xb.shape[0]
+            if n < lo:
+                xb = np.concatenate([xb, np.zeros((lo - n,) + xb.shape[1:], xb.dtype)])
+                tb = np.concatenate([tb, np.full((lo - n,), tb[-1], tb.dtype)])
+            outs.append(model(xb, tb)[:n])
+        return np.concatenate(outs)
+
+    return eps
+
+
 def sample(model: EpsFn, n: int, shape: tuple, abar: np.ndarray, *, sampler: str = "ddim", steps: int = 50,
            eta: Optional[float] = None, seed: int = 0, batch_size: int = 256, clip=True,
            prediction: str = "epsilon", data_range=(-1.0, 1.0)) -> np.ndarray:

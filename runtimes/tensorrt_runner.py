@@ -12,8 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError
-from .base import Runner
+from .base import Runner, check_feed
 from .engines import ENGINE_FILE, check_engine_location, current_platform, import_tensorrt
+from .numpy_sampler import engine_batches
 
 __all__ = ["TensorRTRunner"]
 
@@ -56,13 +57,27 @@ class TensorRTRunner(Runner):
         self._buffers = {}
         self.context = self.engine = self.stream = None
 
+    def batch_range(self) -> tuple[int, int] | None:
+        """(min, max) batch of a dynamic-batch engine's profile; None for a static one."""
+        p = self.artifact.manifest.get("profile")
+        return (p["min"], p["max"]) if p else None
+
+    def _check_batch(self, feed) -> None:
+        b, rng = len(feed["x"]), self.batch_range()
+        if rng and not rng[0] <= b <= rng[1]:
+            src = (self.artifact.manifest.get("parent") or {}).get("path") or "<onnx-artifact>"
+            raise ConfigError(f"engine {self.artifact.path} takes batch {rng[0]}..{rng[1]}, not {b}: rebuild it with "
+                              f"cunet-edge export {src} --format tensorrt --max-batch {max(b, rng[1])} --out <new-dir>")
+
     def _stage(self, feed) -> None:
         """Copy inputs to the GPU, fix the input shapes, allocate outputs and bind every address."""
         torch = self._torch
         bufs = {}
         for name in self.inputs:
             bufs[name] = torch.from_numpy(np.ascontiguousarray(feed[name])).to("cuda", self.dtypes[name])
-            self.context.set_input_shape(name, tuple(bufs[name].shape))
+            if not self.context.set_input_shape(name, tuple(bufs[name].shape)):
+                raise ConfigError(f"TensorRT engine {self.artifact.path} refused input {name} of shape "
+                                  f"{tuple(bufs[name].shape)} (profile: {self.artifact.manifest.get('profile')})")
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
@@ -80,9 +95,19 @@ class TensorRTRunner(Runner):
         self.stream.synchronize()
         return {name: self._buffers[name].cpu().numpy() for name in self.outputs}
 
+    def infer(self, feed):
+        """One network call; a batch outside the engine's profile goes in chunks (padded up to its min)."""
+        check_feed(self.signature, feed, f"{self.name} runner for {self.artifact.path}")
+        rng = self.batch_range()
+        if rng is None:
+            return self._infer(feed)
+        eps = engine_batches(lambda x, t: self._infer({"x": x, "t": t})["eps"], *rng)
+        return {"eps": eps(feed["x"], feed["t"])}
+
     def bind(self, feed) -> Callable[[], None]:
         """Inputs and outputs stay on the GPU; each call only enqueues the engine (synchronize() waits)."""
         super().bind(feed)
+        self._check_batch(feed)
         self._stage(feed)
         return self._execute
 
@@ -93,4 +118,5 @@ class TensorRTRunner(Runner):
     def describe(self) -> dict:
         m = self.artifact.manifest
         return super().describe() | {"tensorrt": m.get("tensorrt_version"), "gpu": m.get("gpu_name"),
-                                     "dla_core": m.get("dla_core"), "strongly_typed": m.get("strongly_typed")}
+                                     "dla_core": m.get("dla_core"), "strongly_typed": m.get("strongly_typed"),
+                                     "profile": m.get("profile")}

@@ -209,7 +209,8 @@ def _fields():
         "export": {**{n: [(OnnxExportConfig(), n), (TorchTensorRTConfig(), n)]
                       for n in ("precision", "dynamic_batch", "batch")},
                    **same(OnnxExportConfig(), "opset", "tolerance"),
-                   **same(EngineConfig(), "workspace_mb", "timing_cache", "dla_core")},
+                   **same(EngineConfig(), "workspace_mb", "timing_cache", "dla_core", "gpu_fallback", "min_batch",
+                          "opt_batch", "max_batch", "tf32")},
         "quantize": {"calibration_images": [(q, "calibration.n_images")],
                      "calibration_steps": [(q, "calibration.sampler_steps")],
                      **{n: [(q, f"calibration.{n}")] for n in ("method", "percentile", "seed")},

@@ -57,6 +57,7 @@ def board(bundle_dir, script, *args, env=None):
 
 def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_onnx):
     from cunet_edge.devices.profiles import load_profile
+    from cunet_edge.export import trt_build
     from cunet_edge.runtimes import numpy_sampler
 
     from cunet_edge.checkpoint import read_train_config
@@ -66,12 +67,13 @@ def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_o
     art = Artifact.load(bundle, kinds=["deploy-bundle"])  # verifies every file's hash
     assert set(art.manifest["files"]) == {
         "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
-        "build_engine.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
+        "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
     assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
     assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
     assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
     assert json.loads((bundle / "device.json").read_text()) == load_profile(DEVICE).to_dict()
     assert (bundle / "sampler.py").read_bytes() == Path(numpy_sampler.__file__).read_bytes()
+    assert (bundle / "trt_build.py").read_bytes() == Path(trt_build.__file__).read_bytes()  # export's build rules
     diffusion = read_train_config(src).diffusion
     np.testing.assert_array_equal(np.load(bundle / "schedule.npy"), alphas_cumprod(diffusion))
     info = json.loads((bundle / "bundle.json").read_text())
@@ -137,7 +139,7 @@ def test_missing_tensorrt_is_one_line(bundle):
     assert proc.returncode == 2 and "build_engine.sh" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py"])
+@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py"])
 def test_board_scripts_are_python38(bundle, name, tmp_path):
     src = (bundle / name).read_text()
     ast.parse(src, feature_version=(3, 8))
@@ -155,7 +157,8 @@ def test_board_scripts_start_on_python38(bundle, tmp_path):
     (tmp_path / "numpy.py").write_text("ndarray = object\ninteger = int\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONPYCACHEPREFIX": str(tmp_path / "pyc")}
     for args in (["run.py", "--help"], ["run.py", "bench", "--help"], ["build_engine.py", "--help"],
-                 ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"]):
+                 ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"],
+                 ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"]):
         proc = subprocess.run([str(PY38), *args], cwd=bundle, env=env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (args, proc.stderr)
 
@@ -327,118 +330,141 @@ def test_importing_deploy_stays_light():
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
-# ---------------------------------------------------------------- build_engine.py against a recording fake TensorRT
+# ---------------------------------------------------------------- build_engine.py against the real API, faked
 
-FAKE_TRT = '''
-"""A recording stand-in for the tensorrt module: enough API for build_engine.py, no GPU."""
-import atexit, json, os, types
-__version__ = os.environ["FAKE_TRT_VERSION"]
-LOG = {"config_set": [], "config_clear": []}
-atexit.register(lambda: open(os.environ["FAKE_TRT_LOG"], "w").write(json.dumps(LOG)))
+# A tensorrt module for the board subprocess: the fake derived from the real surface of FAKE_TRT_VERSION
+# (tests/trt_surface.py), so a name that version lacks fails as on the board. Its call log is written at exit.
+FAKE_TRT = """
+import atexit, json, os, sys
+sys.path.insert(0, os.environ["FAKE_TRT_TESTS"])
+import trt_surface
+fake = trt_surface.FakeTensorRT(os.environ["FAKE_TRT_VERSION"], {
+    "Builder.num_DLA_cores": 2, "Builder.build_serialized_network": lambda st, net, cfg: b"PLAN",
+    "OnnxParser.num_errors": 0, "INetworkDefinition.num_inputs": 2, "INetworkDefinition.num_layers": 2,
+    "IBuilderConfig.add_optimization_profile": lambda st, p: 0,
+    "IBuilderConfig.can_run_on_DLA": lambda st, layer: layer.name != "odd_op"})
 
-class _Names:
-    def __init__(self, kind): self.kind = kind
-    def __getattr__(self, name): return name
+def get_layer(st, i):
+    layer = fake.new("ILayer")
+    layer.name = ["conv", "odd_op"][i]
+    return layer
 
-NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
-BuilderFlag, MemoryPoolType, DeviceType = _Names("flag"), _Names("pool"), _Names("device")
+def get_input(st, i):
+    tensor = fake.new("ITensor")
+    tensor.name, tensor.shape = [("x", (-1, 1, 8, 8)), ("t", (-1,))][i]
+    return tensor
 
-class Logger:
-    WARNING, INFO = 1, 2
-    def __init__(self, level): pass
+fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})
+sys.modules["tensorrt"] = fake
 
-class _Input:
-    def __init__(self, name, shape): self.name, self.shape = name, shape
+def plain(a):
+    if isinstance(a, (tuple, list)):
+        return [plain(x) for x in a]
+    if type(a).__name__ == "EnumValue":  # before int: enum values are ints
+        return str(a)
+    return a if a is None or isinstance(a, (str, int, float)) else type(a).__name__
 
-class _Network:
-    num_inputs = 2
-    def get_input(self, i): return [_Input("x", (-1, 1, 8, 8)), _Input("t", (-1,))][i]
-
-class _Profile:
-    def set_shape(self, name, lo, opt, hi): LOG.setdefault("profile", {})[name] = [lo, opt, hi]
-
-class _Config:
-    def set_memory_pool_limit(self, pool, size): LOG["workspace"] = size
-    def set_flag(self, f): LOG["config_set"].append(f)
-    def clear_flag(self, f): LOG["config_clear"].append(f)
-    def add_optimization_profile(self, p): pass
-    def __setattr__(self, k, v): LOG[k] = v
-
-class Builder:
-    num_DLA_cores = 2
-    def __init__(self, logger): pass
-    def create_network(self, flags): LOG["network_flags"] = flags; return _Network()
-    def create_builder_config(self): return _Config()
-    def create_optimization_profile(self): return _Profile()
-    def build_serialized_network(self, network, config): return b"PLAN"
-
-class OnnxParser:
-    num_errors = 0
-    def __init__(self, network, logger): pass
-    def parse_from_file(self, path): LOG["onnx"] = os.path.basename(path); return True
-'''
+atexit.register(lambda: open(os.environ["FAKE_TRT_LOG"], "w").write(
+    json.dumps([[k, plain(a)] for k, a, _ in fake.LOG])))
+"""
 
 
-@pytest.mark.parametrize("version, extra, strong, flags", [
-    ("8.5.2", [], False, []),
-    ("10.3.0", [], True, []),
-    ("10.3.0", ["--dla-core", "1"], False, ["FP16", "GPU_FALLBACK"]),
-])
-def test_build_engine_picks_typing_and_flags_by_tensorrt_version(bundle, tmp_path, version, extra, strong, flags):
+def _fake_build(bundle, tmp_path, version, *args):
     work = Path(shutil.copytree(bundle, tmp_path / "b"))
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "tensorrt.py").write_text(FAKE_TRT)
     log = tmp_path / "log.json"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "FAKE_TRT_VERSION": version, "FAKE_TRT_LOG": str(log)}
-    proc = board(work, "build_engine.py", *extra, env=env)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "FAKE_TRT_VERSION": version, "FAKE_TRT_LOG": str(log),
+           "FAKE_TRT_TESTS": str(Path(__file__).parent)}
+    proc = board(work, "build_engine.py", *args, env=env)
+    calls = {}
+    for key, call_args in json.loads(log.read_text()) if log.exists() else []:
+        calls.setdefault(key, []).append(call_args)
+    return work, proc, calls
+
+
+@pytest.mark.parametrize("version, extra, strong, flags", [
+    ("8.6.1", [], False, []),
+    ("10.3.0", [], True, []),
+    ("10.3.0", ["--dla-core", "1", "--min-batch", "1", "--max-batch", "1"], False,
+     ["BuilderFlag.FP16", "BuilderFlag.GPU_FALLBACK"]),
+    ("10.16.1.11", [], True, []),
+    ("11.4.0.106", [], True, []),
+])
+def test_build_engine_picks_typing_and_flags_by_tensorrt_version(bundle, tmp_path, version, extra, strong, flags):
+    work, proc, got = _fake_build(bundle, tmp_path, version, *extra)
     assert proc.returncode == 0, proc.stderr
-    got = json.loads(log.read_text())
     explicit_batch = 1 if version.startswith("8.") else 0
-    assert got["network_flags"] == explicit_batch | ((1 << 1) if strong else 0)
-    assert got["config_set"] == flags and got["config_clear"] == ["TF32"]  # fp32 bundle: TF32 off
-    assert got["profile"]["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [16, 1, 8, 8]] and got["workspace"] == 1024 << 20
+    assert got["Builder.create_network"] == [[explicit_batch | ((1 << 1) if strong and version < "11" else 0)]]
+    assert [f for (f,) in got.get("IBuilderConfig.set_flag", [])] == flags
+    assert got["IBuilderConfig.clear_flag"] == [["BuilderFlag.TF32"]]  # fp32 bundle: TF32 off
+    profile = {name: shapes for name, *shapes in got["IOptimizationProfile.set_shape"]}
+    assert profile["x"] == [[1, 1, 8, 8], [1, 1, 8, 8], [1 if extra else 16, 1, 8, 8]]  # DLA: static shapes
+    assert got["IBuilderConfig.set_memory_pool_limit"] == [["MemoryPoolType.WORKSPACE", 1024 << 20]]
+    engine = json.loads((work / "engine.json").read_text())
     if extra:
-        assert got["default_device_type"] == "DLA" and got["DLA_core"] == 1
+        assert got["IBuilderConfig.default_device_type="] == [["DeviceType.DLA"]]
+        assert got["IBuilderConfig.DLA_core="] == [[1]]
+        assert engine["dla_gpu_fallback_layers"] == ["odd_op"] and "run on the GPU, not the DLA: odd_op" in proc.stdout
     assert (work / "model.plan").read_bytes() == b"PLAN"
-    assert json.loads((work / "engine.json").read_text())["strongly_typed"] is strong
+    assert engine["strongly_typed"] is strong and engine["tensorrt"] == version
+
+
+@pytest.mark.parametrize("version, args, match", [
+    ("10.3.0", ["--dla-core", "0"], "DLA builds take static shapes only, and the batch profile is 1..16"),
+    ("11.4.0.106", ["--dla-core", "0", "--max-batch", "1"],
+     "DLA runs FP16 and INT8 layers only, and this ONNX is fp32"),
+    ("10.3.0", ["--dla-core", "2", "--max-batch", "1"], "DLA core 2 requested; this GPU has 2"),
+    ("10.3.0", ["--dla-core", "0", "--max-batch", "1", "--no-gpu-fallback"],
+     "1 layer(s) cannot run on the DLA and GPU fallback is off: odd_op"),
+])
+def test_build_engine_refusals_are_one_line(bundle, tmp_path, version, args, match):
+    work, proc, _ = _fake_build(bundle, tmp_path, version, *args)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert match in proc.stderr and not (work / "model.plan").exists()
 
 
 # ---------------------------------------------------------------- run.py's TensorRT path against fakes (no GPU here)
 
-FAKE_RUNTIME = '''
-import ctypes
-import numpy as np
-__version__ = "8.5.2"
-class Logger:
-    WARNING = 1
-    def __init__(self, level): pass
-class TensorIOMode:
-    INPUT, OUTPUT = "in", "out"
-def nptype(dtype): return dtype
-class _Context:
-    def __init__(self): self.shapes, self.addr = {}, {}
-    def set_input_shape(self, name, shape): self.shapes[name] = tuple(shape)
-    def get_tensor_shape(self, name): return self.shapes["x"]
-    def set_tensor_address(self, name, ptr): self.addr[name] = ptr
-    def execute_async_v3(self, stream):
-        n, b = int(np.prod(self.shapes["x"])), self.shapes["t"][0]
-        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["x"]))
-        t = np.ctypeslib.as_array((ctypes.c_int32 * b).from_address(self.addr["t"]))  # int32, as TensorRT 8.5 has it
-        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["eps"]))
+def _fake_runtime(version):
+    """The surface-derived tensorrt of `version`, behaving as an engine eps = 0.5 x + 1e-3 t over host memory."""
+    import ctypes
+
+    import trt_surface
+
+    fake = trt_surface.FakeTensorRT(version)
+    t_type = "INT32" if version.startswith("8.") else "INT64"  # t is int32 before TensorRT 10
+    np_types = {"FLOAT": np.float32, "INT32": np.int32, "INT64": np.int64}
+
+    def execute(st, stream):
+        shapes, addr = st["shapes"], st["addr"]
+        n, b = int(np.prod(shapes["x"])), shapes["t"][0]
+        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["x"]))
+        t_c = ctypes.c_int32 if t_type == "INT32" else ctypes.c_int64
+        t = np.ctypeslib.as_array((t_c * b).from_address(addr["t"]))
+        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
         out[:] = (x.reshape(b, -1) * 0.5 + t[:, None] * 1e-3).ravel()
         return True
-class _Engine:
-    num_io_tensors = 3
-    def get_tensor_name(self, i): return ["x", "t", "eps"][i]
-    def get_tensor_mode(self, name): return "out" if name == "eps" else "in"
-    def get_tensor_dtype(self, name): return np.int32 if name == "t" else np.float32
-    def create_execution_context(self): return _Context()
-class Runtime:
-    def __init__(self, logger): pass
-    def deserialize_cuda_engine(self, data): return _Engine() if data == b"PLAN" else None
-'''
 
-FAKE_CUDART = '''
+    fake._behaviours.update({
+        "Runtime.deserialize_cuda_engine": lambda st, data: fake.new("ICudaEngine") if data == b"PLAN" else None,
+        "ICudaEngine.num_io_tensors": 3,
+        "ICudaEngine.get_tensor_name": lambda st, i: ["x", "t", "eps"][i],
+        "ICudaEngine.get_tensor_mode": lambda st, n: getattr(fake.TensorIOMode, "OUTPUT" if n == "eps" else "INPUT"),
+        "ICudaEngine.get_tensor_dtype": lambda st, n: getattr(fake.DataType, t_type if n == "t" else "FLOAT"),
+        "ICudaEngine.get_tensor_shape": lambda st, n: (-1, 1, 8, 8) if n == "x" else (-1,),
+        "ICudaEngine.get_tensor_profile_shape": lambda st, n, i: [(1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8)],
+        "nptype": lambda d: np_types[d.name],
+        "IExecutionContext.set_input_shape": lambda st, n, s: s[0] <= 8 and (
+            st.setdefault("shapes", {}).update({n: tuple(s)}) or True),  # the profile's max batch is 8
+        "IExecutionContext.get_tensor_shape": lambda st, n: st["shapes"]["x"],
+        "IExecutionContext.set_tensor_address": lambda st, n, p: st.setdefault("addr", {}).update({n: p}) or True,
+        "IExecutionContext.execute_async_v3": execute,
+    })
+    return fake
+
+
+FAKE_CUDART = """
 import ctypes
 _live = {}
 class cudaMemcpyKind:
@@ -451,7 +477,7 @@ def cudaFree(ptr): _live.pop(ptr, None); return (0,)
 def cudaMemcpy(dst, src, n, kind): ctypes.memmove(dst, src, n); return (0,)
 def cudaStreamCreate(): return (0, 7)
 def cudaStreamSynchronize(stream): return (0,)
-'''
+"""
 
 
 def _module(name, source, folder):
@@ -466,7 +492,8 @@ def _module(name, source, folder):
     return mod
 
 
-def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monkeypatch):
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.4.0.106"])
+def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monkeypatch, version):
     import runpy
 
     monkeypatch.setattr(sys, "path", sys.path[:])  # run.py puts its own folder first on sys.path
@@ -474,7 +501,7 @@ def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monk
     (work / "model.plan").write_bytes(b"PLAN")
     cuda = _module("cuda", "", tmp_path)
     cuda.cudart = _module("cudart", FAKE_CUDART, tmp_path)
-    trt = _module("tensorrt", FAKE_RUNTIME, tmp_path)
+    trt = _fake_runtime(version)
     for name, mod in (("tensorrt", trt), ("cuda", cuda), ("cuda.cudart", cuda.cudart)):
         monkeypatch.setitem(sys.modules, name, mod)
     ns = runpy.run_path(str(work / "run.py"), run_name="run_py")
@@ -486,7 +513,13 @@ def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monk
         x = rng.standard_normal((b, 1, 8, 8)).astype(np.float32)
         t = np.arange(b, dtype=np.int64) * 100
         np.testing.assert_allclose(backend(x, t), x * 0.5 + t[:, None, None, None] * 1e-3, rtol=1e-6)
+    assert backend.batch_range == (1, 8)
+    x, t = rng.standard_normal((19, 1, 8, 8)).astype(np.float32), np.arange(19)
+    np.testing.assert_allclose(ns["batched"](backend, None)(x, t), x * 0.5 + t[:, None, None, None] * 1e-3, rtol=1e-6)
+    assert max(shape[0] for _, shape in trt.calls("IExecutionContext.set_input_shape")) == 8  # 19 = 8 + 8 + 3
+    with pytest.raises(ns["BundleError"], match=r"refused input x of shape \(9, 1, 8, 8\).*--max-batch"):
+        backend(x[:9], t[:9])
     backend.close()
-    (work / "engine.json").write_text(json.dumps({"tensorrt": "10.3.0"}))
-    with pytest.raises(ns["BundleError"], match="built with TensorRT 10.3.0, this is 8.5.2"):
+    (work / "engine.json").write_text(json.dumps({"tensorrt": "9.9.9"}))
+    with pytest.raises(ns["BundleError"], match=f"built with TensorRT 9.9.9, this is {version}"):
         ns["TensorRTBackend"](info)

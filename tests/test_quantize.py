@@ -104,18 +104,40 @@ def test_impossible_tolerance_saves_the_best_attempt_marked_failing(tiny_onnx, t
     assert [c["float_layers"] for c in m["tried"]] == [0, 1, 2]
 
 
-def test_tensorrt_target_passes_the_lint(tiny_onnx, tmp_path):
-    from cunet_edge.quantize.lint import lint_tensorrt_qdq
-
+@pytest.fixture(scope="module")
+def tiny_int8_trt(tiny_onnx, tmp_path_factory):
     cfg = QuantizeConfig(target="tensorrt", calibration=CAL, tolerance=0.5, val_n=16, drift_samples=4,
                          compare_fp16=False)
-    art = quantize_int8(tiny_onnx, cfg, tmp_path / "trt", progress=False)
+    return quantize_int8(tiny_onnx, cfg, tmp_path_factory.mktemp("q") / "trt", progress=False)
+
+
+def test_tensorrt_target_passes_the_lint(tiny_int8_trt):
+    from cunet_edge.quantize.lint import lint_tensorrt_qdq
+
+    art = tiny_int8_trt
     assert art.manifest["tensorrt_lint"]["ok"]
     report = lint_tensorrt_qdq(str(art.file("model.onnx")), float_nodes=set(art.manifest["float_nodes"]))
     assert report["ok"], report["problems"]
     zps = [numpy_helper.to_array(t) for t in onnx.load(str(art.file("model.onnx"))).graph.initializer
            if t.name.endswith("_zp") or "_zp__q" in t.name]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+
+
+def test_deploy_takes_a_tensorrt_target_model_and_refuses_a_cpu_one(tiny_int8_trt, tiny_int8_cpu, tmp_path):
+    """deploy and quantize agree: the board's TensorRT gets only what `quantize --target tensorrt` makes."""
+    from cunet_edge.devices.deploy import DeployConfig, deploy
+
+    bundle = deploy(tiny_int8_trt.path, DeployConfig(device="jetson-orin-nano-8gb", selfcheck_n=2, tarball=False),
+                    tmp_path / "ok")
+    assert bundle.manifest["precision"] == "int8"
+    with pytest.raises(ConfigError, match=r"quantized for target 'cpu'.*quantize the fp32 ONNX again with "
+                                          r"--target tensorrt"):
+        deploy(tiny_int8_cpu.path, DeployConfig(device="jetson-orin-nano-8gb"), tmp_path / "cpu")
+    assert not (tmp_path / "cpu").exists()
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    with pytest.raises(ConfigError, match="quantized for target 'cpu'"):  # export says the same, before TensorRT
+        build_engine(tiny_int8_cpu.path, EngineConfig(), tmp_path / "engine")
 
 
 def test_tolerance_parsing():

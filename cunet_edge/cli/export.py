@@ -27,10 +27,17 @@ BOTH = {"onnx": OnnxExportConfig, "torch-tensorrt": TorchTensorRTConfig}
               + ", ".join(f"{v:g} {p}" for p, v in DEFAULT_TOLERANCE.items()) + ").")
 @config_option(EngineConfig, "--workspace-mb", help="tensorrt: builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="tensorrt: timing cache file to reuse.")
-@click.option("--dla-core", type=int, help="tensorrt: DLA core (GPU fallback on).")
+@click.option("--dla-core", type=int, help="tensorrt: DLA core (FP16/INT8 models, static batch: min = opt = max).")
+@config_option(EngineConfig, "--gpu-fallback/--no-gpu-fallback", help="tensorrt: DLA layers it cannot run go to "
+               "the GPU (else the build fails).")
+@config_option(EngineConfig, "--min-batch", help="tensorrt: smallest batch of a dynamic-batch engine.")
+@config_option(EngineConfig, "--opt-batch", type=int, help="tensorrt: batch the engine is tuned for "
+               "(default: the ONNX's).")
+@config_option(EngineConfig, "--max-batch", help="tensorrt: largest batch (runners split bigger ones).")
+@config_option(EngineConfig, "--tf32/--no-tf32", help="tensorrt: allow TF32 in an fp32 build.")
 @JSON_OPTION
 def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance, workspace_mb, timing_cache,
-           dla_core, json_path):
+           dla_core, gpu_fallback, min_batch, opt_batch, max_batch, tf32, json_path):
     """Export ARTIFACT (unrolled model → onnx / torch-tensorrt; onnx → tensorrt engine)."""
     check_choice("format", fmt, FORMATS)
     check_output_path(out)
@@ -45,10 +52,14 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
                    f"{v['rel_err']:.2e}, max abs {v['max_abs_err']:.2e}")
     elif fmt == "tensorrt":
 
-        art = build_engine(artifact, EngineConfig(workspace_mb=workspace_mb, timing_cache=timing_cache,
-                                                  dla_core=dla_core), out)
+        cfg = EngineConfig(workspace_mb=workspace_mb, timing_cache=timing_cache, dla_core=dla_core,
+                           gpu_fallback=gpu_fallback, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                           tf32=tf32)
+        art = build_engine(artifact, cfg, out)
+        prof = art.manifest.get("profile")
+        batches = f", batch {prof['min']}..{prof['max']} (opt {prof['opt']})" if prof else ""
         summary = (f"TensorRT {art.manifest['tensorrt_version']} engine for {art.manifest['gpu_name']} "
-                   f"(sm {art.manifest['compute_capability']}); trtexec equivalent in {art.path}/trtexec.sh")
+                   f"(sm {art.manifest['compute_capability']}){batches}; trtexec equivalent in {art.path}/trtexec.sh")
     else:
 
         cfg = TorchTensorRTConfig(**given)

@@ -2,12 +2,14 @@
 """Build model.plan from model.onnx with TensorRT's Python API, on the board that will run it.
 
 Engines run only on the GPU and TensorRT version that built them, so this runs on the target.
+The build rules are trt_build.py's, the module `cunet-edge export --format tensorrt` builds with:
 TensorRT >= 10 builds STRONGLY_TYPED (precision comes from the ONNX: fp16 tensors, Q/DQ nodes);
-8.5-9.x (JetPack 5), and DLA builds, get the FP16/INT8 builder flags of the bundle's precision.
+8.5-9.x (JetPack 5), and DLA builds on 10.x, get the FP16/INT8 builder flags of the bundle's precision.
 FP32 builds turn TF32 off so that the self-check tolerance (1e-3) holds; --tf32 allows it.
+DLA builds take static shapes (--min-batch = --max-batch) and FP16/INT8 models only.
 If the Python bindings are missing, build_engine.sh runs the same build with trtexec.
 
-    python3 build_engine.py [--dla-core 0] [--workspace-mb 1024] [--max-batch 16]
+    python3 build_engine.py [--dla-core 0 --min-batch 1 --max-batch 1] [--workspace-mb 1024] [--max-batch 16]
 """
 
 from __future__ import annotations
@@ -18,65 +20,14 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import trt_build  # noqa: E402  (beside this script)
 
 
 def fail(msg):
     sys.stderr.write(f"error: {msg}\n")
     sys.exit(2)
-
-
-def version(text):
-    return tuple(int(p) for p in text.split(".")[:2])
-
-
-def create_network(trt, builder, strong):
-    flags = 0
-    if version(trt.__version__) < (10, 0):  # explicit batch: required before 10.0, the only mode after
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strong and version(trt.__version__) < (11, 0):  # always on (flag deprecated) from 11.0
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    return builder.create_network(flags)
-
-
-def parse_onnx(trt, network, logger, path):
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(path):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        fail("TensorRT could not parse {}: {}".format(path, "; ".join(errors) or "no detail"))
-    return parser
-
-
-def add_profile(builder, network, config, args, batch):
-    """An optimization profile over the batch dimension when the ONNX has a dynamic batch."""
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    if all(d >= 0 for inp in inputs for d in inp.shape):
-        return
-    opt = args.opt_batch or batch
-    if not args.min_batch <= opt <= args.max_batch:
-        fail("opt batch %d is outside --min-batch..--max-batch (%d..%d)" % (opt, args.min_batch, args.max_batch))
-    profile = builder.create_optimization_profile()
-    for inp in inputs:
-        rest = tuple(inp.shape)[1:]
-        profile.set_shape(inp.name, (args.min_batch,) + rest, (opt,) + rest, (args.max_batch,) + rest)
-    config.add_optimization_profile(profile)
-
-
-def configure(trt, builder, config, args, precision, strong):
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args.workspace_mb << 20)
-    if not strong:
-        if precision in ("fp16", "int8") or args.dla_core is not None:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-    if precision == "fp32" and not args.tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if args.dla_core is not None:
-        if args.dla_core >= builder.num_DLA_cores:
-            fail("DLA core %d requested; this board has %d" % (args.dla_core, builder.num_DLA_cores))
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = args.dla_core
-        if not args.no_gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
 def build(args, bundle):
@@ -85,26 +36,25 @@ def build(args, bundle):
     except ImportError:
         fail("the tensorrt Python module is not importable (JetPack: sudo apt install python3-libnvinfer); "
              "build with trtexec instead: sh build_engine.sh")
-    v = version(trt.__version__)
-    if v < (8, 5):
-        fail(f"TensorRT {trt.__version__} is too old: this bundle needs TensorRT 8.5 or newer (JetPack 5 or later)")
-    strong = v >= (11, 0) or (v >= (10, 0) and args.dla_core is None)
-    logger = trt.Logger(trt.Logger.INFO if args.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = create_network(trt, builder, strong)
-    parser = parse_onnx(trt, network, logger, os.path.join(HERE, "model.onnx"))  # noqa: F841 (keep alive)
-    config = builder.create_builder_config()
-    configure(trt, builder, config, args, bundle["precision"], strong)
-    add_profile(builder, network, config, args, bundle["batch"])
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        fail("TensorRT could not build the engine (its log above says why)")
-    write_atomic(args.out, bytes(plan))
-    info = {"tensorrt": trt.__version__, "precision": bundle["precision"], "strongly_typed": strong,
-            "dla_core": args.dla_core, "tf32": bool(args.tf32), "plan": os.path.basename(args.out)}
+    settings = {"precision": bundle["precision"], "workspace_mb": args.workspace_mb, "min_batch": args.min_batch,
+                "opt_batch": args.opt_batch or bundle["batch"], "max_batch": args.max_batch,
+                "dla_core": args.dla_core, "gpu_fallback": not args.no_gpu_fallback, "tf32": bool(args.tf32),
+                "builder_precision": "auto", "timing_cache": None}
+    weak_dla = args.dla_core is not None and trt_build.version_tuple(trt.__version__) < (11, 0)
+    if weak_dla and bundle["precision"] == "fp32":
+        settings["builder_precision"] = "fp16"  # a weakly typed DLA build runs an fp32 ONNX in FP16 (none from 11)
+    try:
+        plan, _, record = trt_build.build(trt, os.path.join(HERE, "model.onnx"), settings, verbose=args.verbose)
+    except trt_build.BuildError as e:
+        fail(str(e))
+    write_atomic(args.out, plan)
+    info = dict(record, tensorrt=trt.__version__, precision=bundle["precision"], plan=os.path.basename(args.out))
     write_atomic(os.path.join(HERE, "engine.json"), (json.dumps(info, indent=2) + "\n").encode())
     print("engine -> {} (TensorRT {}, {}, {})".format(args.out, trt.__version__, bundle["precision"],
-                                                  "strongly typed" if strong else "builder flags"))
+                                                  "strongly typed" if record["strongly_typed"] else "builder flags"))
+    if record["dla_gpu_fallback_layers"]:
+        print("%d layer(s) run on the GPU, not the DLA: %s" % (len(record["dla_gpu_fallback_layers"]),
+                                                              ", ".join(record["dla_gpu_fallback_layers"])))
 
 
 def write_atomic(path, data):

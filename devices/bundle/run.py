@@ -121,6 +121,10 @@ class TensorRTBackend:
         self.outputs = [n for n in names if n not in self.inputs]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.buffers = {}  # name -> (device pointer, bytes)
+        self.batch_range = None  # (min, max) of a dynamic-batch engine's optimization profile 0
+        if tuple(self.engine.get_tensor_shape(self.inputs[0]))[0] < 0:
+            lo, _, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
+            self.batch_range = (tuple(lo)[0], tuple(hi)[0])
 
     def _device(self, name, nbytes):
         ptr, size = self.buffers.get(name, (None, 0))
@@ -137,7 +141,9 @@ class TensorRTBackend:
         feed = {"x": x, "t": t}
         for name in self.inputs:
             arr = np.ascontiguousarray(feed[name], dtype=self.dtypes[name])  # int64 t -> int32 on TensorRT < 10
-            self.context.set_input_shape(name, arr.shape)
+            if not self.context.set_input_shape(name, arr.shape):
+                raise BundleError("the engine refused input %s of shape %s (its batch range: %s); rebuild it with "
+                                  "python3 build_engine.py --max-batch N" % (name, tuple(arr.shape), self.batch_range))
             ptr = self._device(name, max(arr.nbytes, 1))
             _ck(cu.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes, cu.cudaMemcpyKind.cudaMemcpyHostToDevice))
         out = {}
@@ -185,22 +191,12 @@ def open_backend(name, bundle):
 
 
 def batched(backend, static_batch):
-    """eps(x, t) for any batch: a static-batch engine gets padded chunks of its batch."""
-    if not static_batch:
+    """eps(x, t) for any batch: a static-batch engine gets padded chunks of its batch, a dynamic one chunks of at
+    most its profile's max (and padding up to its min)."""
+    lo_hi = (static_batch, static_batch) if static_batch else getattr(backend, "batch_range", None)
+    if not lo_hi:
         return backend
-
-    def eps(x, t):
-        outs = []
-        for i in range(0, x.shape[0], static_batch):
-            xb, tb = x[i:i + static_batch], t[i:i + static_batch]
-            pad = static_batch - xb.shape[0]
-            if pad:
-                xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-                tb = np.concatenate([tb, np.full((pad,), tb[-1], tb.dtype)])
-            outs.append(backend(xb, tb)[:static_batch - pad])
-        return np.concatenate(outs)
-
-    return eps
+    return load_sampler().engine_batches(backend, *lo_hi)
 
 
 # ---------------------------------------------------------------- selfcheck

@@ -1,0 +1,170 @@
+"""The one definition of a cunet-edge TensorRT engine build, shared by `cunet-edge export --format tensorrt`
+(export/tensorrt.py) and a deploy bundle's build_engine.py, so both build the same engine.
+
+It is copied verbatim into every deploy bundle (as trt_build.py), where neither cunet-edge nor torch is
+installed and Python may be 3.8 (JetPack 5): standard library only, no imports from the package,
+3.8 syntax. Errors are BuildError (export/tensorrt.py turns them into ConfigError).
+
+The rules, by TensorRT version (names checked against the real 8.6, 10.3, 10.x and 11.x Python APIs by
+tests/test_trt_surface.py):
+
+- 8.5 to 9.x: EXPLICIT_BATCH network, weakly typed: the FP16/INT8 builder flags of the ONNX's precision.
+- 10.x: STRONGLY_TYPED (the ONNX's fp16 tensors and Q/DQ nodes decide), except DLA builds and
+  builder_precision "fp16", which take the flags.
+- 11.x: always strongly typed: the precision flags, EXPLICIT_BATCH and the INT8 calibrators are gone.
+- TF32: an fp32 build turns TF32 off unless `tf32` is set (export allows it by default; the bundle does
+  not, so its self-check tolerance 1e-3 holds).
+- DLA: FP16/INT8 layers only, static shapes only (min = opt = max batch); GPU fallback on unless refused;
+  the layers the DLA cannot run are listed (IBuilderConfig.can_run_on_DLA).
+"""
+
+from __future__ import annotations
+
+MIN_VERSION = (8, 5)
+PRECISIONS = ("fp32", "fp16", "int8")
+BUILDER_PRECISIONS = ("auto", "fp16")
+
+
+class BuildError(ValueError):
+    """A build request TensorRT (or this board) cannot honour; one line."""
+
+
+def version_tuple(text) -> tuple:
+    parts = [int(p) for p in str(text).split(".")[:2] if p.isdigit()]
+    if len(parts) < 2:
+        raise BuildError("cannot read TensorRT version %r" % (text,))
+    return parts[0], parts[1]
+
+
+def strongly_typed(tensorrt_version, dla_core=None, builder_precision="auto") -> bool:
+    """Whether the build is STRONGLY_TYPED (precision from the ONNX) or weakly typed with builder flags."""
+    v = version_tuple(tensorrt_version)
+    if v < MIN_VERSION:
+        raise BuildError(f"TensorRT {tensorrt_version} is too old: cunet-edge builds with TensorRT 8.5 or newer "
+                         "(JetPack 5 or later)")
+    if builder_precision not in BUILDER_PRECISIONS:
+        raise BuildError(f"builder_precision {builder_precision!r} is not one of {', '.join(BUILDER_PRECISIONS)}")
+    if v[0] >= 11:
+        if builder_precision != "auto":
+            raise BuildError(f"TensorRT {tensorrt_version} has no precision flags (builder_precision "
+                             f"{builder_precision!r}): convert the ONNX to fp16 or quantize it instead")
+        return True
+    return v[0] == 10 and dla_core is None and builder_precision == "auto"
+
+
+def precision_flags(precision, strong, dla_core=None, builder_precision="auto") -> tuple:
+    """Lower-case names of the BuilderFlag precision flags of a weakly typed build ("fp16", "int8")."""
+    if precision not in PRECISIONS:
+        raise BuildError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if dla_core is not None and precision == "fp32" and (strong or builder_precision != "fp16"):
+        raise BuildError("DLA runs FP16 and INT8 layers only, and this ONNX is fp32: export it with precision "
+                         "fp16 or quantize it" + ("" if strong else ", or set builder_precision fp16"))
+    if strong:
+        return ()
+    flags = {"fp32": (), "fp16": ("fp16",), "int8": ("int8",)}[precision]
+    if builder_precision == "fp16" and "fp16" not in flags:
+        flags += ("fp16",)
+    return flags
+
+
+def batch_profile(min_batch, opt_batch, max_batch, dla_core=None) -> tuple:
+    """(min, opt, max) batch of a dynamic-batch optimization profile, checked; DLA takes static shapes only."""
+    for name, value in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BuildError(f"{name} must be a positive integer, got {value!r}")
+    if not min_batch <= opt_batch <= max_batch:
+        raise BuildError(f"opt batch {opt_batch} is outside min_batch..max_batch ({min_batch}..{max_batch})")
+    if dla_core is not None and not min_batch == opt_batch == max_batch:
+        raise BuildError(f"DLA builds take static shapes only, and the batch profile is {min_batch}..{max_batch}: "
+                         f"set min, opt and max batch to one size (e.g. {opt_batch})")
+    return min_batch, opt_batch, max_batch
+
+
+def network_flags(trt, strong) -> int:
+    flags = 0
+    major = version_tuple(trt.__version__)[0]
+    if major < 10:  # explicit batch is required before 10.0 and the only mode after (the flag is gone in 11)
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strong and major == 10:  # always on from 11.0
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return flags
+
+
+def _inputs(network):
+    return [network.get_input(i) for i in range(network.num_inputs)]
+
+
+def is_dynamic(network) -> bool:
+    return any(d < 0 for inp in _inputs(network) for d in tuple(inp.shape))
+
+
+def dla_fallback_layers(network, config) -> list:
+    """Names of the layers the DLA cannot run (they fall back to the GPU, or fail the build without fallback)."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return [layer.name for layer in layers if not config.can_run_on_DLA(layer)]
+
+
+def configure(trt, builder, network, config, s) -> dict:
+    """Apply settings `s` (see SETTINGS) to a builder config; returns what the build record lists."""
+    strong = strongly_typed(trt.__version__, s["dla_core"], s["builder_precision"])
+    flags = precision_flags(s["precision"], strong, s["dla_core"], s["builder_precision"])
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, s["workspace_mb"] << 20)
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag.upper()))
+    if s["precision"] == "fp32" and not s["tf32"]:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    batches = None
+    if is_dynamic(network):
+        batches = batch_profile(s["min_batch"], s["opt_batch"], s["max_batch"], s["dla_core"])
+        profile = builder.create_optimization_profile()
+        for inp in _inputs(network):
+            rest = tuple(inp.shape)[1:]
+            profile.set_shape(inp.name, *[(b,) + rest for b in batches])
+        config.add_optimization_profile(profile)
+    fallback = None
+    if s["dla_core"] is not None:
+        if s["dla_core"] >= builder.num_DLA_cores:
+            raise BuildError("DLA core %d requested; this GPU has %d" % (s["dla_core"], builder.num_DLA_cores))
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = s["dla_core"]
+        if s["gpu_fallback"]:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        fallback = dla_fallback_layers(network, config)
+        if fallback and not s["gpu_fallback"]:
+            raise BuildError("%d layer(s) cannot run on the DLA and GPU fallback is off: %s"
+                             % (len(fallback), ", ".join(fallback[:5]) + (" ..." if len(fallback) > 5 else "")))
+    if s.get("timing_cache") is not None:  # bytes (empty: a new cache); the build adds its timings
+        cache = config.create_timing_cache(s["timing_cache"])
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return {"tensorrt_version": trt.__version__, "strongly_typed": strong, "builder_flags": list(flags),
+            "tf32": bool(s["tf32"]) if s["precision"] == "fp32" else None,
+            "profile": dict(zip(("min", "opt", "max"), batches)) if batches else None,
+            "dla_core": s["dla_core"], "gpu_fallback": bool(s["gpu_fallback"]) if s["dla_core"] is not None else None,
+            "dla_gpu_fallback_layers": fallback}
+
+
+# The settings one build takes; both callers fill every key.
+SETTINGS = ("precision", "workspace_mb", "min_batch", "opt_batch", "max_batch", "dla_core", "gpu_fallback", "tf32",
+            "builder_precision", "timing_cache")
+
+
+def build(trt, onnx_path, s, verbose=False) -> tuple:
+    """Parse `onnx_path` and build: (serialized engine bytes, timing cache bytes or None, record dict)."""
+    missing = [k for k in SETTINGS if k not in s]
+    if missing:
+        raise BuildError("build settings lack " + ", ".join(missing))
+    strong = strongly_typed(trt.__version__, s["dla_core"], s["builder_precision"])
+    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, strong))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors or 'no detail'}")
+    config = builder.create_builder_config()
+    record = configure(trt, builder, network, config, s)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
+    cache = bytes(config.get_timing_cache().serialize()) if s.get("timing_cache") is not None else None
+    return bytes(plan), cache, record
