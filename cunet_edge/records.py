@@ -107,9 +107,14 @@ def precision_of(manifest: dict) -> str:
 # --- metrics.json sections --------------------------------------------------------------------------------
 
 # `bench:RUNTIME:bB:SAMPLER-STEPS` (older runs: without the sampler), `evaluate:SAMPLER-STEPS` (and the
-# latest evaluation again as `evaluate`).
-BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
-EVALUATE_SECTION = re.compile(r"evaluate(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
+# latest evaluation again as `evaluate`); a timestep spacing other than uniform is appended: `SAMPLER-STEPS-SPACING`.
+_SAMPLER = r"(?P<sampler>[a-z][a-z0-9]*)-(?P<steps>\d+)(?:-(?P<spacing>[a-z]+))?"
+BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::" + _SAMPLER + ")?")
+EVALUATE_SECTION = re.compile(r"evaluate(?::" + _SAMPLER + ")?")
+
+
+def _spacing_suffix(spacing: str | None) -> str:
+    return f"-{spacing}" if spacing not in (None, "uniform") else ""
 
 
 def bench_section(row: dict) -> str:
@@ -124,7 +129,8 @@ def bench_section(row: dict) -> str:
     else:
         parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
         parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []
-    return f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
+    return (f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
+            f"{_spacing_suffix(row.get('spacing'))}")
 
 
 def evaluation_features(record: dict) -> str:
@@ -143,9 +149,10 @@ def kid_text(mean: float, std: float | None) -> str:
     return f"{mean:.3g} ± {std:.2g}"
 
 
-def evaluate_section(sampler: str, steps: int) -> str:
-    """metrics.json section of an evaluation at one sampler setting: `evaluate:SAMPLER-STEPS`."""
-    return f"evaluate:{sampler}-{steps}"
+def evaluate_section(sampler: str, steps: int, spacing: str = "uniform") -> str:
+    """metrics.json section of an evaluation at one sampler setting: `evaluate:SAMPLER-STEPS` (`-SPACING` when it
+    is not uniform)."""
+    return f"evaluate:{sampler}-{steps}{_spacing_suffix(spacing)}"
 
 
 def read_metrics(artifact_dir: str | Path) -> dict[str, Any]:
