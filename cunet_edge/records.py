@@ -27,7 +27,8 @@ from .errors import ConfigError
 __all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "VERIFICATION", "METRICS", "RESULT",
            "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
            "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
-           "write_metrics", "read_metrics", "evaluation_features", "kid_text"]
+           "write_metrics", "read_metrics", "evaluation_features", "kid_text", "sampler_setting",
+           "split_sampler_setting"]
 
 SOLVER = "solver"
 TRAINED_SOLVER = "trained_solver"
@@ -115,6 +116,20 @@ EVALUATE_SECTION = re.compile(r"evaluate(?::" + _SAMPLER + ")?")
 
 def _spacing_suffix(spacing: str | None) -> str:
     return f"-{spacing}" if spacing not in (None, "uniform") else ""
+
+
+def sampler_setting(record: dict) -> str:
+    """The sampler of a bench or evaluate record as the report shows and groups it: `unipc`, or `unipc+karras` when
+    its timestep spacing is not uniform (records written before spacings: uniform; before samplers: ddim)."""
+    spacing = record.get("spacing")
+    sampler = record.get("sampler") or "ddim"
+    return sampler if spacing in (None, "uniform") else f"{sampler}+{spacing}"
+
+
+def split_sampler_setting(setting: str) -> tuple[str, str]:
+    """(sampler, spacing) of a `sampler_setting`."""
+    sampler, _, spacing = setting.partition("+")
+    return sampler, spacing or "uniform"
 
 
 def bench_section(row: dict) -> str:
