@@ -424,7 +424,8 @@ def sample_dpmpp2m(model, x, abar, timesteps, *, eta: float = 0.0, noise: NoiseF
 
 
 def _unipc_rhos(h: float, r1: float | None) -> tuple[float, list[float]]:
-    """B(h) = e^{−h} − 1 (bh2) and UniC's ρ for order 1 (r1 None: ρ = ½) or 2 (solving R ρ = b, Zhao et al. eq. 8)."""
+    """e^{−h} − 1 (hφ₁ and, with bh2, B(h) of the data-prediction update) and UniC's ρ: for order 1 (r1 None)
+    ρ = ½, for order 2 the solution of R ρ = b."""
     hh = -h
     h_phi_1 = math.expm1(hh)
     if r1 is None:
@@ -450,10 +451,10 @@ def sample_unipc(model, x, abar, timesteps, *, eta: float = 0.0, noise: NoiseFn 
     _check_deterministic("unipc", eta)
     ts, a = _check_schedule(abar, timesteps, levels)
     lam = [_lam(v) for v in a[:-1]]
-    m, last, order = [], None, 1  # x̂0 per step; the sample before the last prediction; that prediction's order
+    m, last, order = [], None, 1  # x̂0 of the last 3 steps; the sample before the last prediction; its order
     for i, t in enumerate(ts):
         _, x0 = _predict_x0(model, x, t, a[i], clip, prediction)
-        m.append(x0)
+        m = m[-2:] + [x0]  # m[-1] is this step's x̂0, m[-2] the previous step's, m[-3] the one before
         if i + 1 == len(ts):
             x = x0
         else:
@@ -461,10 +462,10 @@ def sample_unipc(model, x, abar, timesteps, *, eta: float = 0.0, noise: NoiseFn 
                 h = lam[i] - lam[i - 1]
                 r1 = (lam[i - 2] - lam[i - 1]) / h if order == 2 else None
                 h_phi_1, rho = _unipc_rhos(h, r1)
-                corr = rho[-1] * (m[i] - m[i - 1])
+                corr = rho[-1] * (m[-1] - m[-2])
                 if r1 is not None:
-                    corr = corr + (rho[0] / r1) * (m[i - 2] - m[i - 1])
-                x = (math.sqrt((1 - a[i]) / (1 - a[i - 1])) * last - (math.sqrt(a[i]) * h_phi_1) * m[i - 1]
+                    corr = corr + (rho[0] / r1) * (m[-3] - m[-2])
+                x = (math.sqrt((1 - a[i]) / (1 - a[i - 1])) * last - (math.sqrt(a[i]) * h_phi_1) * m[-2]
                      - (math.sqrt(a[i]) * h_phi_1) * corr)
             order = min(2, i + 1)  # (the last step, first order, is x̂0 above)
             last = x
@@ -473,7 +474,7 @@ def sample_unipc(model, x, abar, timesteps, *, eta: float = 0.0, noise: NoiseFn 
             x = math.sqrt((1 - a[i + 1]) / (1 - a[i])) * x - (math.sqrt(a[i + 1]) * h_phi_1) * x0
             if order == 2:  # UniP-2 (ρ = ½): with bh2 the same update as DPM-Solver++(2M)
                 r1 = (lam[i - 1] - lam[i]) / h
-                x = x - (math.sqrt(a[i + 1]) * h_phi_1 * 0.5 / r1) * (m[i - 1] - x0)
+                x = x - (math.sqrt(a[i + 1]) * h_phi_1 * 0.5 / r1) * (m[-2] - x0)
         if callback is not None:
             callback(i, t, x)
     return x
