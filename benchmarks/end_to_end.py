@@ -39,6 +39,7 @@ def _parse(argv):
     p.add_argument("--sampler-steps", action="append", default=[], metavar="SAMPLER=STEPS",
                    help="another sampler and the steps to evaluate it at, e.g. unipc=16,12,10,8 (repeatable)")
     p.add_argument("--spacing", default="uniform", help="timestep spacing of those samplers (DDIM keeps uniform)")
+    p.add_argument("--fids-only", action="store_true", help="write the FIDs and the fewest steps; time nothing")
     return p.parse_args(argv)
 
 
@@ -132,6 +133,15 @@ def main(argv=None) -> int:
         fewest[name] = min(within) if within else None
         if within and min(within) < fast:
             fast, fast_sampler = min(within), name
+    if args.fids_only:
+        result = {"checkpoint": str(args.checkpoint), "onnx": str(onnx), "n": args.n, "fid_by_steps": fids,
+                  "fid_by_sampler": by_sampler, "spacing": args.spacing, "fewest_steps_by_sampler": fewest,
+                  "fast_sampler": fast_sampler, "reference_steps": args.reference_steps,
+                  "fewest_steps_within_tolerance": fast, "fid_tolerance": args.fid_tolerance}
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"fewest steps within {100 * args.fid_tolerance:.0f}% of DDIM {args.reference_steps} (FID {ref:.3f}): "
+              + ", ".join(f"{k} {v}" for k, v in fewest.items()))
+        return 0
     targets = {"torchdiffeq": (args.checkpoint, "torch"), "unrolled": (unrolled, "torch"),
                "onnxruntime": (onnx, "onnxruntime")}
     if args.paper_checkpoint:
