@@ -19,7 +19,7 @@ from .config import check_choice, check_positive, from_dict, load_config_file, t
 from .data import DataConfig, image_channels, save_image_grid
 from .diffusion import DiffusionConfig
 from .errors import ArtifactError, ConfigError
-from .kinds import MODEL_KINDS
+from .kinds import MODEL_KINDS, check_kind_files
 from .models import build_model, model_config_from_dict
 from .records import check_solver_request
 
@@ -168,6 +168,7 @@ def load_checkpoint(src: str | Path | Artifact, device: str = "cpu", kinds=MODEL
     `src` is a path (opened and its hashes checked here) or an Artifact a caller already opened.
     """
     art = src.require(kinds) if isinstance(src, Artifact) else Artifact.load(src, kinds=kinds)
+    check_kind_files(art.manifest, art.path)
     cfg = read_train_config(art)
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")

@@ -529,7 +529,8 @@ def _confidence(classifier: models.Classifier, samples: torch.Tensor, test_x: to
 
 
 def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: str | None = None,
-                        inception_network: torch.nn.Module | None = None, **runner_options) -> dict:
+                        inception_network: torch.nn.Module | None = None, record: bool = True,
+                        **runner_options) -> dict:
     """Sample an artifact with `sample_cfg` and score the images; also saved as its metrics.json.
 
     The feature space comes from an EvaluateConfig's `features` (a plain SampleConfig: the default one) and is
@@ -552,8 +553,9 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
     )
     # "evaluate" is the latest evaluation; the sampler-specific section keeps one per sampler setting
     # (a report can then set several sampler step counts of one artifact side by side).
-    write_metrics(art.path, "evaluate", metrics)
-    write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps), metrics)
+    if record:  # `record=False`: the caller keeps the result (a pipeline never writes into a linked model)
+        write_metrics(art.path, "evaluate", metrics)
+        write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps), metrics)
     return metrics
 
 

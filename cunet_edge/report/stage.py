@@ -11,6 +11,7 @@ renamed into place at the end, so a failure never leaves a half-written report.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 import shutil
@@ -246,6 +247,20 @@ def _check_out(out, nodes: list[Node]) -> None:
             raise OutputPathError(f"output {out} is inside artifact {n.art.path}; write the report elsewhere")
 
 
+def _check_is_report(out: Path) -> None:
+    """`--replace` swaps out only a report this command wrote: its report.json and nothing but report files."""
+    known = set(render.FILES.values()) | {"samples"}
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+    try:
+        record = json.loads((out / render.FILES["json"]).read_text())
+    except (OSError, ValueError, RecursionError):
+        record = None
+    foreign = [n for n in names if n not in known]
+    if not isinstance(record, dict) or "variants" not in record or foreign:
+        why = f"it holds {', '.join(foreign[:3])}" if foreign else f"it has no {render.FILES['json']} of a report"
+        raise OutputPathError(f"--replace replaces only a report, and {out} is not one ({why}); choose another --out")
+
+
 def report(run_dir: str | Path, cfg: ReportConfig, out: str | Path, *, replace: bool = False,
            progress: bool = True) -> dict:
     """Stage: every artifact under run_dir → the report files in `out` (a directory, written atomically)."""
@@ -253,6 +268,8 @@ def report(run_dir: str | Path, cfg: ReportConfig, out: str | Path, *, replace: 
 
 
     out = check_output_path(out, exist_ok=replace)
+    if replace and out.exists():
+        _check_is_report(out)
     render.check_plotting()
     nodes, skipped = find_artifacts(run_dir)
     _check_out(out, nodes)
