@@ -22,6 +22,7 @@ from .errors import ArtifactError, ConfigError
 from .kinds import MODEL_KINDS, check_kind_files
 from .models import build_model, model_config_from_dict
 from .records import check_solver_request
+from .limits import check_seed
 
 __all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
            "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
@@ -62,6 +63,7 @@ class TrainConfig:
     explicit_solver: bool = True
 
     def __post_init__(self):
+        check_seed(self.seed)
         for name in ("steps", "batch_size", "lr", "save_every", "sample_n", "sample_steps"):
             check_positive(name, getattr(self, name))
         check_positive("warmup_steps", self.warmup_steps, allow_zero=True)

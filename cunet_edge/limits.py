@@ -21,13 +21,15 @@ from .errors import ArtifactError, ConfigError
 
 __all__ = ["MAX_JSON_DEPTH", "MAX_MANIFEST_BYTES", "MAX_FILES", "MAX_CONFIG_BYTES", "read_json_record",
            "read_text_file", "json_depth", "check_manifest", "check_member",
-           "check_regular_file", "check_int", "check_number", "MAX_SEED"]
+           "check_regular_file", "check_int", "check_number", "check_seed", "MAX_SEED",
+           "machine_memory_bytes", "check_fits_memory"]
 
 MAX_JSON_DEPTH = 32  # our records nest 5 deep; 100,000 deep would exhaust the parser's recursion
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_CONFIG_BYTES = 4 << 20  # a config, recipe or import spec
 MAX_FILES = 100_000
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed and numpy take a 64-bit seed
+# torch takes 64-bit seeds; stages derive more (seed * 1000 + step), so a seed keeps to 32 bits, as numpy's legacy one.
+MAX_SEED = 2**32 - 1
 MAX_DIM = 1 << 20  # a recorded tensor dimension (a batch, channels, pixels)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -221,6 +223,33 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     if high is not None and as_float > high:
         raise error(f"{name} must be <= {high:g}, got {value}")
     return as_float
+
+
+def machine_memory_bytes() -> int:
+    """This machine's physical memory (2**40 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 40
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def check_fits_memory(what: str, need_bytes: float, detail: str, error: type[Exception] = ConfigError) -> None:
+    """Refuse, before any work, a request whose estimated memory (a lower bound) exceeds this machine's."""
+    have = machine_memory_bytes()
+    if need_bytes > have:
+        raise error(f"{what} needs at least {_size(need_bytes)} of memory ({detail}); this machine has {_size(have)}")
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed: an integer from 0 to MAX_SEED (one beyond 64 bits crashed the generator, with a traceback)."""
+    return check_int(name, value, low=0, high=MAX_SEED)
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None,

@@ -34,6 +34,7 @@ from ..export.tensorrt import EngineConfig, trtexec_command
 from ..kinds import STAGE_IO
 from ..records import SOLVER, precision_of
 from .profiles import check_request, load_profile
+from ..limits import check_seed
 
 __all__ = [
     "BUNDLE_KIND",
@@ -70,6 +71,7 @@ class DeployConfig:
     max_batch: int = 16
 
     def __post_init__(self):
+        check_seed(self.seed)
         for name in ("selfcheck_n", "workspace_mb", "max_batch"):
             check_positive(name, getattr(self, name))
 

@@ -19,6 +19,7 @@ from ..config import check_choice, check_positive
 from ..diffusion import alphas_cumprod
 from ..errors import ConfigError
 from ..runtimes.numpy_sampler import sample
+from ..limits import check_seed
 
 __all__ = ["CalibrationConfig", "capture_calibration_set", "activation_ranges", "CALIBRATION_METHODS"]
 
@@ -39,6 +40,7 @@ class CalibrationConfig:
     chunk: int = 64
 
     def __post_init__(self):
+        check_seed(self.seed)
         check_positive("n_images", self.n_images)
         check_positive("sampler_steps", self.sampler_steps)
         check_positive("chunk", self.chunk)

@@ -162,3 +162,141 @@ def test_names_too_long_for_the_file_system_are_refused_before_work(tiny_checkpo
     assert_one_line_error(cli_in_process("inspect", tiny_checkpoint, "--json", tmp_path / ("y" * 300)),
                           "use a shorter name")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- artifacts validated when opened ---------------------------------------------------------------------------
+
+import os  # noqa: E402
+
+from cunet_edge.config import load_config_file  # noqa: E402
+from cunet_edge.errors import ConfigError  # noqa: E402
+
+
+def _edit(manifest: dict, change) -> bytes:
+    change(manifest)
+    return json.dumps(manifest).encode()
+
+
+def _set(path, value):
+    def change(m):
+        node = m
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+MANIFESTS = [
+    ("files-list", lambda m: _edit(m, _set(["files"], list(m["files"]))), "files must be a table"),
+    ("signature-string", lambda m: _edit(m, _set(["signature"], "x")), "signature must be a table"),
+    ("negative-shape", lambda m: _edit(m, _set(["signature", "inputs", "x", "shape"], [None, 1, -8, 8])),
+     "dimensions from 1 to"),
+    ("huge-shape", lambda m: _edit(m, _set(["signature", "inputs", "x", "shape"], [None, 1, 10**6 * 10**6, 8])),
+     "dimensions from 1 to"),
+    ("bytes-string", lambda m: _edit(m, _set(["files", "config.json", "bytes"], "12")), "must be a size in bytes"),
+    ("bad-hash", lambda m: _edit(m, _set(["files", "config.json", "sha256"], "0" * 63)), "64 lowercase hex"),
+    ("absolute-name", lambda m: _edit(m, _set(["files", "/etc/passwd"], {"bytes": 1, "sha256": "0" * 64})),
+     "is not a relative path inside the artifact"),
+    ("dotdot-name", lambda m: _edit(m, _set(["files", "../../outside.bin"], {"bytes": 1, "sha256": "0" * 64})),
+     "is not a relative path inside the artifact"),
+    ("deep", lambda m: b'{"kind": "checkpoint", "files": {}, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "nested deeper than"),
+    ("not-utf8", lambda m: b'{"kind": "checkpoint\xff\xfe", "files": {}}', "not UTF-8"),
+    ("not-a-table", lambda m: b"[1, 2]", "not a cunet-edge manifest"),
+    ("kind-int", lambda m: _edit(m, _set(["kind"], 7)), "kind must be a kind name"),
+]
+
+
+@pytest.mark.parametrize("make,message", [c[1:] for c in MANIFESTS], ids=[c[0] for c in MANIFESTS])
+def test_manifests_whose_values_are_wrong_are_one_line_errors(make, message, tiny_checkpoint, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_checkpoint, art)
+    (art / "manifest.json").write_bytes(make(json.loads((art / "manifest.json").read_text())))
+    before = tree_hash(tmp_path)
+    res = cli_in_process("inspect", art)
+    assert_one_line_error(res, message)
+    assert "bytes, manifest says" not in res.stderr  # nothing outside the artifact was looked at
+    assert tree_hash(tmp_path) == before
+
+
+def test_a_payload_link_out_of_the_artifact_is_not_followed(tiny_checkpoint, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_checkpoint, art)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"s" * 12345)
+    (art / "config.json").unlink()
+    (art / "config.json").symlink_to(secret)
+    res = cli_in_process("inspect", art)
+    assert_one_line_error(res, "is a link; an artifact holds regular files only")
+    assert "12345" not in res.stderr
+
+
+def test_a_kind_that_does_not_match_its_files(tiny_checkpoint, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_checkpoint, art)
+    m = json.loads((art / "manifest.json").read_text())
+    m["kind"] = "onnx"
+    (art / "manifest.json").write_text(json.dumps(m))
+    res = cli_in_process("sample", art, "--out", tmp_path / "x.png", "--n", 2, "--steps", 2)
+    assert_one_line_error(res, "of kind 'onnx', which holds model.onnx; its manifest lists no model.onnx")
+
+
+def test_fifos_where_files_are_expected_do_not_hang(tiny_checkpoint, tmp_path):
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config_file(fifo)
+    os.mkfifo(tmp_path / "recipe.toml")
+    assert_one_line_error(cli_in_process("pipeline", tmp_path / "recipe.toml", "--out", tmp_path / "r", "--dry-run"),
+                          "recipe " + str(tmp_path / "recipe.toml") + " is not a regular file")
+    art = tmp_path / "art"
+    shutil.copytree(tiny_checkpoint, art)
+    (art / "model.safetensors").unlink()
+    os.mkfifo(art / "model.safetensors")
+    assert_one_line_error(cli_in_process("inspect", art), "model.safetensors is not a regular file")
+
+
+# --- numbers from the CLI, configs and recipes ------------------------------------------------------------------
+
+NUMBERS = [
+    (["sample", "{ckpt}", "--n", 10**12, "--out", "{tmp}/x.png"], "drawing 1000000000000 images needs at least 256 TB"),
+    (["sample", "{ckpt}", "--seed", 2**65, "--out", "{tmp}/x.png"], "seed must be <= 4294967295"),
+    (["sample", "{ckpt}", "--steps", 5000, "--out", "{tmp}/x.png"], "sampler steps must be an integer in 1..1000"),
+    (["bench", "{ckpt}", "--min-seconds", "inf"], "min_seconds must be a finite number, got inf"),
+    (["bench", "{ckpt}", "--sampler-steps", 5000], "sampler steps must be an integer in 1..1000"),
+]
+
+
+@pytest.mark.parametrize("args,message", NUMBERS, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(NUMBERS)])
+def test_cli_numbers_out_of_range_are_refused_before_work(args, message, tiny_checkpoint, tmp_path):
+    res = cli_in_process(*[str(a).format(ckpt=tiny_checkpoint, tmp=tmp_path) for a in args])
+    assert_one_line_error(res, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_sampling_checks_the_sampler_options(tiny_onnx, tmp_path):
+    for args in (["sample", tiny_onnx, "--steps", 5000, "--out", tmp_path / "x.png"],
+                 ["bench", tiny_onnx, "--sampler-steps", 5000]):
+        assert_one_line_error(cli_in_process(*args), "sampler steps must be an integer in 1..1000, got 5000")
+    assert_one_line_error(cli_in_process("quantize", tiny_onnx, "--out", tmp_path / "q", "--tolerance", "nan"),
+                          "tolerance must be a finite number, got nan")  # a manifest with a bare NaN, before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_with_nan_fails_its_dry_run(tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[[stage]]\nstage = "load"\npath = "{tiny_checkpoint}"\n[[stage]]\nstage = "bench"\n'
+                      f'min_seconds = nan\n')
+    assert_one_line_error(cli_in_process("pipeline", recipe, "--out", tmp_path / "r", "--dry-run"),
+                          "stage 'bench' (bench): min_seconds must be a finite number, got nan")
+
+
+def test_a_model_config_too_big_for_this_machine_is_refused_with_the_estimate(tmp_path):
+    from conftest import TINY
+
+    from cunet_edge.checkpoint import train_config_from_dict
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["model"]["base_channels"] = 10**7
+    with pytest.raises(ConfigError, match=r"this model config needs at least .* TB of memory \(9e\+15 weights"):
+        train_config_from_dict(cfg)
