@@ -206,9 +206,13 @@ class Artifact:
         """Open an artifact, checking that it is complete, uncorrupted and of an allowed kind, and that its manifest
         keeps to the schema (`limits.check_manifest`) before any work."""
         path = Path(path)
-        if not path.exists():
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError as exc:  # a name longer than the file system allows, a link loop
+            raise ArtifactError(f"cannot open artifact {str(path)[:80]}...: {exc.strerror or exc}") from None
+        if not exists:
             raise ArtifactError(f"artifact {path} does not exist")
-        if not path.is_dir():
+        if not is_dir:
             raise ArtifactError(f"{path} is not an artifact directory (it is a file)")
         mpath = path / MANIFEST
         if not os.path.lexists(mpath):

@@ -22,7 +22,7 @@ from .errors import ArtifactError, ConfigError
 from .kinds import MODEL_KINDS, check_kind_files
 from .models import build_model, model_config_from_dict
 from .records import check_solver_request
-from .limits import check_seed
+from .limits import check_seed, read_json_record
 
 __all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
            "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
@@ -137,10 +137,7 @@ def model_signature(model_cfg) -> dict[str, Any]:
 
 def read_train_config(art: Artifact) -> TrainConfig:
     """The TrainConfig in a model artifact's config.json; an unreadable or invalid one is an ArtifactError."""
-    try:
-        data = json.loads(art.file(CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{art.path}/{CONFIG} is unreadable: {exc}") from None
+    data = read_json_record(art.file(CONFIG), "model config")  # a regular UTF-8 file, bounded size and depth
     try:
         return train_config_from_dict(data)
     except ConfigError as exc:

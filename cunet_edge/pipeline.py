@@ -165,8 +165,8 @@ class Recipe:
 
 
 def _read_toml(path: Path) -> dict:
-    if not path.exists():
-        raise ConfigError(f"recipe {path} does not exist")
+    if not os.path.lexists(path):  # False, too, for a name the file system cannot hold
+        raise ConfigError(f"recipe {str(path)[:200]} does not exist")
     text = read_text_file(path, "recipe")  # a regular UTF-8 file of bounded size (a FIFO would hang)
     try:
         return tomllib.loads(text)

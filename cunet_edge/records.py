@@ -158,7 +158,10 @@ def read_metrics(artifact_dir: str | Path) -> dict[str, Any]:
     path = Path(artifact_dir) / METRICS
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deep to be a metrics table") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON table")
     return data
@@ -175,7 +178,7 @@ def write_metrics(artifact_dir: str | Path, section: str, metrics: dict) -> None
         with lock.acquire(poll_interval=0.005):
             try:
                 current = read_metrics(folder)
-            except (ValueError, UnicodeDecodeError, RecursionError):
+            except (ValueError, UnicodeDecodeError):
                 current = {}
             current[section] = metrics
             write_json_atomic(folder / METRICS, current)

@@ -161,6 +161,9 @@ def test_names_too_long_for_the_file_system_are_refused_before_work(tiny_checkpo
     assert_one_line_error(cli_in_process("unroll", tiny_checkpoint, "--out", long), "use a shorter name")
     assert_one_line_error(cli_in_process("inspect", tiny_checkpoint, "--json", tmp_path / ("y" * 300)),
                           "use a shorter name")
+    assert_one_line_error(cli_in_process("inspect", tmp_path / ("z" * 300)), "cannot open artifact")  # an input
+    assert_one_line_error(cli_in_process("pipeline", tmp_path / ("r" * 300), "--out", tmp_path / "o", "--dry-run"),
+                          "does not exist")
     assert list(tmp_path.iterdir()) == []
 
 
