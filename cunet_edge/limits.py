@@ -197,8 +197,8 @@ def check_manifest(manifest: Any, where: str) -> dict:
             _fail(where, "batch", f"an integer from 1 to {MAX_DIM}", b)
     solver = manifest.get("solver")
     if solver is not None:
-        if not isinstance(solver, dict) or not isinstance(solver.get("method"), str) or "steps" not in solver:
-            _fail(where, "solver", "a table with a method name and steps", solver)
+        if not isinstance(solver, dict) or not isinstance(solver.get("method", ""), str):
+            _fail(where, "solver", "a table (method: a name; steps, nfe_*: integers)", solver)
         for k in ("steps", "nfe_per_block", "nfe_per_call", "ode_blocks"):
             v = solver.get(k)
             if k in solver and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1_000_000):
