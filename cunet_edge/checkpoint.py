@@ -96,8 +96,13 @@ def train_config_from_options(config_file: str | None = None, *, base: dict[str,
     follow the dataset unless the file sets them.
     """
     d = load_config_file(config_file) if config_file else dict(base or {})
+    for table in ("data", "model"):
+        if not isinstance(d.get(table, {}), dict):
+            raise ConfigError(f"{table}: expected a table of settings, got {d[table]!r}")
     data = dict(d.get("data", {}))
     model = dict(d.get("model", {}))
+    if not isinstance(model.get("solver", {}), dict):
+        raise ConfigError(f"model.solver: expected a table of settings, got {model['solver']!r}")
     for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):
         if value is not None:
             data[key] = value

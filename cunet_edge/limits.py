@@ -118,7 +118,11 @@ def check_member(root: Path, name: Any, where: str) -> Path:
     parent = path.parent.resolve()  # a link among the folders above the file
     if parent != base and base not in parent.parents:
         raise ArtifactError(f"{where}: file {name[:60]!r} lies outside the artifact (through a link)")
-    if path.is_symlink():
+    try:
+        link = path.is_symlink()
+    except OSError as exc:  # a name longer than the file system holds
+        raise ArtifactError(f"{where}: file {name[:60]!r} cannot be opened: {exc.strerror or exc}") from None
+    if link:
         raise ArtifactError(f"{where}: file {name[:60]!r} is a link; an artifact holds regular files only")
     return path
 

@@ -207,6 +207,9 @@ MANIFESTS = [
     ("not-utf8", lambda m: b'{"kind": "checkpoint\xff\xfe", "files": {}}', "not UTF-8"),
     ("not-a-table", lambda m: b"[1, 2]", "not a cunet-edge manifest"),
     ("kind-int", lambda m: _edit(m, _set(["kind"], 7)), "kind must be a kind name"),
+    # found by the fuzz campaign: a name longer than the file system holds was an OSError
+    ("long-name", lambda m: _edit(m, _set(["files", "x" * 300], {"bytes": 0, "sha256": "0" * 64})),
+     "cannot be opened: File name too long"),
 ]
 
 
@@ -292,6 +295,14 @@ def test_a_recipe_with_nan_fails_its_dry_run(tiny_checkpoint, tmp_path):
                       f'min_seconds = nan\n')
     assert_one_line_error(cli_in_process("pipeline", recipe, "--out", tmp_path / "r", "--dry-run"),
                           "stage 'bench' (bench): min_seconds must be a finite number, got nan")
+
+
+def test_a_train_stage_whose_model_is_not_a_table(tmp_path):
+    """Found by the fuzz campaign: `model = 0` in a train stage was an internal error (TypeError)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[stage]]\nstage = "train"\nmodel = 0\n')
+    assert_one_line_error(cli_in_process("pipeline", recipe, "--out", tmp_path / "r", "--dry-run"),
+                          "stage 'train' (train): model: expected a table of settings, got 0")
 
 
 def test_a_model_config_too_big_for_this_machine_is_refused_with_the_estimate(tmp_path):
