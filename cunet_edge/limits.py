@@ -108,7 +108,7 @@ def read_json_record(path: Path, what: str, *, max_bytes: int = MAX_MANIFEST_BYT
 def check_member(root: Path, name: Any, where: str) -> Path:
     """The path of payload file `name` inside artifact `root`, if the name is confined to it: relative, no `..`, no
     link out of the folder. The check reads nothing outside the artifact (and so reveals nothing of it)."""
-    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+    if not isinstance(name, str) or not name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ArtifactError(f"{where}: file name {str(name)[:60]!r} is not a relative path inside the artifact")
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts or name != pure.as_posix() or pure.parts[0] == "~":

@@ -29,7 +29,7 @@ from hypothesis import strategies as st  # noqa: E402
 from cunet_edge.artifact import Artifact, ArtifactWriter  # noqa: E402
 from cunet_edge.checkpoint import train_config_from_dict  # noqa: E402
 from cunet_edge.config import from_dict, load_config_file  # noqa: E402
-from cunet_edge.errors import CunetEdgeError  # noqa: E402
+from cunet_edge.errors import CunetEdgeError, one_line  # noqa: E402
 from cunet_edge.kinds import check_kind_files  # noqa: E402
 
 EXAMPLES = int(os.environ.get("CUNET_FUZZ_EXAMPLES", "10"))
@@ -71,8 +71,8 @@ def handled(cls: str, fn) -> object:
     try:
         result = fn()
     except CunetEdgeError as exc:
-        text = str(exc)
-        assert text and "\n" not in text, f"not a one-line error: {text!r}"
+        text = one_line(exc)  # what the CLI prints after `error: `
+        assert text.strip() and "\n" not in text, f"not a one-line error: {text!r}"
         TALLY[cls, "refused (one-line error)"] += 1
         return exc
     TALLY[cls, "accepted"] += 1

@@ -210,6 +210,8 @@ MANIFESTS = [
     # found by the fuzz campaign: a name longer than the file system holds was an OSError
     ("long-name", lambda m: _edit(m, _set(["files", "x" * 300], {"bytes": 0, "sha256": "0" * 64})),
      "cannot be opened: File name too long"),
+    ("newline-name", lambda m: _edit(m, _set(["files", "a\nb"], {"bytes": 0, "sha256": "0" * 64})),
+     "file name 'a\\nb' is not a relative path inside the artifact"),  # found by the campaign: two lines
 ]
 
 
