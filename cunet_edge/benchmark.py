@@ -22,7 +22,7 @@ from .diffusion import alphas_cumprod
 from .diffusion import sampling_timesteps as diffusion_timesteps
 from .errors import ConfigError
 from .kinds import runtime_for
-from .limits import check_number
+from .limits import check_number, check_threads
 from .records import SOLVER, bench_section, write_metrics
 from .runtimes.base import open_runner
 from .runtimes.numpy_sampler import SAMPLERS, sampling_timesteps
@@ -64,7 +64,7 @@ class BenchConfig:
             check_number(name, getattr(self, name), high=high)
         check_choice("sampler", self.sampler, ("ddim", "ddpm"))
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
 
 
 # Per-target runner options in a target spec (PATH@RUNTIME:OPT,OPT), so that variants of one

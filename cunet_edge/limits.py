@@ -21,7 +21,7 @@ from .errors import ArtifactError, ConfigError
 
 __all__ = ["MAX_JSON_DEPTH", "MAX_MANIFEST_BYTES", "MAX_FILES", "MAX_CONFIG_BYTES", "read_json_record",
            "read_text_file", "json_depth", "check_manifest", "check_member",
-           "check_regular_file", "check_int", "check_number", "check_seed", "MAX_SEED",
+           "check_regular_file", "check_int", "check_number", "check_seed", "MAX_SEED", "check_threads", "MAX_THREADS",
            "machine_memory_bytes", "check_fits_memory"]
 
 MAX_JSON_DEPTH = 32  # our records nest 5 deep; 100,000 deep would exhaust the parser's recursion
@@ -249,6 +249,14 @@ def check_fits_memory(what: str, need_bytes: float, detail: str, error: type[Exc
     have = machine_memory_bytes()
     if need_bytes > have:
         raise error(f"{what} needs at least {_size(need_bytes)} of memory ({detail}); this machine has {_size(have)}")
+
+
+MAX_THREADS = 4096
+
+
+def check_threads(value: Any, name: str = "threads") -> int:
+    """A CPU thread count: an integer from 1 to MAX_THREADS (10^12 overflowed torch.set_num_threads)."""
+    return check_int(name, value, low=1, high=MAX_THREADS)
 
 
 def check_seed(value: Any, name: str = "seed") -> int:

@@ -51,12 +51,12 @@ from . import pipeline_stages as stages
 from .artifact import MANIFEST, Artifact, check_output_path, write_json_atomic
 from .benchmark import BenchConfig
 from .checkpoint import TrainConfig, train_config_from_options
-from .config import check_positive, from_dict, to_dict
+from .config import from_dict, to_dict
 from .errors import ArtifactError, ConfigError, CunetEdgeError, OutputPathError
 from .evaluation import check_features
 from .export.onnx import OnnxExportConfig
 from .kinds import MODEL_KINDS, STAGE_IO, StageIO, kind_runtime
-from .limits import read_text_file
+from .limits import check_threads, read_text_file
 from .pruning import PruneConfig
 from .quantize.int8 import QuantizeConfig
 from .report.stage import ReportConfig
@@ -139,7 +139,7 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
 
 
 @dataclass(frozen=True)

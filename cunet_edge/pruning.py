@@ -48,7 +48,7 @@ from .kinds import STAGE_IO
 from .models import build_model, profile_model
 from .records import DRIFT, PRUNING, SOLVER, TRAINED_SOLVER
 from .training import fit
-from .limits import check_seed
+from .limits import check_seed, check_threads
 
 __all__ = ["IMPORTANCES", "SCOPES", "SELECTIONS", "PruneConfig", "prune"]
 
@@ -433,6 +433,8 @@ def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, thre
 
     tp = import_backend("torch_pruning", "torch-pruning", INSTALL_HINT)
     check_output_path(out)
+    if threads is not None:
+        check_threads(threads)
     parent = _load_source(src, cfg)
     base = profile_model(parent.model, parent.config.model)
     if threads:

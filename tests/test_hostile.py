@@ -272,6 +272,8 @@ NUMBERS = [
     (["sample", "{ckpt}", "--steps", 5000, "--out", "{tmp}/x.png"], "sampler steps must be an integer in 1..1000"),
     (["bench", "{ckpt}", "--min-seconds", "inf"], "min_seconds must be a finite number, got inf"),
     (["bench", "{ckpt}", "--sampler-steps", 5000], "sampler steps must be an integer in 1..1000"),
+    (["bench", "{ckpt}", "--threads", 10**12], "threads must be <= 4096"),  # found by the campaign: an overflow
+    (["train", "--threads", 10**12, "--out", "{tmp}/o"], "threads must be <= 4096"),
 ]
 
 

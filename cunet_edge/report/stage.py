@@ -31,7 +31,7 @@ from ..search import pareto_front as non_dominated
 from . import render
 from .gather import DEFAULT_SAMPLER, Node, artifact_facts, find_artifacts, link_lineage, variant_label, variant_rows
 from .measure import EPS_RUNS, EPS_STEPS, estimate_devices, measure_lineages, psnr, rel_err
-from ..limits import check_seed
+from ..limits import check_seed, check_threads
 
 __all__ = ["ReportConfig", "report", "pareto_front", "QUALITY_AXES", "LATENCY_AXES", "STAGE_ORDER"]
 
@@ -58,7 +58,7 @@ class ReportConfig:
         check_seed(self.seed)
         check_positive("samples", self.samples)
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
         if self.devices:
 
             for d in self.devices:
