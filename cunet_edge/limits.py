@@ -256,7 +256,10 @@ MAX_THREADS = 4096
 
 def check_threads(value: Any, name: str = "threads") -> int:
     """A CPU thread count: an integer from 1 to MAX_THREADS (10^12 overflowed torch.set_num_threads)."""
-    return check_int(name, value, low=1, high=MAX_THREADS)
+    check_int(name, value, high=MAX_THREADS)
+    if value < 1:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+    return value
 
 
 def check_seed(value: Any, name: str = "seed") -> int:
