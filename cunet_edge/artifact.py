@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import ArtifactError, OutputPathError
+from .limits import check_manifest, check_member, check_regular_file, read_json_record
 
 __all__ = ["Artifact", "ArtifactWriter", "check_output_path", "library_versions", "MANIFEST", "write_atomic",
-           "write_json_atomic", "staging_dir", "move_into_place"]
+           "write_json_atomic", "staging_dir", "move_into_place", "enclosing_artifact", "check_not_in_artifact",
+           "check_name_length"]
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -49,9 +51,62 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def enclosing_artifact(path: str | Path) -> Path | None:
+    """The artifact folder (one holding a manifest.json) that `path` lies inside, links resolved; None if none.
+
+    `path` itself is not counted: only the folders above it."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return None
+    for folder in resolved.parents:
+        try:
+            if (folder / MANIFEST).is_file():
+                return folder
+        except OSError:
+            return None
+    return None
+
+
+def check_not_in_artifact(path: str | Path, what: str = "output") -> None:
+    """Refuse an output inside an artifact: its payload files are hashed, and nothing but `metrics.json` is ever
+    written into one (an output there could overwrite the weights)."""
+    holder = enclosing_artifact(path)
+    if holder is not None:
+        raise OutputPathError(f"{what} {path} is inside artifact {holder}; write it outside any artifact folder")
+
+
+# Characters the temporary siblings add to an output's name: `.NAME.tmp-XXXXXXXX` (staging folders),
+# `.NAME.PID-XXXXXXXX.tmp` (atomic files), `.NAME.old-PID` (a replaced folder).
+STAGING_EXTRA = 24
+
+
+def check_name_length(path: str | Path) -> None:
+    """Refuse an output whose name, or its temporary sibling's longer name, the file system cannot hold."""
+    path = Path(path)
+    probe = path.absolute().parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        name_max = os.pathconf(probe, "PC_NAME_MAX")
+        path_max = os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    name = len(os.fsencode(path.name))
+    if name + STAGING_EXTRA > name_max:
+        raise OutputPathError(f"output name {path.name[:40]}... is {name} bytes long; this file system holds names "
+                              f"of {name_max} bytes, and the temporary copy adds {STAGING_EXTRA}: use a shorter name")
+    if len(os.fsencode(str(path.absolute()))) + STAGING_EXTRA >= path_max:
+        raise OutputPathError(f"output path {str(path)[:40]}... is longer than this file system allows ({path_max} "
+                              f"bytes with its temporary copy's name)")
+
+
 def check_output_path(out: str | Path, *, exist_ok: bool = False) -> Path:
-    """Fail early, before any work, if `out` cannot be created as an artifact directory."""
+    """Fail early, before any work, if `out` cannot be created as an artifact directory (it exists, it lies inside
+    an artifact, or its folder is not writable)."""
     out = Path(out)
+    check_name_length(out)
+    check_not_in_artifact(out)
     if out.exists() and not exist_ok:
         raise OutputPathError(f"output {out} already exists; choose a new path or remove it")
     if out.exists() and not out.is_dir():
@@ -108,14 +163,24 @@ def staging_dir(out: Path) -> Path:
 
 
 def move_into_place(tmp: Path, out: Path, *, replace: bool) -> None:
-    """Rename a finished staging folder to `out`; with `replace`, the old one is renamed away first, removed last."""
+    """Rename a finished staging folder to `out`; with `replace`, the old one is renamed away first, removed last.
+
+    Without `replace`, an `out` that appeared while this one was built (another process writing the same output)
+    is left alone: an OutputPathError, and the caller removes its staging folder."""
     if out.exists() and replace:
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        return
+    if os.path.lexists(out):
+        raise OutputPathError(f"output {out} was created by another process while this one ran; it is left as it "
+                              f"is and this result is not written")
+    try:
+        os.rename(tmp, out)
+    except OSError as exc:
+        raise OutputPathError(f"cannot move the finished output into {out}: {exc.strerror or exc} (another "
+                              f"process may have written the same output meanwhile)") from None
 
 
 @dataclass(frozen=True)
@@ -138,21 +203,22 @@ class Artifact:
 
     @classmethod
     def load(cls, path: str | Path, kinds: Iterable[str] | None = None, *, verify: bool = True) -> "Artifact":
-        """Open an artifact, checking that it is complete, uncorrupted and of an allowed kind."""
+        """Open an artifact, checking that it is complete, uncorrupted and of an allowed kind, and that its manifest
+        keeps to the schema (`limits.check_manifest`) before any work."""
         path = Path(path)
-        if not path.exists():
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError as exc:  # a name longer than the file system allows, a link loop
+            raise ArtifactError(f"cannot open artifact {str(path)[:80]}...: {exc.strerror or exc}") from None
+        if not exists:
             raise ArtifactError(f"artifact {path} does not exist")
-        if not path.is_dir():
+        if not is_dir:
             raise ArtifactError(f"{path} is not an artifact directory (it is a file)")
         mpath = path / MANIFEST
-        if not mpath.is_file():
+        if not os.path.lexists(mpath):
             raise ArtifactError(f"{path} is not an artifact: it has no {MANIFEST}")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{mpath} is corrupted: {exc}") from None
-        if not isinstance(manifest, dict) or "kind" not in manifest or "files" not in manifest:
-            raise ArtifactError(f"{mpath} is not a cunet-edge manifest (no kind/files)")
+        # Checked whole before any work: a regular UTF-8 file of bounded size and depth, and the schema.
+        manifest = check_manifest(read_json_record(mpath, "manifest"), str(mpath))
         art = cls(path, manifest).require(kinds)
         if verify:
             art.verify()
@@ -168,15 +234,18 @@ class Artifact:
         return self
 
     def verify(self) -> None:
-        """Check every payload file exists with the size and hash the manifest recorded."""
+        """Check every payload file is a regular file inside the artifact with the size and hash the manifest
+        recorded."""
+        where = f"artifact {self.path}"
         for name, meta in self.manifest["files"].items():
-            fpath = self.path / name
-            if not fpath.is_file():
+            fpath = check_member(self.path, name, where)  # confined: nothing outside the artifact is read
+            if not os.path.lexists(fpath):
                 raise ArtifactError(f"artifact {self.path} is incomplete: {name} is missing")
-            if fpath.stat().st_size != meta["bytes"]:
+            size = check_regular_file(fpath, f"{where}: payload file").st_size
+            if size != meta["bytes"]:
                 raise ArtifactError(
                     f"artifact {self.path} is truncated or corrupted: {name} has "
-                    f"{fpath.stat().st_size} bytes, manifest says {meta['bytes']}"
+                    f"{size} bytes, manifest says {meta['bytes']}"
                 )
             if _sha256(fpath) != meta["sha256"]:
                 raise ArtifactError(f"artifact {self.path} is corrupted: {name} does not match its hash")

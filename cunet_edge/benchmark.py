@@ -21,6 +21,7 @@ from .constants import PROFILE_TIMESTEP
 from .diffusion import SPACINGS, alphas_cumprod, sampling_schedule
 from .errors import ConfigError
 from .kinds import runtime_for
+from .limits import check_number, check_threads
 from .records import SOLVER, bench_section, write_metrics
 from .runtimes.base import open_runner
 from .runtimes.numpy_sampler import SAMPLERS
@@ -28,6 +29,10 @@ from .timing import collect_samples, summarize_ms, time_call, wall_clock_ms
 
 __all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops",
            "example_feed", "image_call"]
+
+
+BENCH_LIMITS = {"batch": 65536, "warmup": 100_000, "min_iters": 1_000_000, "min_seconds": 3600.0, "rounds": 1000,
+                "image_reps": 1000}
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,13 @@ class BenchConfig:
             check_positive(name, getattr(self, name))
         check_positive("min_seconds", self.min_seconds)
         check_positive("warmup", self.warmup, allow_zero=True)
+        # Sensible ranges: a protocol that cannot end in a day is a typo (10^12 iterations, a year of seconds).
+        for name, high in BENCH_LIMITS.items():
+            check_number(name, getattr(self, name), high=high)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("spacing", self.spacing, SPACINGS)
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
 
 
 # Per-target runner options in a target spec (PATH@RUNTIME:OPT,OPT), so that variants of one
@@ -194,8 +202,11 @@ def _peak_rss_mb() -> float:
 
 
 def _open_all(stack, targets, cfg: BenchConfig) -> list:
-    return [stack.enter_context(open_runner(t.path, t.runtime, **(_runner_options(t.runtime, cfg) | t.overrides())))
-            for t in targets]
+    runners = [stack.enter_context(open_runner(t.path, t.runtime, **(_runner_options(t.runtime, cfg) | t.overrides())))
+               for t in targets]
+    for r in runners:  # the sampler options every runtime takes, checked before any timing (a ConfigError)
+        sampling_schedule(r.train_config().diffusion, cfg.sampler_steps, sampler=cfg.sampler, spacing=cfg.spacing)
+    return runners
 
 
 def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], list[list[float]]]:

@@ -19,9 +19,10 @@ from .config import check_choice, check_positive, from_dict, load_config_file, t
 from .data import DataConfig, image_channels, save_image_grid
 from .diffusion import DiffusionConfig
 from .errors import ArtifactError, ConfigError
-from .kinds import MODEL_KINDS
+from .kinds import MODEL_KINDS, check_kind_files
 from .models import build_model, model_config_from_dict
 from .records import check_solver_request
+from .limits import check_seed, read_json_record
 
 __all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
            "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
@@ -62,6 +63,7 @@ class TrainConfig:
     explicit_solver: bool = True
 
     def __post_init__(self):
+        check_seed(self.seed)
         for name in ("steps", "batch_size", "lr", "save_every", "sample_n", "sample_steps"):
             check_positive(name, getattr(self, name))
         check_positive("warmup_steps", self.warmup_steps, allow_zero=True)
@@ -94,8 +96,13 @@ def train_config_from_options(config_file: str | None = None, *, base: dict[str,
     follow the dataset unless the file sets them.
     """
     d = load_config_file(config_file) if config_file else dict(base or {})
+    for table in ("data", "model"):
+        if not isinstance(d.get(table, {}), dict):
+            raise ConfigError(f"{table}: expected a table of settings, got {d[table]!r}")
     data = dict(d.get("data", {}))
     model = dict(d.get("model", {}))
+    if not isinstance(model.get("solver", {}), dict):
+        raise ConfigError(f"model.solver: expected a table of settings, got {model['solver']!r}")
     for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):
         if value is not None:
             data[key] = value
@@ -135,10 +142,7 @@ def model_signature(model_cfg) -> dict[str, Any]:
 
 def read_train_config(art: Artifact) -> TrainConfig:
     """The TrainConfig in a model artifact's config.json; an unreadable or invalid one is an ArtifactError."""
-    try:
-        data = json.loads(art.file(CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{art.path}/{CONFIG} is unreadable: {exc}") from None
+    data = read_json_record(art.file(CONFIG), "model config")  # a regular UTF-8 file, bounded size and depth
     try:
         return train_config_from_dict(data)
     except ConfigError as exc:
@@ -168,6 +172,7 @@ def load_checkpoint(src: str | Path | Artifact, device: str = "cpu", kinds=MODEL
     `src` is a path (opened and its hashes checked here) or an Artifact a caller already opened.
     """
     art = src.require(kinds) if isinstance(src, Artifact) else Artifact.load(src, kinds=kinds)
+    check_kind_files(art.manifest, art.path)
     cfg = read_train_config(art)
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")

@@ -7,7 +7,6 @@ Unknown keys and wrongly typed values are errors naming the key and what is allo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .limits import MAX_CONFIG_BYTES, check_number, read_json_record, read_text_file
 
 __all__ = ["from_dict", "to_dict", "replace", "load_config_file", "check_choice", "check_positive"]
 
@@ -62,9 +62,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        # Finite, always: a config, a recipe (TOML has nan and inf) and the CLI meet this one check.
+        return check_number(where, value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -138,20 +137,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     import tomllib
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        data = read_json_record(path, "config file", max_bytes=MAX_CONFIG_BYTES, finite=True, error=ConfigError)
     else:
         try:
-            data = tomllib.loads(text)
+            data = tomllib.loads(read_text_file(path, "config file"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path} is not valid TOML: nested too deep") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings")
     return data

@@ -10,6 +10,7 @@ __all__ = [
     "BackendMissingError",
     "import_backend",
     "OutputPathError",
+    "one_line",
 ]
 
 
@@ -33,6 +34,11 @@ class DatasetError(CunetEdgeError):
 
 class OutputPathError(CunetEdgeError):
     """An output path that cannot be written."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message as the one line the CLI prints, whatever it quotes (a file name or key with a newline)."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class BackendMissingError(CunetEdgeError):

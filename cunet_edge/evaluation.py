@@ -47,7 +47,8 @@ from .config import to_dict
 from .data import DataConfig, load_images, num_classes
 from .errors import BackendMissingError, ConfigError, DatasetError, OutputPathError
 from .records import SOLVER, evaluate_section, kid_text, write_metrics
-from .sampling import FEATURE_SPACES, EvaluateConfig, draw_images
+from .sampling import FEATURE_SPACES, EvaluateConfig, check_sample_request, draw_images
+from .limits import check_seed
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +89,7 @@ class ClassifierConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_seed(self.seed)
         for name in ("steps", "batch_size", "lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"classifier {name} must be > 0, got {getattr(self, name)}")
@@ -529,7 +531,8 @@ def _confidence(classifier: models.Classifier, samples: torch.Tensor, test_x: to
 
 
 def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: str | None = None,
-                        inception_network: torch.nn.Module | None = None, **runner_options) -> dict:
+                        inception_network: torch.nn.Module | None = None, record: bool = True,
+                        **runner_options) -> dict:
     """Sample an artifact with `sample_cfg` and score the images; also saved as its metrics.json.
 
     The feature space comes from an EvaluateConfig's `features` (a plain SampleConfig: the default one) and is
@@ -539,6 +542,7 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
     sampler, fed the same seeded noise. The artifact is opened once (`path` may be an Artifact already opened).
     """
     art = path if isinstance(path, Artifact) else Artifact.load(path)
+    check_sample_request(art, sample_cfg)  # before the feature space is set up (a classifier may be trained)
     data_cfg = read_train_config(art).data
     features, weights = (sample_cfg.features, sample_cfg.inception_weights) if isinstance(
         sample_cfg, EvaluateConfig) else (None, None)
@@ -553,8 +557,9 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
     )
     # "evaluate" is the latest evaluation; the sampler-specific section keeps one per sampler setting
     # (a report can then set several sampler step counts of one artifact side by side).
-    write_metrics(art.path, "evaluate", metrics)
-    write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps, sample_cfg.spacing), metrics)
+    if record:  # `record=False`: the caller keeps the result (a pipeline never writes into a linked model)
+        write_metrics(art.path, "evaluate", metrics)
+        write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps, sample_cfg.spacing), metrics)
     return metrics
 
 

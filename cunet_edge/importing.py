@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -239,8 +240,10 @@ def parse_import_spec(data: dict[str, Any], base: str | Path, *, where: str = "i
 def load_import_spec(path: str | Path) -> ImportSpec:
     """Read and check an import spec file (TOML, or JSON by its suffix)."""
     path = Path(path).expanduser()
+    if not os.path.lexists(path):  # False, too, for a name the file system cannot hold
+        raise ConfigError(f"import spec {str(path)[:200]} does not exist")
     if not path.is_file():
-        raise ConfigError(f"import spec {path} does not exist" if not path.exists() else f"import spec {path} is not a file")
+        raise ConfigError(f"import spec {path} is not a file")
     return parse_import_spec(load_config_file(path), path.absolute().parent, where=f"import spec {path}",
                              origin=path.absolute())
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 
 __all__ = ["Kind", "KINDS", "MODEL_KINDS", "ONNX_KINDS", "RUNNABLE_KINDS", "StageIO", "STAGE_IO", "runtime_for",
-           "kind_runtime", "kinds_run_by"]
+           "kind_runtime", "check_kind_files", "kinds_run_by"]
 
 
 @dataclass(frozen=True)
@@ -20,16 +20,20 @@ class Kind:
 
     holds: str
     runtime: str | None
+    files: tuple[str, ...] = ()  # payload files every artifact of the kind holds (its manifest must list them)
 
 
+_TORCH_FILES = ("config.json", "model.safetensors")
 KINDS: dict[str, Kind] = {
-    "checkpoint": Kind("a torch model as config.json + model.safetensors, its ODE blocks on torchdiffeq", "torch"),
-    "unrolled": Kind("a torch model whose ODE solvers are baked in as explicit fixed steps", "torch"),
-    "pruned": Kind("an unrolled torch model with channels removed", "torch"),
-    "onnx": Kind("an ONNX model (fp32 or fp16) of an unrolled or pruned model", "onnxruntime"),
-    "onnx-int8": Kind("an ONNX model with INT8 Q/DQ nodes", "onnxruntime"),
-    "tensorrt-engine": Kind("a serialized TensorRT engine, tied to the GPU and TensorRT that built it", "tensorrt"),
-    "torch-tensorrt": Kind("a torch-tensorrt compiled program (torch.export)", "torch-tensorrt"),
+    "checkpoint": Kind("a torch model as config.json + model.safetensors, its ODE blocks on torchdiffeq", "torch",
+                       _TORCH_FILES),
+    "unrolled": Kind("a torch model whose ODE solvers are baked in as explicit fixed steps", "torch", _TORCH_FILES),
+    "pruned": Kind("an unrolled torch model with channels removed", "torch", _TORCH_FILES),
+    "onnx": Kind("an ONNX model (fp32 or fp16) of an unrolled or pruned model", "onnxruntime", ("model.onnx",)),
+    "onnx-int8": Kind("an ONNX model with INT8 Q/DQ nodes", "onnxruntime", ("model.onnx",)),
+    "tensorrt-engine": Kind("a serialized TensorRT engine, tied to the GPU and TensorRT that built it", "tensorrt",
+                            ("engine.plan",)),
+    "torch-tensorrt": Kind("a torch-tensorrt compiled program (torch.export)", "torch-tensorrt", ("model.ep",)),
 }
 # Kinds that hold a torch model as config.json + model.safetensors.
 MODEL_KINDS = tuple(k for k, v in KINDS.items() if v.runtime == "torch")
@@ -84,6 +88,16 @@ def runtime_for(kind: str, where: object = "the artifact") -> str:
     if spec is None or spec.runtime is None:
         raise ConfigError(f"{where} is an artifact of kind {kind!r}, which no runtime runs")
     return spec.runtime
+
+
+def check_kind_files(manifest: dict, where: object) -> None:
+    """Refuse an artifact whose manifest does not list the files its kind holds (a kind that does not match the
+    files present), in one line, before a runner or loader opens a file that is not there."""
+    spec = KINDS.get(manifest.get("kind"))
+    missing = [f for f in (spec.files if spec else ()) if f not in manifest.get("files", {})]
+    if missing:
+        raise ArtifactError(f"{where} is an artifact of kind {manifest['kind']!r}, which holds "
+                            f"{', '.join(spec.files)}; its manifest lists no {', '.join(missing)}")
 
 
 def kind_runtime(kind: str) -> str | None:

@@ -24,6 +24,13 @@ its config and of its inputs' artifact ids. Run again, a stage whose marker and 
 match is skipped; any other is run again from scratch (training resumes from its last save).
 Artifacts are written to a temporary folder and renamed into place, so a run killed at any
 point, SIGKILL included, leaves no artifact that looks valid but is not.
+
+The run folder is the pipeline's own: `.pipeline/` marks it, and a stage's output is marked
+(`.pipeline/owned/NAME`) before the stage writes it. A run removes only what it marked; an `--out`
+that holds anything else (the user's folders) is refused before any work, as is one inside an
+artifact. One run at a time writes into a run folder (a lock, `.pipeline/lock`). Stages that measure
+their inputs record into the metrics.json of the run's own artifacts only: a model a `load` stage
+links in from elsewhere is never written to (its measurements are in the stage's result.json).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,14 +48,15 @@ from typing import Any, Callable
 import tomllib
 
 from . import pipeline_stages as stages
-from .artifact import Artifact, check_output_path, write_json_atomic
+from .artifact import MANIFEST, Artifact, check_output_path, write_json_atomic
 from .benchmark import BenchConfig
 from .checkpoint import TrainConfig, train_config_from_options
-from .config import check_positive, from_dict, to_dict
-from .errors import ArtifactError, ConfigError, CunetEdgeError
+from .config import from_dict, to_dict
+from .errors import ArtifactError, ConfigError, CunetEdgeError, OutputPathError
 from .evaluation import check_features
 from .export.onnx import OnnxExportConfig
 from .kinds import MODEL_KINDS, STAGE_IO, StageIO, kind_runtime
+from .limits import check_threads, read_text_file
 from .pruning import PruneConfig
 from .quantize.int8 import QuantizeConfig
 from .report.stage import ReportConfig
@@ -130,7 +139,7 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
 
 
 @dataclass(frozen=True)
@@ -156,12 +165,15 @@ class Recipe:
 
 
 def _read_toml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+    if not os.path.lexists(path):  # False, too, for a name the file system cannot hold
+        raise ConfigError(f"recipe {str(path)[:200]} does not exist")
+    text = read_text_file(path, "recipe")  # a regular UTF-8 file of bounded size (a FIFO would hang)
     try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {path} is not TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is not TOML: nested too deep") from None
 
 
 def _parse_config(spec: dict, definition: StageDef, where: str) -> Any:
@@ -303,13 +315,50 @@ def _is_done(run_dir: Path, stage: PlannedStage, h: str) -> bool:
         return False
 
 
+OWNED = "owned"
+LOCK = "lock"
+
+
+def _owned(run_dir: Path, name: str) -> bool:
+    """Whether the pipeline wrote `name` in this run folder: it marked it, or (runs of older versions) its stage
+    finished with a marker."""
+    return (run_dir / MARKERS / OWNED / name).is_file() or _marker(run_dir, name).is_file()
+
+
+def _check_run_dir(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse, before any work, a run folder that is an artifact, holds what is not a pipeline run's, or has a
+    stage's output name taken by something the pipeline did not write."""
+    if not run_dir.exists():
+        return
+    if (run_dir / MANIFEST).is_file():
+        raise OutputPathError(f"--out {run_dir} is an artifact; a run folder must be a new or a pipeline's folder")
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if entries and not (run_dir / MARKERS).is_dir():
+        raise OutputPathError(f"--out {run_dir} is not empty and is not a pipeline run folder (it holds "
+                              f"{', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); choose a new or "
+                              f"empty folder")
+    for s in recipe.stages:
+        if os.path.lexists(run_dir / s.name) and not _owned(run_dir, s.name):
+            raise OutputPathError(f"{run_dir / s.name} was not written by this pipeline; stage {s.name!r} would "
+                                  f"replace it: move it away or rename the stage")
+
+
+def _mark_owned(run_dir: Path, name: str) -> None:
+    mark = run_dir / MARKERS / OWNED / name
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+
+
 def _clear_leftovers(run_dir: Path, name: str, *, keep_output: bool) -> None:
-    """Remove what a killed run of this stage left: temporary folders, and a stale output."""
+    """Remove what a killed run of this stage left: temporary folders, and a stale output (only one the pipeline
+    marked as its own: `_check_run_dir` refused the run otherwise)."""
     for tmp in run_dir.glob(f".{name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
     for old in run_dir.glob(f".{name}.old-*"):
         shutil.rmtree(old, ignore_errors=True)
     out = run_dir / name
+    if os.path.lexists(out) and not _owned(run_dir, name):
+        raise OutputPathError(f"{out} was not written by this pipeline; move it away or rename the stage")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         out.unlink()
     elif out.exists() and not keep_output:
@@ -330,9 +379,25 @@ class StageContext:
 def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False, progress: bool = True,
                  echo: Callable[[str], None] = print) -> dict:
     """Run a recipe into `run_dir`, skipping stages already done with the same hash; a summary dict."""
+    from filelock import FileLock, Timeout
+
     recipe = load_recipe(path, search=search)
     run_dir = check_output_path(run_dir, exist_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(run_dir, recipe)
+    (run_dir / MARKERS).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / MARKERS / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputPathError(f"another pipeline run is writing into {run_dir}; wait for it to finish") from None
+    try:
+        _check_run_dir(run_dir, recipe)  # again, now that no other run can change it
+        return _run_stages(recipe, run_dir, progress, echo)
+    finally:
+        lock.release()
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, progress: bool, echo: Callable[[str], None]) -> dict:
     outputs: dict[str, Any] = {}
     summary, t_all = [], time.perf_counter()
     for i, s in enumerate(recipe.stages, 1):
@@ -348,6 +413,7 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
         marker = _read_marker(run_dir, s.name)
         resumable = s.definition.resumable and (marker is None or marker.get("hash") == h)
         _clear_leftovers(run_dir, s.name, keep_output=resumable)
+        _mark_owned(run_dir, s.name)
         echo(f"{label}: running")
         t0 = time.perf_counter()
         ctx = StageContext(run_dir, out, inputs, recipe.settings, progress)

@@ -20,7 +20,7 @@ from .importing import SPEC_TABLES, ImportSpec, import_model, load_import_spec, 
 from .kinds import runtime_for
 from .pruning import prune
 from .quantize.int8 import format_side_by_side, quantize_int8
-from .records import RESULT
+from .records import RESULT, bench_section, write_metrics
 from .report.stage import report
 from .training import train
 from .unrolling import unroll
@@ -124,12 +124,21 @@ def run_quantize(cfg, ctx):
     return art
 
 
+def _in_run(art: Artifact, ctx) -> bool:
+    """Whether an input artifact lies in the run folder (links resolved): only those get metrics.json sections; a
+    model a `load` stage linked in from elsewhere is never written to (its results are in the stage's result.json)."""
+    return ctx.run_dir.resolve() in art.path.resolve().parents
+
+
 def run_bench(cfg, ctx):
     """All inputs timed side by side in one bench run, each on its kind's runtime."""
     if cfg.threads is None and ctx.settings.threads:
         cfg = replace(cfg, threads=ctx.settings.threads)
     targets = [BenchTarget(str(a.path), runtime_for(a.kind, a.path)) for a in ctx.inputs]
-    result = bench(targets, cfg, progress=ctx.progress)
+    result = bench(targets, cfg, progress=ctx.progress, record=False)
+    for row, a in zip(result["results"], ctx.inputs):
+        if _in_run(a, ctx):
+            write_metrics(a.path, bench_section(row), row)
     print(format_bench(result))
     write_json_atomic(ctx.out / RESULT, result)
     return None
@@ -142,7 +151,7 @@ def run_evaluate(cfg, ctx):
     for a in ctx.inputs:
         runtime = runtime_for(a.kind, a.path)
         options = {"threads": ctx.settings.threads} if runtime == "onnxruntime" and ctx.settings.threads else {}
-        m = evaluate_checkpoint(a, cfg, progress=ctx.progress, runtime=runtime, **options)
+        m = evaluate_checkpoint(a, cfg, progress=ctx.progress, runtime=runtime, record=_in_run(a, ctx), **options)
         print(f"  {a.path.name}: {format_evaluation(m)}  [{runtime}]")
         rows.append(m)
     write_json_atomic(ctx.out / RESULT, {"results": rows})

@@ -48,6 +48,7 @@ from .kinds import STAGE_IO
 from .models import build_model, profile_model
 from .records import DRIFT, PRUNING, SOLVER, TRAINED_SOLVER
 from .training import fit
+from .limits import check_seed, check_threads
 
 __all__ = ["IMPORTANCES", "SCOPES", "SELECTIONS", "PruneConfig", "prune"]
 
@@ -81,6 +82,7 @@ class PruneConfig:
     keep: tuple[str, ...] = ()  # modules of an imported network to leave whole (paths inside the network)
 
     def __post_init__(self):
+        check_seed(self.seed)
         given = [n for n in ("target_macs", "target_params") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError("give exactly one target: --target-macs F or --target-params F (a fraction in (0, 1))")
@@ -431,6 +433,8 @@ def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, thre
 
     tp = import_backend("torch_pruning", "torch-pruning", INSTALL_HINT)
     check_output_path(out)
+    if threads is not None:
+        check_threads(threads)
     parent = _load_source(src, cfg)
     base = profile_model(parent.model, parent.config.model)
     if threads:

@@ -11,7 +11,9 @@ add and later stages, the report and the device tools read:
 
 An artifact's `metrics.json` holds one section per measurement: `bench_section` and
 `evaluate_section` name them, `BENCH_SECTION` / `EVALUATE_SECTION` parse them back, and
-`write_metrics` / `read_metrics` are the only code that touches the file.
+`write_metrics` / `read_metrics` are the only code that touches the file. Updates are a read-merge-write
+under an exclusive lock (`filelock`, on `.metrics.json.lock` beside it), so two processes measuring one
+artifact at once (two bench runs, a bench and an evaluate) both keep their sections.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import write_json_atomic
-from .errors import ConfigError
+from .errors import ConfigError, OutputPathError
 
 __all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "VERIFICATION", "METRICS", "RESULT",
            "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
            "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
-           "write_metrics", "read_metrics", "evaluation_features", "kid_text", "sampler_setting",
+           "write_metrics", "read_metrics", "METRICS_LOCK", "evaluation_features", "kid_text", "sampler_setting",
            "split_sampler_setting"]
 
 SOLVER = "solver"
@@ -39,6 +41,9 @@ VERIFICATION = "verification"
 METRICS = "metrics.json"
 # A pipeline stage that measures in place (bench, evaluate, pareto) writes its own result here, in its folder.
 RESULT = "result.json"
+METRICS_LOCK = ".metrics.json.lock"
+# How long a writer waits for another process's metrics.json update (each takes milliseconds).
+METRICS_LOCK_TIMEOUT_S = 60.0
 
 
 # --- solver --------------------------------------------------------------------------------------------
@@ -58,8 +63,8 @@ def check_solver_request(manifest: dict, where, method: str | None = None, steps
     so ONNX files, quantized models and engines refuse a mismatched request the same way.
     """
     rec = manifest.get(SOLVER)
-    if rec is None or (method is None and steps is None):
-        return
+    if not isinstance(rec, dict) or "method" not in rec or "steps" not in rec or (method is None and steps is None):
+        return  # nothing baked in to compare against
     want = (method or rec["method"], steps or rec["steps"])
     if want != (rec["method"], rec["steps"]):
         raise ConfigError(
@@ -175,17 +180,32 @@ def read_metrics(artifact_dir: str | Path) -> dict[str, Any]:
     path = Path(artifact_dir) / METRICS
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deep to be a metrics table") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON table")
     return data
 
 
 def write_metrics(artifact_dir: str | Path, section: str, metrics: dict) -> None:
-    """Merge `metrics` under `section` into the artifact's metrics.json, atomically (an unreadable file starts anew)."""
+    """Merge `metrics` under `section` into the artifact's metrics.json, atomically and under a lock held across
+    the read, the merge and the write (an unreadable file starts anew)."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(artifact_dir)
+    lock = FileLock(str(folder / METRICS_LOCK), timeout=METRICS_LOCK_TIMEOUT_S)
     try:
-        current = read_metrics(artifact_dir)
-    except (ValueError, UnicodeDecodeError):
-        current = {}
-    current[section] = metrics
-    write_json_atomic(Path(artifact_dir) / METRICS, current)
+        with lock.acquire(poll_interval=0.005):
+            try:
+                current = read_metrics(folder)
+            except (ValueError, UnicodeDecodeError):
+                current = {}
+            current[section] = metrics
+            write_json_atomic(folder / METRICS, current)
+    except Timeout:
+        raise OutputPathError(f"cannot update {folder / METRICS}: another process has held its lock "
+                              f"{folder / METRICS_LOCK} for {METRICS_LOCK_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise OutputPathError(f"cannot update {folder / METRICS}: {exc.strerror or exc}") from None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .artifact import Artifact
-from .checkpoint import load_checkpoint, with_solver
+from .checkpoint import load_checkpoint, read_train_config, with_solver
 from .config import check_choice, check_positive
 from .data import save_image_grid
 from .diffusion import SAMPLERS, SPACINGS, alphas_cumprod, from_model_range, sample, sampling_schedule
@@ -15,8 +16,10 @@ from .errors import ConfigError
 from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
 from .runtimes.base import open_runner
+from .limits import check_fits_memory, check_seed
 
-__all__ = ["SampleConfig", "EvaluateConfig", "FEATURE_SPACES", "generate", "generate_with_runner", "open_for_sampling", "draw_images",
+__all__ = ["SampleConfig", "EvaluateConfig", "FEATURE_SPACES", "generate", "generate_with_runner", "open_for_sampling",
+           "draw_images", "check_sample_request",
            "write_sample_grid"]
 
 
@@ -39,6 +42,7 @@ class SampleConfig:
     spacing: str = "uniform"
 
     def __post_init__(self):
+        check_seed(self.seed)
         check_positive("n", self.n)
         check_positive("batch_size", self.batch_size)
         check_choice("sampler", self.sampler, SAMPLERS)
@@ -144,6 +148,18 @@ def open_for_sampling(art: Artifact, cfg: SampleConfig, runtime: str | None = No
                        solver_steps=cfg.solver_steps, **options)
 
 
+def check_sample_request(art: Artifact, cfg: SampleConfig) -> None:
+    """Refuse, before any work, a sample count whose images cannot be held in this machine's memory (they are held
+    whole, as float32), with the estimate in the message, and sampler steps the artifact's schedule does not have
+    (on every runtime: the numpy sampler of exported models as the torch one)."""
+    shape = ((art.manifest.get("signature") or {}).get("inputs", {}).get("x") or {}).get("shape") or []
+    pixels = math.prod(d for d in shape[1:] if isinstance(d, int)) or 1
+    check_fits_memory(f"drawing {cfg.n} images", 4.0 * cfg.n * pixels,
+                      f"{cfg.n} x {'x'.join(str(d) for d in shape[1:]) or pixels} float32 values held")
+    if "config.json" in art.manifest["files"]:  # the sampler's options, as every runtime's sampler takes them
+        sampling_schedule(read_train_config(art).diffusion, cfg.steps, sampler=cfg.sampler, spacing=cfg.spacing)
+
+
 def draw_images(artifact: str | Path | Artifact, cfg: SampleConfig, *, progress: bool = False,
                 runtime: str | None = None, **runner_options) -> tuple[Any, str]:
     """cfg.n images from an artifact, opened (and its hashes checked) once, and the runtime that drew them.
@@ -153,6 +169,7 @@ def draw_images(artifact: str | Path | Artifact, cfg: SampleConfig, *, progress:
     """
     kinds = STAGE_IO["sample"].accepts
     art = artifact.require(kinds) if isinstance(artifact, Artifact) else Artifact.load(artifact, kinds=kinds)
+    check_sample_request(art, cfg)
     if runtime in (None, "torch") and art.kind in MODEL_KINDS and not runner_options:
         return generate(load_checkpoint(art), cfg, progress=progress), "torch"
     with open_for_sampling(art, cfg, runtime, **runner_options) as runner:

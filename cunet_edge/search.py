@@ -123,16 +123,34 @@ def pareto_front(rows: list[dict], quality: str = "fid", cost: str = "image_ms")
     return front
 
 
+def _run_evaluations(run_dir: Path) -> dict[tuple, dict]:
+    """The evaluations the run's evaluate stages recorded in their result.json, by (artifact, sampler, steps, spacing):
+    where the measurements of a model linked in from outside the run are (the pipeline never writes into it)."""
+    found = {}
+    for result in sorted(run_dir.glob(f"*/{RESULT}")):
+        try:
+            rows = json.loads(result.read_text()).get("results")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            continue
+        for m in rows if isinstance(rows, list) else ():
+            if isinstance(m, dict) and "fid" in m and isinstance(m.get("artifact"), str):
+                key = m.get("sampler"), m.get("sampler_steps"), m.get("spacing", "uniform")
+                found[(Path(m["artifact"]).resolve(), *key)] = m
+    return found
+
+
 def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
     bench = json.loads((ctx.run_dir / cfg.bench / RESULT).read_text())
     p50 = {Path(r["artifact"]).resolve(): r for r in bench["results"]}
+    in_run = _run_evaluations(ctx.run_dir)
     rows = []
     for art in ctx.inputs:
         metrics = read_metrics(art.path)
         timing = p50.get(art.path.resolve())
         spaced = "" if cfg.spacing == "uniform" else f" {cfg.spacing}"
         for st in cfg.sampler_steps:
-            ev = metrics.get(evaluate_section(cfg.sampler, st, cfg.spacing))
+            ev = (metrics.get(evaluate_section(cfg.sampler, st, cfg.spacing))
+                  or in_run.get((art.path.resolve(), cfg.sampler, st, cfg.spacing)))
             if ev is None or timing is None:
                 raise ConfigError(f"pareto: {art.path.name} has no {'evaluation' if ev is None else 'bench'} at "
                                   f"{cfg.sampler} {st}{spaced}; run the evaluate and bench stages first")

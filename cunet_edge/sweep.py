@@ -23,6 +23,7 @@ from .models import SolverConfig, build_model, count_nfe
 from .models.explicit import UNROLLABLE, nfe_per_step
 from .records import solver_record
 from .timing import time_call, time_side_by_side
+from .limits import check_seed
 
 __all__ = ["SweepConfig", "solver_sweep", "format_table"]
 
@@ -42,6 +43,7 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_seed(self.seed)
         bad = [m for m in self.methods if m not in UNROLLABLE]
         if bad:
             raise ConfigError(f"method {bad[0]!r} is not one of: {', '.join(UNROLLABLE)}")

@@ -23,6 +23,7 @@ from .errors import ArtifactError, ConfigError
 from .kinds import STAGE_IO
 from .models import build_model
 from .models.explicit import UNROLLABLE
+from .limits import check_threads
 
 __all__ = ["train", "fit", "training_model_config", "launch_data_parallel"]
 
@@ -205,6 +206,8 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True, threads: 
     import torch
 
     out = check_output_path(out, exist_ok=True)
+    if threads is not None:
+        check_threads(threads)
     if cfg.model.in_channels != image_channels(cfg.data):
         raise ConfigError(
             f"model.in_channels {cfg.model.in_channels} but dataset {cfg.data.name} has "

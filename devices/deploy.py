@@ -36,6 +36,7 @@ from ..kinds import STAGE_IO
 from ..quantize.lint import assert_tensorrt_qdq
 from ..records import SOLVER, precision_of
 from .profiles import check_request, load_profile
+from ..limits import check_seed
 
 __all__ = [
     "BUNDLE_KIND",
@@ -72,6 +73,7 @@ class DeployConfig:
     max_batch: int = 16
 
     def __post_init__(self):
+        check_seed(self.seed)
         for name in ("selfcheck_n", "workspace_mb", "max_batch"):
             check_positive(name, getattr(self, name))
 

@@ -25,6 +25,7 @@ from ..kinds import STAGE_IO
 from ..records import SOLVER, precision_of
 from ..timing import time_call
 from .profiles import DeviceProfile, check_request, list_profiles, load_profile
+from ..limits import check_threads
 
 __all__ = ["CPU_DEVICE", "DEFAULT_LAUNCH_US", "CalibrateConfig", "EstimateConfig", "calibrate", "calibrate_on_this_cpu",
            "estimate", "format_estimate", "measure_copy_bandwidth_gbs", "measure_node_overhead_us", "roofline"]
@@ -73,7 +74,7 @@ class CalibrateConfig:
 
     def __post_init__(self):
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
         check_positive("copy_mb", self.copy_mb)
         check_positive("min_iters", self.min_iters)
         check_positive("min_seconds", self.min_seconds)

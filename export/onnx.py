@@ -26,6 +26,7 @@ from ..models import profile_model
 from ..records import SOLVER
 from .graph_cost import graph_costs
 from .trt_compat import check_tensorrt_compat
+from ..limits import check_seed
 
 __all__ = ["OnnxExportConfig", "export_onnx", "ExportVerificationError", "ONNX_FILE"]
 
@@ -52,6 +53,7 @@ class OnnxExportConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_seed(self.seed)
         check_choice("precision", self.precision, PRECISIONS)
         check_positive("batch", self.batch)
         check_positive("verify_n", self.verify_n)

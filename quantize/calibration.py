@@ -18,6 +18,7 @@ import numpy as np
 from ..config import check_choice, check_positive
 from ..diffusion import alphas_cumprod
 from ..errors import ConfigError
+from ..limits import check_seed
 from ..runtimes.numpy_sampler import SAMPLERS, sample
 
 __all__ = ["CalibrationConfig", "capture_calibration_set", "activation_ranges", "CALIBRATION_METHODS"]
@@ -39,6 +40,7 @@ class CalibrationConfig:
     chunk: int = 64
 
     def __post_init__(self):
+        check_seed(self.seed)
         check_positive("n_images", self.n_images)
         check_positive("sampler_steps", self.sampler_steps)
         check_positive("chunk", self.chunk)

@@ -17,7 +17,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..checkpoint import read_train_config
 from ..errors import ArtifactError, ConfigError
-from ..kinds import KINDS, kinds_run_by
+from ..kinds import KINDS, check_kind_files, kinds_run_by
 from ..records import check_solver_request, precision_of
 
 __all__ = ["Runner", "RUNTIMES", "open_runner", "check_feed"]
@@ -138,6 +138,7 @@ def open_runner(artifact: str | Path | Artifact, runtime: str, *, solver: str | 
                             f"{', '.join(kinds)}" + (f" (use --runtime {hint})" if hint else ""))
     if "signature" not in art.manifest:
         raise ArtifactError(f"{path}/manifest.json has no input/output signature")
+    check_kind_files(art.manifest, path)
     check_solver_request(art.manifest, path, solver, solver_steps)
     if runtime == "torch":  # a checkpoint runs through torchdiffeq with any solver asked for
         options.update(solver=solver, solver_steps=solver_steps)

@@ -11,7 +11,7 @@ import importlib
 
 import click
 
-from ..errors import CunetEdgeError
+from ..errors import CunetEdgeError, one_line
 
 __all__ = ["main", "COMMANDS", "INTERNAL_ERROR_EXIT"]
 
@@ -81,7 +81,7 @@ class LazyGroup(click.Group):
         except CunetEdgeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # usage errors (exit 2), --help and --version, Ctrl-C: click's own handling

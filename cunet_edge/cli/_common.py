@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..artifact import write_json_atomic
+from ..artifact import check_name_length, check_not_in_artifact, write_json_atomic
 from ..diffusion import SPACINGS, sample_ddim
 from ..errors import OutputPathError
 
@@ -25,10 +25,12 @@ JSON_OPTION = click.option(
 
 
 def check_file_output(path: str | os.PathLike, suffix: str | None = None) -> Path:
-    """Fail before any work if `path` cannot be written (or has the wrong suffix)."""
+    """Fail before any work if `path` cannot be written, lies inside an artifact, or has the wrong suffix."""
     path = Path(path)
     if suffix and path.suffix.lower() != suffix:
         raise OutputPathError(f"output {path} must end in {suffix}")
+    check_name_length(path)
+    check_not_in_artifact(path)
     parent = path.absolute().parent
     if path.is_dir():
         raise OutputPathError(f"output {path} is a directory")

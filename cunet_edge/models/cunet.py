@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import check_choice, check_positive
 from ..errors import ConfigError
+from ..limits import check_fits_memory, check_int
 from .explicit import integrate_unrolled
 from .solver import SolverConfig
 
@@ -64,12 +65,23 @@ def check_unet_shape(cfg: object) -> tuple[list[int], list[int]]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         check_positive(name, value)
+        check_int(name, value, high=2**31 - 1)
     if not cfg.channel_mults:
         raise ConfigError("channel_mults must list at least one level multiplier")
+    if len(cfg.channel_mults) > 16:
+        raise ConfigError(f"channel_mults lists {len(cfg.channel_mults)} levels; at most 16")
     for i, m in enumerate(cfg.channel_mults):
         check_positive(f"channel_mults[{i}]", m)
+        check_int(f"channel_mults[{i}]", m, high=2**31 - 1)
     widths = [cfg.base_channels * m for m in cfg.channel_mults]
     resolutions = [cfg.image_size // 2**i for i in range(len(widths))]
+    # A lower bound of what the model takes (two 3x3 convolutions per level, one image's first feature map, float32),
+    # refused before a layer is built: base_channels 10^7 would otherwise try to allocate petabytes.
+    weights = sum(2 * 9 * w * w for w in widths)
+    activations = widths[0] * cfg.image_size ** 2 + cfg.in_channels * cfg.image_size ** 2
+    check_fits_memory("this model config", 4 * (weights + activations),
+                      f"{weights:.3g} weights at widths {widths[:4]}, {activations:.3g} activations per image "
+                      f"at {cfg.image_size}x{cfg.image_size}")
     _check_widths(widths, resolutions, cfg)
     return widths, resolutions
 

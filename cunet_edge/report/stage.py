@@ -11,6 +11,7 @@ renamed into place at the end, so a failure never leaves a half-written report.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 import shutil
@@ -30,6 +31,7 @@ from ..search import pareto_front as non_dominated
 from . import render
 from .gather import DEFAULT_SAMPLER, Node, artifact_facts, find_artifacts, link_lineage, variant_label, variant_rows
 from .measure import EPS_RUNS, EPS_STEPS, estimate_devices, measure_lineages, psnr, rel_err
+from ..limits import check_seed, check_threads
 
 __all__ = ["ReportConfig", "report", "pareto_front", "QUALITY_AXES", "LATENCY_AXES", "STAGE_ORDER"]
 
@@ -53,9 +55,10 @@ class ReportConfig:
     threads: int | None = 1
 
     def __post_init__(self):
+        check_seed(self.seed)
         check_positive("samples", self.samples)
         if self.threads is not None:
-            check_positive("threads", self.threads)
+            check_threads(self.threads)
         if self.devices:
 
             for d in self.devices:
@@ -246,6 +249,20 @@ def _check_out(out, nodes: list[Node]) -> None:
             raise OutputPathError(f"output {out} is inside artifact {n.art.path}; write the report elsewhere")
 
 
+def _check_is_report(out: Path) -> None:
+    """`--replace` swaps out only a report this command wrote: its report.json and nothing but report files."""
+    known = set(render.FILES.values()) | {"samples"}
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+    try:
+        record = json.loads((out / render.FILES["json"]).read_text())
+    except (OSError, ValueError, RecursionError):
+        record = None
+    foreign = [n for n in names if n not in known]
+    if not isinstance(record, dict) or "variants" not in record or foreign:
+        why = f"it holds {', '.join(foreign[:3])}" if foreign else f"it has no {render.FILES['json']} of a report"
+        raise OutputPathError(f"--replace replaces only a report, and {out} is not one ({why}); choose another --out")
+
+
 def report(run_dir: str | Path, cfg: ReportConfig, out: str | Path, *, replace: bool = False,
            progress: bool = True) -> dict:
     """Stage: every artifact under run_dir → the report files in `out` (a directory, written atomically)."""
@@ -253,6 +270,8 @@ def report(run_dir: str | Path, cfg: ReportConfig, out: str | Path, *, replace: 
 
 
     out = check_output_path(out, exist_ok=replace)
+    if replace and out.exists():
+        _check_is_report(out)
     render.check_plotting()
     nodes, skipped = find_artifacts(run_dir)
     _check_out(out, nodes)
