@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import secrets
@@ -23,6 +24,7 @@ from .errors import ArtifactError, OutputPathError
 from .limits import check_manifest, check_member, check_regular_file, read_json_record
 
 __all__ = ["Artifact", "ArtifactWriter", "check_output_path", "library_versions", "MANIFEST", "write_atomic",
+           "json_safe", "json_text",
            "write_json_atomic", "staging_dir", "move_into_place", "enclosing_artifact", "check_not_in_artifact",
            "check_name_length"]
 
@@ -146,9 +148,25 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], None]) -
     return path
 
 
+def json_safe(v):
+    """Strict JSON: an infinite PSNR (identical images) becomes the string "inf", NaN the string "nan"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
+
+
+def json_text(data: Any) -> str:
+    """`data` as indented, key-sorted, strict JSON (no bare NaN or Infinity: `json_safe`; anything else as str)."""
+    return json.dumps(json_safe(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """`data` as indented, key-sorted JSON (anything else as str), written atomically."""
-    return write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """`data` as `json_text`, written atomically."""
+    return write_atomic(path, json_text(data))
 
 
 def staging_dir(out: Path) -> Path:
@@ -313,6 +331,6 @@ class ArtifactWriter:
         self.manifest["versions"] = library_versions()
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         self.manifest["id"] = f"{self.manifest['kind']}-{digest}"
-        (self.dir / MANIFEST).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+        (self.dir / MANIFEST).write_text(json_text(self.manifest))
         move_into_place(self.dir, self.out, replace=self.replace)
         self.artifact = Artifact(self.out, self.manifest)

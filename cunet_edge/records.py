@@ -19,6 +19,7 @@ artifact at once (two bench runs, a bench and an evaluate) both keep their secti
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def recorded_drift(manifest: dict) -> dict | None:
     """What a stage recorded of its own drift against its parent: ε relative error (and sample PSNR)."""
     drift = manifest.get(DRIFT)
     if isinstance(drift, dict) and isinstance(drift.get("eps_rel_err"), (int, float)):
-        return {"eps_rel_err": drift["eps_rel_err"], "sample_psnr_db": drift.get("sample_psnr_vs_parent"),
+        psnr = drift.get("sample_psnr_vs_parent")  # identical samples: infinite, written as "inf" (strict JSON)
+        return {"eps_rel_err": drift["eps_rel_err"], "sample_psnr_db": math.inf if psnr == "inf" else psnr,
                 "against": drift.get("reference", "parent")}
     ver = manifest.get(VERIFICATION)
     if isinstance(ver, dict) and isinstance(ver.get("rel_err"), (int, float)):

@@ -68,3 +68,25 @@ def test_existing_output_and_replace(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputPathError, match="not a writable directory"):
         _make(blocker / "sub")
+
+
+def test_records_are_strict_json_even_with_an_infinite_psnr(tmp_path):
+    """NaN and Infinity are not JSON: a manifest and a metrics record holding them are written as strings, and the
+    drift reader turns the infinite PSNR of identical samples back into infinity."""
+    import math
+
+    from cunet_edge.records import read_metrics, recorded_drift, write_metrics
+
+    def strict(path):
+        return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds a bare {c}"))
+
+    with ArtifactWriter(tmp_path / "a", kind="checkpoint", stage="test", config={}) as w:
+        (w.dir / "payload.bin").write_bytes(b"x")
+        w.manifest["drift"] = {"eps_rel_err": 0.0, "sample_psnr_vs_parent": math.inf, "worst": -math.inf}
+    manifest = strict(tmp_path / "a" / "manifest.json")
+    assert manifest["drift"]["sample_psnr_vs_parent"] == "inf" and manifest["drift"]["worst"] == "-inf"
+    assert recorded_drift(Artifact.load(tmp_path / "a").manifest)["sample_psnr_db"] == math.inf
+    write_metrics(tmp_path / "a", "evaluate", {"fid": 1.0, "fid_ratio": math.inf, "kid": math.nan})
+    assert strict(tmp_path / "a" / "metrics.json")["evaluate"] | {"fid": 1.0} == {"fid": 1.0, "fid_ratio": "inf",
+                                                                                   "kid": "nan"}
+    assert read_metrics(tmp_path / "a")["evaluate"]["fid_ratio"] == "inf"

@@ -21,8 +21,8 @@ from html.parser import HTMLParser
 import pytest
 from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess, run
 
+from cunet_edge.artifact import json_safe
 from cunet_edge.errors import ConfigError
-from cunet_edge.report.render import json_safe
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..artifact import check_name_length, check_not_in_artifact, write_json_atomic
+from ..artifact import check_name_length, check_not_in_artifact, json_text, write_json_atomic
 from ..diffusion import SPACINGS, sample_ddim
 from ..errors import OutputPathError
 
@@ -44,7 +43,7 @@ def write_json(path: str | None, data: Any) -> None:
     if path is None:
         return
     if path == "-":
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.write(json_text(data))
         return
     write_json_atomic(check_file_output(path), data)
 

@@ -2,7 +2,7 @@
 
 import click
 
-from ..report.render import FILES, json_safe
+from ..report.render import FILES
 from ..report.stage import ReportConfig
 from ..report.stage import report as run_report
 from ._common import JSON_OPTION, check_file_output, config_option, write_json
@@ -29,4 +29,4 @@ def report(run_dir, out, device, samples, seed, measure, threads, replace, json_
     click.echo(f"{result['out']}/{FILES['html']}  {len(result['variants'])} variants of "
                f"{len({r['artifact'] for r in result['variants']})} artifacts; Pareto front: "
                + ("; ".join(front) if front else "none (no variant has both quality and latency)"))
-    write_json(json_path, json_safe(result))
+    write_json(json_path, result)  # strict JSON (artifact.json_text)

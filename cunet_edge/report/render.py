@@ -11,16 +11,16 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
+from ..artifact import json_text
 from ..kinds import ONNX_KINDS
 from ..records import kid_text
 from .plot import check_plotting, plot_pareto
 
-__all__ = ["check_plotting", "write_all", "tables", "json_safe", "summary_lines", "PLOT", "FILES"]
+__all__ = ["check_plotting", "write_all", "tables", "summary_lines", "PLOT", "FILES"]
 
 PLOT = "pareto.png"
 FILES = {"markdown": "report.md", "html": "report.html", "csv": "report.csv", "json": "report.json", "plot": PLOT}
@@ -324,21 +324,10 @@ def _html(result: dict, folder: Path) -> str:
             f"<style>{_CSS}</style></head><body>{''.join(parts)}<script>{_SCRIPT}</script></body></html>\n")
 
 
-def json_safe(v):
-    """Strict JSON: an infinite PSNR (identical images) becomes the string "inf", NaN the string "nan"."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, dict):
-        return {k: json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
-    return v
-
-
 def write_all(result: dict, folder: Path) -> None:
     """Every report file into `folder` (the stage's temporary directory; it renames the folder when done)."""
     plot_pareto(result, folder / PLOT)
     _write_csv(result["variants"], folder / FILES["csv"])
-    (folder / FILES["json"]).write_text(json.dumps(json_safe(result), indent=2, sort_keys=True, default=str) + "\n")
+    (folder / FILES["json"]).write_text(json_text(result))
     (folder / FILES["markdown"]).write_text(_markdown(result))
     (folder / FILES["html"]).write_text(_html(result, folder))
