@@ -20,6 +20,7 @@ from .config import check_choice, check_positive
 from .constants import PROFILE_TIMESTEP
 from .diffusion import alphas_cumprod
 from .errors import ConfigError
+from .jetson import power_state
 from .kinds import runtime_for
 from .records import SOLVER, bench_section, write_metrics
 from .runtimes.base import open_runner
@@ -264,12 +265,16 @@ def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True
             per_call, per_image = _timers(runners, cfg, bar, task)
         rows = [_result(r, cfg, c, im, r.static_batch() or 1, peak) for r, c, im in zip(runners, per_call, per_image)]
     rss = _peak_rss_mb()
+    jetson = power_state()  # None off a Jetson
     for row, t in zip(rows, targets):
+        if jetson is not None:  # in each record: the figures hold for this power mode and clock state only
+            row["jetson"] = {k: jetson[k] for k in ("power_mode", "power_mode_id", "clocks_locked")}
         row["peak_mem_mb"] = rss  # process peak RSS: with several targets, they share it
         row["label"] = t.label
         row["speedup_vs_first"] = rows[0]["p50_ms"] / row["p50_ms"]
         row["image_speedup_vs_first"] = rows[0]["image_latency_ms"] / row["image_latency_ms"]
-    result = {"results": rows, "machine": _machine(cfg.threads), "matmul_peak_gflops": peak,
+    machine = _machine(cfg.threads) | ({"jetson": jetson} if jetson is not None else {})
+    result = {"results": rows, "machine": machine, "matmul_peak_gflops": peak,
               "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
     if record:
         for row in rows:
@@ -288,6 +293,12 @@ def format_bench(result: dict) -> str:
     first = result["results"][0]
     lines.append(f"batch {first['batch']}; image = {first['sampler']} x{first['sampler_steps']} sampler steps; "
                  f"peak RSS {first['peak_mem_mb']:.0f} MB")
+    jetson = result["machine"].get("jetson")
+    if jetson:
+        locked = {True: "locked", False: "NOT locked", None: "unknown"}[jetson["clocks_locked"]]
+        lines.append(f"Jetson ({jetson['l4t']}): power mode {jetson['power_mode'] or 'unknown'}"
+                     f"{'' if jetson['power_mode_id'] is None else ' (' + str(jetson['power_mode_id']) + ')'}; "
+                     f"clocks {locked}")
     if result["matmul_peak_gflops"]:
         lines.append(f"CPU fp32 matmul peak here: {result['matmul_peak_gflops']:.1f} GFLOP/s "
                      f"({result['machine']['torch_threads']} threads)")

@@ -48,4 +48,6 @@ def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_g
             check_solver_request(Artifact.load(t.path, verify=False).manifest, t.path, solver, solver_steps)
     result = run_bench(targets, cfg)
     click.echo(format_bench(result))
+    for warning in (result["machine"].get("jetson") or {}).get("warnings", ()):
+        click.echo(f"warning: {warning}", err=True)
     write_json(json_path, result)
