@@ -48,6 +48,7 @@ class BenchConfig:
     device: str = "auto"
     cuda_graphs: bool = False
     threads: int | None = None
+    trt_cache: str | None = None  # onnxruntime's TensorRT provider: its engine cache folder
 
     def __post_init__(self):
         for name in ("batch", "min_iters", "rounds", "sampler_steps", "image_reps"):
@@ -110,7 +111,7 @@ def _runner_options(runtime: str, cfg: BenchConfig) -> dict[str, Any]:
     if runtime == "torch":
         return {"device": cfg.device, "precision": cfg.precision, "cuda_graphs": cfg.cuda_graphs, "threads": cfg.threads}
     if runtime == "onnxruntime":
-        return {"provider": cfg.provider, "threads": cfg.threads}
+        return {"provider": cfg.provider, "threads": cfg.threads, "trt_cache": cfg.trt_cache}
     return {}
 
 
@@ -191,9 +192,18 @@ def _peak_rss_mb() -> float:
     return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
 
 
+def _target_options(t: BenchTarget, cfg: BenchConfig) -> dict[str, Any]:
+    opts = _runner_options(t.runtime, cfg) | t.overrides()
+    if opts.get("provider") != "tensorrt":
+        opts.pop("trt_cache", None)  # the cache belongs to the targets on the TensorRT provider only
+    return opts
+
+
 def _open_all(stack, targets, cfg: BenchConfig) -> list:
-    return [stack.enter_context(open_runner(t.path, t.runtime, **(_runner_options(t.runtime, cfg) | t.overrides())))
-            for t in targets]
+    if cfg.trt_cache is not None and not any("trt_cache" in _target_options(t, cfg) for t in targets):
+        raise ConfigError("--trt-cache is for onnxruntime targets on the TensorRT provider (--provider tensorrt, "
+                          "or PATH@onnxruntime:tensorrt); no target uses it")
+    return [stack.enter_context(open_runner(t.path, t.runtime, **_target_options(t, cfg))) for t in targets]
 
 
 def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], list[list[float]]]:

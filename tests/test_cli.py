@@ -217,7 +217,7 @@ def _fields():
                      **same(q, "target", "tolerance", "max_float_layers", "select")},
         "sample": same(SampleConfig(), *sampler),
         "evaluate": same(EvaluateConfig(), *sampler, "features", "inception_weights"),
-        "bench": same(BenchConfig(), "batch", "provider", "precision", "device", "cuda_graphs", "threads",
+        "bench": same(BenchConfig(), "batch", "provider", "trt_cache", "precision", "device", "cuda_graphs", "threads",
                       "sampler_steps", "sampler", "min_iters", "min_seconds", "rounds"),
         "report": {"device": [(r, "devices")], **same(r, "samples", "seed", "measure", "threads")},
         "estimate": {"precision": [(e, "precisions")], "threads": [(CalibrateConfig(), "threads")],
