@@ -67,13 +67,15 @@ def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_o
     art = Artifact.load(bundle, kinds=["deploy-bundle"])  # verifies every file's hash
     assert set(art.manifest["files"]) == {
         "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
-        "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
+        "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt",
+        "jetson.py"}
     assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
     assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
     assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
     assert json.loads((bundle / "device.json").read_text()) == load_profile(DEVICE).to_dict()
     assert (bundle / "sampler.py").read_bytes() == Path(numpy_sampler.__file__).read_bytes()
     assert (bundle / "trt_build.py").read_bytes() == Path(trt_build.__file__).read_bytes()  # export's build rules
+    assert (bundle / "jetson.py").read_bytes() == (Path(numpy_sampler.__file__).parents[1] / "jetson.py").read_bytes()
     diffusion = read_train_config(src).diffusion
     np.testing.assert_array_equal(np.load(bundle / "schedule.npy"), alphas_cumprod(diffusion))
     info = json.loads((bundle / "bundle.json").read_text())
@@ -139,7 +141,7 @@ def test_missing_tensorrt_is_one_line(bundle):
     assert proc.returncode == 2 and "build_engine.sh" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py"])
+@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py", "jetson.py"])
 def test_board_scripts_are_python38(bundle, name, tmp_path):
     src = (bundle / name).read_text()
     ast.parse(src, feature_version=(3, 8))
@@ -158,7 +160,8 @@ def test_board_scripts_start_on_python38(bundle, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONPYCACHEPREFIX": str(tmp_path / "pyc")}
     for args in (["run.py", "--help"], ["run.py", "bench", "--help"], ["build_engine.py", "--help"],
                  ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"],
-                 ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"]):
+                 ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"],
+                 ["-c", "import jetson; print(jetson.power_state())"]):
         proc = subprocess.run([str(PY38), *args], cwd=bundle, env=env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (args, proc.stderr)
 
@@ -189,6 +192,29 @@ def test_bench_records_power_from_tegrastats_when_present(bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr
     power = json.loads(out.read_text())["power"]
     assert power["source"] == "tegrastats" and power["mean"]["power_mw.VDD_IN"] == 5000
+
+
+def test_bench_on_a_jetson_records_power_mode_and_clock_lock(bundle, tmp_path):
+    """run.py bench on a board that reads as a Jetson: fake nvpmodel / jetson_clocks print the real formats."""
+    from test_bench import CLOCKS_DVFS, NVPMODEL_Q
+
+    (tmp_path / "release").write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref\n")
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for name, out in (("nvpmodel", NVPMODEL_Q), ("jetson_clocks", CLOCKS_DVFS)):
+        (fakes / f"{name}.out").write_text(out)
+        (fakes / name).write_text(f'#!/bin/sh\ncat "$(dirname "$0")/{name}.out"\n')
+        (fakes / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}",
+           "CUNET_EDGE_TEGRA_RELEASE": str(tmp_path / "release")}
+    out = tmp_path / "r.json"
+    proc = board(bundle, "run.py", "bench", "--json", out, "--backend", "onnxruntime", "--warmup", 1, "--min-iters", 3,
+                 "--min-seconds", 0, "--steps", 2, "--image-reps", 1, env=env)
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(out.read_text())["jetson"]
+    assert state["l4t"].startswith("# R35 (release), REVISION: 4.1") and state["power_mode"] == "15W"
+    assert state["power_mode_id"] == 0 and state["clocks_locked"] is False
+    assert "warning: clocks are not locked (cpu0, cpu1, gpu scale with the load)" in proc.stderr
 
 
 def _run_py_namespace():
