@@ -18,13 +18,13 @@ from typing import Any
 from .artifact import Artifact
 from .config import check_choice, check_positive
 from .constants import PROFILE_TIMESTEP
-from .diffusion import alphas_cumprod
+from .diffusion import SPACINGS, alphas_cumprod, sampling_schedule
 from .errors import ConfigError
 from .jetson import power_state
 from .kinds import runtime_for
 from .records import SOLVER, bench_section, write_metrics
 from .runtimes.base import open_runner
-from .runtimes.numpy_sampler import SAMPLERS, sampling_timesteps
+from .runtimes.numpy_sampler import SAMPLERS
 from .timing import collect_samples, summarize_ms, time_call, wall_clock_ms
 
 __all__ = ["BenchConfig", "BenchTarget", "parse_target", "bench", "format_bench", "matmul_peak_gflops",
@@ -42,6 +42,7 @@ class BenchConfig:
     rounds: int = 3
     sampler: str = "ddim"
     sampler_steps: int = 50
+    spacing: str = "uniform"
     image_reps: int = 3
     provider: str = "cpu"
     precision: str = "fp32"
@@ -55,7 +56,8 @@ class BenchConfig:
             check_positive(name, getattr(self, name))
         check_positive("min_seconds", self.min_seconds)
         check_positive("warmup", self.warmup, allow_zero=True)
-        check_choice("sampler", self.sampler, ("ddim", "ddpm"))
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("spacing", self.spacing, SPACINGS)
         if self.threads is not None:
             check_positive("threads", self.threads)
 
@@ -160,11 +162,12 @@ def image_call(runner, cfg: BenchConfig, diffusion, shape):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, *shape), dtype=np.float32)
     abar = alphas_cumprod(diffusion)
-    eps, ts = runner.eps_fn(), sampling_timesteps(len(abar), cfg.sampler_steps)
+    ts, levels = sampling_schedule(diffusion, cfg.sampler_steps, sampler=cfg.sampler, spacing=cfg.spacing)
+    eps = runner.eps_fn()
 
     def run():
         SAMPLERS[cfg.sampler](eps, x.copy(), abar, ts, noise=lambda s: rng.standard_normal(s, dtype=np.float32),
-                              **diffusion.sampler_options())
+                              levels=levels, **diffusion.sampler_options())
         runner.synchronize()
 
     return run, b
@@ -244,6 +247,7 @@ def _result(runner, cfg: BenchConfig, call_ms, image_ms, image_batch, peak) -> d
            "images_per_s": cfg.batch / (stats["mean_ms"] / 1e3), "image_latency_ms": float(np.median(image_ms)),
            "image_p90_ms": float(np.percentile(image_ms, 90)), "image_reps": len(image_ms),
            "image_batch": image_batch, "sampler": cfg.sampler, "sampler_steps": cfg.sampler_steps,
+           "spacing": cfg.spacing,
            "solver": runner.artifact.manifest.get(SOLVER), "macs_per_call": cost.get("macs"),
            "params": cost.get("params"), "nfe_per_call": cost.get("nfe_per_call"),
            "graph_macs_per_call": cost.get("graph_macs")}
@@ -301,8 +305,9 @@ def format_bench(result: dict) -> str:
         lines.append(f"{r['label'][:44]:44} {r['p50_ms']:8.3f} {r['p90_ms']:8.3f} {r['p99_ms']:8.3f} "
                      f"{r['images_per_s']:8.1f} {r['image_latency_ms']:9.1f} {gf} {r['speedup_vs_first']:8.2f}")
     first = result["results"][0]
-    lines.append(f"batch {first['batch']}; image = {first['sampler']} x{first['sampler_steps']} sampler steps; "
-                 f"peak RSS {first['peak_mem_mb']:.0f} MB")
+    spacing = "" if first.get("spacing", "uniform") == "uniform" else f" ({first['spacing']} spacing)"
+    lines.append(f"batch {first['batch']}; image = {first['sampler']} x{first['sampler_steps']} sampler steps"
+                 f"{spacing}; peak RSS {first['peak_mem_mb']:.0f} MB")
     jetson = result["machine"].get("jetson")
     if jetson:
         locked = {True: "locked", False: "NOT locked", None: "unknown"}[jetson["clocks_locked"]]

@@ -546,14 +546,15 @@ def evaluate_checkpoint(path, sample_cfg, *, progress: bool = False, runtime: st
     images, runtime = draw_images(art, sample_cfg, progress=progress, runtime=runtime, **runner_options)
     metrics = evaluate_images(images, data_cfg, space=space)
     metrics.update(
-        sampler=sample_cfg.sampler, sampler_steps=sample_cfg.steps, eta=sample_cfg.eta, seed=sample_cfg.seed,
+        sampler=sample_cfg.sampler, sampler_steps=sample_cfg.steps, spacing=sample_cfg.spacing, eta=sample_cfg.eta,
+        seed=sample_cfg.seed,
         artifact=str(art.path), artifact_id=art.manifest.get("id"), dataset=to_dict(data_cfg), runtime=runtime,
         solver=art.manifest.get(SOLVER),
     )
     # "evaluate" is the latest evaluation; the sampler-specific section keeps one per sampler setting
     # (a report can then set several sampler step counts of one artifact side by side).
     write_metrics(art.path, "evaluate", metrics)
-    write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps), metrics)
+    write_metrics(art.path, evaluate_section(sample_cfg.sampler, sample_cfg.steps, sample_cfg.spacing), metrics)
     return metrics
 
 

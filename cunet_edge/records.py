@@ -27,7 +27,8 @@ from .errors import ConfigError
 __all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "VERIFICATION", "METRICS", "RESULT",
            "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
            "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
-           "write_metrics", "read_metrics", "evaluation_features", "kid_text"]
+           "write_metrics", "read_metrics", "evaluation_features", "kid_text", "sampler_setting",
+           "split_sampler_setting"]
 
 SOLVER = "solver"
 TRAINED_SOLVER = "trained_solver"
@@ -107,9 +108,28 @@ def precision_of(manifest: dict) -> str:
 # --- metrics.json sections --------------------------------------------------------------------------------
 
 # `bench:RUNTIME:bB:SAMPLER-STEPS` (older runs: without the sampler), `evaluate:SAMPLER-STEPS` (and the
-# latest evaluation again as `evaluate`).
-BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
-EVALUATE_SECTION = re.compile(r"evaluate(?::(?P<sampler>[a-z]+)-(?P<steps>\d+))?")
+# latest evaluation again as `evaluate`); a timestep spacing other than uniform is appended: `SAMPLER-STEPS-SPACING`.
+_SAMPLER = r"(?P<sampler>[a-z][a-z0-9]*)-(?P<steps>\d+)(?:-(?P<spacing>[a-z]+))?"
+BENCH_SECTION = re.compile(r"bench:(?P<runtime>[\w.-]+):b(?P<batch>\d+)(?::" + _SAMPLER + ")?")
+EVALUATE_SECTION = re.compile(r"evaluate(?::" + _SAMPLER + ")?")
+
+
+def _spacing_suffix(spacing: str | None) -> str:
+    return f"-{spacing}" if spacing not in (None, "uniform") else ""
+
+
+def sampler_setting(record: dict) -> str:
+    """The sampler of a bench or evaluate record as the report shows and groups it: `unipc`, or `unipc+karras` when
+    its timestep spacing is not uniform (records written before spacings: uniform; before samplers: ddim)."""
+    spacing = record.get("spacing")
+    sampler = record.get("sampler") or "ddim"
+    return sampler if spacing in (None, "uniform") else f"{sampler}+{spacing}"
+
+
+def split_sampler_setting(setting: str) -> tuple[str, str]:
+    """(sampler, spacing) of a `sampler_setting`."""
+    sampler, _, spacing = setting.partition("+")
+    return sampler, spacing or "uniform"
 
 
 def bench_section(row: dict) -> str:
@@ -124,7 +144,8 @@ def bench_section(row: dict) -> str:
     else:
         parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
         parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []
-    return f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
+    return (f"bench:{'-'.join(parts)}:b{row['batch']}:{row.get('sampler', 'ddim')}-{row['sampler_steps']}"
+            f"{_spacing_suffix(row.get('spacing'))}")
 
 
 def evaluation_features(record: dict) -> str:
@@ -143,9 +164,10 @@ def kid_text(mean: float, std: float | None) -> str:
     return f"{mean:.3g} ± {std:.2g}"
 
 
-def evaluate_section(sampler: str, steps: int) -> str:
-    """metrics.json section of an evaluation at one sampler setting: `evaluate:SAMPLER-STEPS`."""
-    return f"evaluate:{sampler}-{steps}"
+def evaluate_section(sampler: str, steps: int, spacing: str = "uniform") -> str:
+    """metrics.json section of an evaluation at one sampler setting: `evaluate:SAMPLER-STEPS` (`-SPACING` when it
+    is not uniform)."""
+    return f"evaluate:{sampler}-{steps}{_spacing_suffix(spacing)}"
 
 
 def read_metrics(artifact_dir: str | Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from .artifact import Artifact
 from .checkpoint import load_checkpoint, with_solver
 from .config import check_choice, check_positive
 from .data import save_image_grid
-from .diffusion import SAMPLERS, alphas_cumprod, from_model_range, sample, sampling_timesteps
+from .diffusion import SAMPLERS, SPACINGS, alphas_cumprod, from_model_range, sample, sampling_schedule
 from .errors import ConfigError
 from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
@@ -22,7 +22,7 @@ __all__ = ["SampleConfig", "EvaluateConfig", "FEATURE_SPACES", "generate", "gene
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to draw images: sampler name and steps, DDIM η, count, seed, batch size, and the ODE solver.
+    """How to draw images: sampler, steps and timestep spacing, DDIM η, count, seed, batch size, and the ODE solver.
 
     `solver`/`solver_steps` run a checkpoint with another torchdiffeq solver; an unrolled
     artifact only accepts the settings baked into it (or none).
@@ -36,11 +36,13 @@ class SampleConfig:
     batch_size: int = 250
     solver: str | None = None
     solver_steps: int | None = None
+    spacing: str = "uniform"
 
     def __post_init__(self):
         check_positive("n", self.n)
         check_positive("batch_size", self.batch_size)
         check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("spacing", self.spacing, SPACINGS)
         if self.steps < 1:
             raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
         if self.solver_steps is not None:
@@ -48,6 +50,9 @@ class SampleConfig:
         # Checked here, before any work: the numpy sampler (exported models) can only raise ValueError.
         if self.eta is not None and self.sampler == "ddpm" and self.eta != 1.0:
             raise ConfigError(f"the ddpm sampler has eta = 1; got eta={self.eta} (use --sampler ddim for other values)")
+        if self.eta is not None and self.sampler in ("dpmpp2m", "unipc") and self.eta != 0.0:
+            raise ConfigError(f"the {self.sampler} sampler is deterministic (eta = 0); got eta={self.eta} "
+                              "(use --sampler ddim for other values)")
         if self.eta is not None and not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"ddim eta must be in [0, 1], got {self.eta}")
 
@@ -89,7 +94,7 @@ def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):
         task = bar.add_task(f"sample {cfg.sampler} x{cfg.steps}", total=cfg.n)
         return sample(ckpt.model, cfg.n, (m.in_channels, m.image_size, m.image_size), ckpt.config.diffusion,
                       sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, seed=cfg.seed,
-                      batch_size=cfg.batch_size, device=device,
+                      batch_size=cfg.batch_size, device=device, spacing=cfg.spacing,
                       progress=lambda b: bar.update(task, advance=b))
 
 
@@ -107,8 +112,9 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
     tc = runner.train_config()
     m = tc.model
     shape = (m.in_channels, m.image_size, m.image_size)
+    # a ConfigError (not the numpy twin's ValueError) for steps or a spacing that does not fit the schedule
+    ts, levels = sampling_schedule(tc.diffusion, cfg.steps, sampler=cfg.sampler, spacing=cfg.spacing)
     abar = alphas_cumprod(tc.diffusion)
-    ts = sampling_timesteps(tc.diffusion, cfg.steps)  # a ConfigError (not the numpy twin's ValueError)
     g = torch.Generator().manual_seed(cfg.seed)
     fixed = runner.static_batch()
     size = fixed or cfg.batch_size
@@ -124,7 +130,7 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
                 return np.concatenate([z, np.zeros((s[0] - b, *s[1:]), np.float32)]) if s[0] > b else z
 
             x = numpy_sampler.SAMPLERS[cfg.sampler](eps, draw((size if fixed else b, *shape)), abar, ts, noise=draw,
-                                                    **tc.diffusion.sampler_options(), **kwargs)
+                                                    levels=levels, **tc.diffusion.sampler_options(), **kwargs)
             x = from_model_range(x[:b], tc.diffusion.data_range)
             out.append(torch.from_numpy(np.clip(x, -1, 1)))
             bar.update(task, advance=b)

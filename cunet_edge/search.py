@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .artifact import write_json_atomic
 from .config import check_choice, check_positive
+from .diffusion import SAMPLERS, SPACINGS
 from .errors import ConfigError
 from .records import RESULT, SOLVER, evaluate_section, evaluation_features, read_metrics
 
@@ -31,6 +32,7 @@ class SearchConfig:
     model: str = "checkpoint"  # the recipe stage whose trained model is explored
     sampler: str = "ddim"
     sampler_steps: tuple[int, ...] = (50, 32, 16)
+    spacing: str = "uniform"
     solver_steps: tuple[int, ...] = (1,)
     prune: tuple[float, ...] = (1.0,)  # fraction of the MACs kept; 1.0 = not pruned
     precision: tuple[str, ...] = ("fp32", "int8")
@@ -54,6 +56,8 @@ class SearchConfig:
             check_choice("search.precision", p, PRECISIONS)
         check_positive("quality_tolerance", self.quality_tolerance)
         check_positive("n", self.n)
+        check_choice("search.sampler", self.sampler, SAMPLERS)
+        check_choice("search.spacing", self.spacing, SPACINGS)
 
 
 def _tag(p: float) -> str:
@@ -83,13 +87,14 @@ def expand_search(cfg: SearchConfig) -> list[dict]:
                               **cfg.quantize_config})
                 finals.append(f"{base}-int8")
     variants = [cfg.model] + finals
+    sampler = cfg.sampler if cfg.spacing == "uniform" else f"{cfg.sampler}-{cfg.spacing}"
     for st in cfg.sampler_steps:
-        specs.append({"stage": "evaluate", "name": f"search-eval-{cfg.sampler}{st}", "inputs": variants,
-                      "n": cfg.n, "sampler": cfg.sampler, "steps": st, **cfg.evaluate_config})
-    specs.append({"stage": "bench", "name": "search-bench", "inputs": variants, "batch": 1,
-                  "sampler_steps": max(cfg.sampler_steps), **cfg.bench_config})
+        specs.append({"stage": "evaluate", "name": f"search-eval-{sampler}{st}", "inputs": variants,
+                      "n": cfg.n, "sampler": cfg.sampler, "steps": st, "spacing": cfg.spacing, **cfg.evaluate_config})
+    specs.append({"stage": "bench", "name": "search-bench", "inputs": variants, "batch": 1, "sampler": cfg.sampler,
+                  "sampler_steps": max(cfg.sampler_steps), "spacing": cfg.spacing, **cfg.bench_config})
     specs.append({"stage": "pareto", "name": "search-pareto", "inputs": variants, "bench": "search-bench",
-                  "sampler": cfg.sampler, "sampler_steps": list(cfg.sampler_steps),
+                  "sampler": cfg.sampler, "sampler_steps": list(cfg.sampler_steps), "spacing": cfg.spacing,
                   "quality_tolerance": cfg.quality_tolerance})
     return specs
 
@@ -101,6 +106,7 @@ class ParetoConfig:
     bench: str = "search-bench"
     sampler: str = "ddim"
     sampler_steps: tuple[int, ...] = (50,)
+    spacing: str = "uniform"
     quality_tolerance: float = 0.10
 
     def __post_init__(self):
@@ -124,12 +130,13 @@ def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
     for art in ctx.inputs:
         metrics = read_metrics(art.path)
         timing = p50.get(art.path.resolve())
+        spaced = "" if cfg.spacing == "uniform" else f" {cfg.spacing}"
         for st in cfg.sampler_steps:
-            ev = metrics.get(evaluate_section(cfg.sampler, st))
+            ev = metrics.get(evaluate_section(cfg.sampler, st, cfg.spacing))
             if ev is None or timing is None:
                 raise ConfigError(f"pareto: {art.path.name} has no {'evaluation' if ev is None else 'bench'} at "
-                                  f"{cfg.sampler} {st}; run the evaluate and bench stages first")
-            rows.append({"variant": f"{art.path.name} · {cfg.sampler} {st}", "artifact": str(art.path),
+                                  f"{cfg.sampler} {st}{spaced}; run the evaluate and bench stages first")
+            rows.append({"variant": f"{art.path.name} · {cfg.sampler} {st}{spaced}", "artifact": str(art.path),
                          "kind": art.kind, "runtime": timing["runtime"], "precision": timing["precision"],
                          "solver": art.manifest.get(SOLVER), "sampler_steps": st, "fid": ev["fid"],
                          "kid_mean": ev["kid_mean"], "features": evaluation_features(ev), "call_ms": timing["p50_ms"],

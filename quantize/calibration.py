@@ -18,7 +18,7 @@ import numpy as np
 from ..config import check_choice, check_positive
 from ..diffusion import alphas_cumprod
 from ..errors import ConfigError
-from ..runtimes.numpy_sampler import sample
+from ..runtimes.numpy_sampler import SAMPLERS, sample
 
 __all__ = ["CalibrationConfig", "capture_calibration_set", "activation_ranges", "CALIBRATION_METHODS"]
 
@@ -43,7 +43,7 @@ class CalibrationConfig:
         check_positive("sampler_steps", self.sampler_steps)
         check_positive("chunk", self.chunk)
         check_choice("calibration method", self.method, CALIBRATION_METHODS)
-        check_choice("sampler", self.sampler, ("ddim", "ddpm"))
+        check_choice("sampler", self.sampler, SAMPLERS)
         if not 90.0 <= self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in [90, 100], got {self.percentile}")
         if self.n_images * self.sampler_steps < MIN_CALIBRATION_INPUTS:

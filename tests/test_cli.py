@@ -194,7 +194,7 @@ def _fields():
         return {n: [(cfg, n)] for n in names}
 
     t, q, r, e = TrainConfig(), QuantizeConfig(), ReportConfig(), EstimateConfig()
-    sampler = ("n", "sampler", "steps", "eta", "seed", "solver", "solver_steps")
+    sampler = ("n", "sampler", "steps", "spacing", "eta", "seed", "solver", "solver_steps")
     return {
         "train": {"dataset": [(t, "data.name")], "data_root": [(t, "data.root")], "arch": [(t, "model.arch")],
                   "image_size": [(t, "data.image_size"), (t, "model.image_size")], "download": [(t, "data.download")],
@@ -218,7 +218,7 @@ def _fields():
         "sample": same(SampleConfig(), *sampler),
         "evaluate": same(EvaluateConfig(), *sampler, "features", "inception_weights"),
         "bench": same(BenchConfig(), "batch", "provider", "trt_cache", "precision", "device", "cuda_graphs", "threads",
-                      "sampler_steps", "sampler", "min_iters", "min_seconds", "rounds"),
+                      "sampler_steps", "sampler", "spacing", "min_iters", "min_seconds", "rounds"),
         "report": {"device": [(r, "devices")], **same(r, "samples", "seed", "measure", "threads")},
         "estimate": {"precision": [(e, "precisions")], "threads": [(CalibrateConfig(), "threads")],
                      **same(e, "batch", "sampler_steps", "float_layers", "launch_us", "top")},

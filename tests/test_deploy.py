@@ -123,6 +123,31 @@ def test_sample_draws_images_in_range(bundle, tmp_path):
     assert (tmp_path / "s.png").is_file()  # Pillow is installed here
 
 
+def test_sample_and_bench_run_the_multistep_samplers_at_a_spacing(bundle, tmp_path, tiny_onnx):
+    """The board draws UniPC / Karras images equal to the numpy sampler's in process (same model, same seed)."""
+    out = tmp_path / "u.npy"
+    proc = board(bundle, "run.py", "sample", "--n", 2, "--steps", 3, "--sampler", "unipc", "--spacing", "karras",
+                 "--out", out, "--backend", "onnxruntime")
+    assert proc.returncode == 0, proc.stderr
+    from cunet_edge.runtimes import numpy_sampler
+    from cunet_edge.runtimes.base import open_runner
+
+    with open_runner(tiny_onnx, "onnxruntime") as r:
+        want = numpy_sampler.sample(r.eps_fn(), 2, (1, 8, 8), np.load(bundle / "schedule.npy"), sampler="unipc",
+                                    steps=3, spacing="karras", batch_size=16,
+                                    **r.train_config().diffusion.sampler_options())
+    np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-5)
+    proc = board(bundle, "run.py", "bench", "--backend", "onnxruntime", "--json", tmp_path / "b.json", "--min-iters", 2,
+                 "--min-seconds", 0, "--steps", 3, "--image-reps", 1, "--sampler", "dpmpp2m", "--spacing", "trailing")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert (result["sampler"], result["sampler_steps"], result["spacing"]) == ("dpmpp2m", 3, "trailing")
+    proc = board(bundle, "run.py", "sample", "--steps", 3, "--sampler", "unipc", "--eta", 0.5, "--out", out,
+                 "--backend", "onnxruntime")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: the unipc sampler is deterministic (eta = 0); got eta=0.5"
+
+
 def test_selfcheck_fails_when_expected_outputs_are_tampered(bundle, tmp_path):
     copy = Path(shutil.copytree(bundle, tmp_path / "b"))
     data = dict(np.load(copy / "selfcheck.npz"))

@@ -191,6 +191,8 @@ def test_search_names_the_pareto_front_and_the_fastest_variant(tiny_checkpoint, 
     ("[search]\nprune = [1.5]\n", "search.prune values are fractions of the MACs kept, in (0, 1]; got 1.5"),
     ("[search]\nprecision = [\"int4\"]\n", "search.precision 'int4' is not one of: fp32, fp16, int8"),
     ("[search]\nsampler_step = [4]\n", "unknown config key search.sampler_step for SearchConfig"),
+    ("[search]\nspacing = \"leading\"\n", "search.spacing 'leading' is not one of: uniform, trailing, karras"),
+    ("[search]\nsampler = \"euler\"\n", "search.sampler 'euler' is not one of: ddpm, ddim, dpmpp2m, unipc"),
     ("", "has no [search] table to search over"),
 ])
 def test_bad_search_tables(search, message, tiny_checkpoint, tmp_path):
@@ -198,6 +200,23 @@ def test_bad_search_tables(search, message, tiny_checkpoint, tmp_path):
     recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint)) + search)
     assert_one_line_error(cli_in_process("pipeline", recipe, "--out", tmp_path / "run", "--search", "--dry-run"),
                           message)
+
+
+def test_search_with_another_sampler_and_spacing_passes_it_to_every_stage(tiny_checkpoint, tmp_path):
+    """The generated evaluate, bench and pareto stages all get the search's sampler and spacing (dry run)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint))
+                      + "[search]\nsampler = \"unipc\"\nspacing = \"karras\"\nsampler_steps = [8, 6]\n"
+                      + "precision = [\"fp32\"]\n")
+    res = cli_in_process("pipeline", recipe, "--out", tmp_path / "run", "--search", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "search-eval-unipc-karras8 (evaluate)" in res.stdout and "search-eval-unipc-karras6 (evaluate)" in res.stdout
+    from cunet_edge.search import SearchConfig, expand_search
+
+    specs = expand_search(SearchConfig(sampler="unipc", spacing="karras", sampler_steps=(8, 6), precision=("fp32",)))
+    for spec in specs:
+        if spec["stage"] in ("evaluate", "bench", "pareto"):
+            assert (spec["sampler"], spec["spacing"]) == ("unipc", "karras"), spec["name"]
 
 
 def test_the_digits_recipe_is_valid(tmp_path):

@@ -145,6 +145,31 @@ def test_every_sampler_setting_is_a_variant_of_its_own(run_dir):
     assert [(r["sampler_steps"], r["fid"], r["image_p50_ms"]) for r in rows] == [(2, 20.0, 2.5), (3, 15.0, 3.5)]
 
 
+def test_a_timestep_spacing_is_a_sampler_setting_of_its_own(tiny_checkpoint, tmp_path):
+    """The real evaluate and bench stages at UniPC 3 uniform and UniPC 3 Karras: sections that do not overwrite each
+    other, and two variants, each with its own FID; the Karras one carries the per-image latency benched with it."""
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.benchmark import BenchConfig, bench, parse_target
+    from cunet_edge.evaluation import evaluate_checkpoint
+    from cunet_edge.report.gather import Node, variant_rows
+    from cunet_edge.sampling import SampleConfig
+
+    ckpt = _copy_artifact(tiny_checkpoint, tmp_path / "ckpt")
+    for spacing in ("uniform", "karras"):
+        evaluate_checkpoint(ckpt, SampleConfig(n=20, sampler="unipc", steps=3, spacing=spacing))
+    bench([parse_target(str(ckpt))], BenchConfig(**{**QUICK, "sampler_steps": 3}, sampler="unipc", spacing="karras"),
+          progress=False)
+    metrics = _metrics(ckpt)
+    assert {"evaluate:unipc-3", "evaluate:unipc-3-karras", "bench:torch:b1:unipc-3-karras"} <= set(metrics)
+    assert metrics["evaluate:unipc-3"]["fid"] != metrics["evaluate:unipc-3-karras"]["fid"]
+    rows = variant_rows(Node(Artifact.load(ckpt), "ckpt", metrics=metrics))
+    got = {r["sampler"]: r for r in rows}
+    assert set(got) == {"unipc", "unipc+karras"}
+    assert got["unipc+karras"]["fid"] == metrics["evaluate:unipc-3-karras"]["fid"]
+    assert got["unipc"]["fid"] == metrics["evaluate:unipc-3"]["fid"]
+    assert got["unipc+karras"]["image_p50_ms"] > 0 and got["unipc"].get("image_p50_ms") is None
+
+
 def test_unmeasured_artifact_still_has_a_row(made, run_dir):
     _, result = made
     row = _row(result["variants"], ODD)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..artifact import write_json_atomic
-from ..diffusion import sample_ddim
+from ..diffusion import SPACINGS, sample_ddim
 from ..errors import OutputPathError
 
 __all__ = ["write_json", "check_file_output", "JSON_OPTION", "default_of", "config_option", "sampler_options"]
@@ -104,8 +104,10 @@ def sampler_options(config):
         for opt in reversed([
             click.argument("artifact", type=click.Path()),
             config_option(config, "--n", help="Number of images."),
-            config_option(config, "--sampler", help="ddim or ddpm."),
+            config_option(config, "--sampler", help="ddim, ddpm, dpmpp2m (DPM-Solver++ 2M) or unipc (UniPC bh2)."),
             config_option(config, "--steps", help="Sampler steps (<= T)."),
+            config_option(config, "--spacing", type=click.Choice(SPACINGS),
+                          help="Timestep spacing (docs/samplers.md): diffusers' linspace, trailing, or Karras sigmas."),
             click.option("--eta", type=float,
                          help=f"DDIM eta (default {default_of(sample_ddim, 'eta'):g}: deterministic)."),
             config_option(config, "--seed", help="Seed of the initial noise."),

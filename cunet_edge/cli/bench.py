@@ -7,6 +7,7 @@ import click
 from ..artifact import Artifact
 from ..benchmark import BenchConfig, format_bench, parse_target
 from ..benchmark import bench as run_bench
+from ..diffusion import SPACINGS
 from ..records import check_solver_request
 from ._common import JSON_OPTION, check_file_output, config_option, write_json
 
@@ -27,7 +28,8 @@ option = partial(config_option, BenchConfig)
 @option("--cuda-graphs", is_flag=True, help="torch on CUDA: replay one captured CUDA graph per call.")
 @option("--threads", type=int, help="CPU threads for torch and onnxruntime.")
 @option("--sampler-steps", help="Sampler steps for the per-image latency.")
-@option("--sampler", help="ddim or ddpm for the per-image latency.")
+@option("--sampler", help="ddim, ddpm, dpmpp2m or unipc for the per-image latency.")
+@option("--spacing", type=click.Choice(SPACINGS), help="Timestep spacing of that sampler (docs/samplers.md).")
 @option("--min-iters", help="At least this many timed calls per target.")
 @option("--min-seconds", help="And at least this long per target.")
 @option("--rounds", help="Interleaved rounds over the targets.")
@@ -35,11 +37,11 @@ option = partial(config_option, BenchConfig)
 @click.option("--solver-steps", type=int, help="Expected solver steps: refused if the artifact has others baked in.")
 @JSON_OPTION
 def bench(artifact, runtime, compare, batch, provider, trt_cache, precision, device, cuda_graphs, threads,
-          sampler_steps, sampler, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
+          sampler_steps, sampler, spacing, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
     """Benchmark ARTIFACT (and --compare targets) on this machine; also stored in each artifact's metrics.json."""
     cfg = BenchConfig(batch=batch, provider=provider, trt_cache=trt_cache, precision=precision, device=device,
                       cuda_graphs=cuda_graphs, threads=threads, sampler_steps=sampler_steps, sampler=sampler,
-                      min_iters=min_iters, min_seconds=min_seconds, rounds=rounds)
+                      spacing=spacing, min_iters=min_iters, min_seconds=min_seconds, rounds=rounds)
     if json_path not in (None, "-"):
         check_file_output(json_path)
     targets = [parse_target(artifact, runtime)] + [parse_target(spec) for spec in compare]

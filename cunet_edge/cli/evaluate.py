@@ -20,14 +20,18 @@ from ._common import JSON_OPTION, check_file_output, config_option, sampler_opti
 @click.option("--runtime", help="torch, onnxruntime, tensorrt, torch-tensorrt (default: from the artifact's kind).")
 @click.option("--provider", help="onnxruntime: cpu, cuda or tensorrt.")
 @JSON_OPTION
-def evaluate(artifact, n, sampler, steps, eta, seed, solver, solver_steps, features, inception_weights, runtime,
-             provider, json_path):
+def evaluate(artifact, n, sampler, steps, spacing, eta, seed, solver, solver_steps, features, inception_weights,
+             runtime, provider, json_path):
     """Evaluate ARTIFACT's samples against the dataset; also stored as the artifact's metrics.json."""
-    cfg = EvaluateConfig(n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, solver=solver,
+    cfg = EvaluateConfig(n=n, sampler=sampler, steps=steps, spacing=spacing, eta=eta, seed=seed, solver=solver,
                          solver_steps=solver_steps, features=features, inception_weights=inception_weights)
     if json_path not in (None, "-"):
         check_file_output(json_path)
     options = {"provider": provider} if provider else {}
     m = evaluate_checkpoint(artifact, cfg, progress=True, runtime=runtime, **options)
-    click.echo(f"{format_evaluation(m)}  [{n} samples, {sampler} {steps}, {m['runtime']}]")
+    click.echo(f"{format_evaluation(m)}  [{n} samples, {sampler} {steps}{_spaced(spacing)}, {m['runtime']}]")
     write_json(json_path, m)
+
+
+def _spaced(spacing: str) -> str:
+    return "" if spacing == "uniform" else f" {spacing}"

@@ -31,6 +31,7 @@ from ..records import (
     precision_of,
     prune_macs_ratio,
     read_metrics,
+    sampler_setting,
 )
 
 __all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_rows", "variant_label",
@@ -254,7 +255,7 @@ def _bench_records(node: Node) -> list[dict]:
         m = BENCH_SECTION.fullmatch(sec)
         if m and isinstance(rec, dict) and isinstance(rec.get("p50_ms"), (int, float)):
             r = {**rec, "runtime": rec.get("runtime", m["runtime"]), "batch": int(m["batch"])}
-            key = (m["runtime"], r["batch"], r.get("precision"), r.get("sampler", "ddim"), r.get("sampler_steps"))
+            key = (m["runtime"], r["batch"], r.get("precision"), sampler_setting(r), r.get("sampler_steps"))
             out.setdefault(key, r)
     return sorted(out.values(), key=lambda r: r["batch"])
 
@@ -264,15 +265,15 @@ def _evaluations(node: Node) -> list[dict]:
     by_setting: dict[tuple, dict] = {}
     for sec, rec in sorted(node.metrics.items(), key=lambda kv: kv[0] == "evaluate"):  # the named ones first
         if EVALUATE_SECTION.fullmatch(sec) and isinstance(rec, dict):
-            by_setting.setdefault((rec.get("sampler", "ddim"), rec.get("sampler_steps")), rec)
+            by_setting.setdefault((sampler_setting(rec), rec.get("sampler_steps")), rec)
     return list(by_setting.values())
 
 
 def _variant_keys(node: Node, benches: list[dict], evs: list[dict]) -> list[tuple]:
     own = precision_of(node.art.manifest)
-    keys = {(b["runtime"], b.get("precision") or own, b.get("sampler", "ddim"), b.get("sampler_steps")) for b in benches}
+    keys = {(b["runtime"], b.get("precision") or own, sampler_setting(b), b.get("sampler_steps")) for b in benches}
     for ev in evs:
-        keys.add((ev.get("runtime") or kind_runtime(node.kind), own, ev.get("sampler", "ddim"),
+        keys.add((ev.get("runtime") or kind_runtime(node.kind), own, sampler_setting(ev),
                   ev.get("sampler_steps")))
     return sorted(keys, key=lambda k: tuple(str(v) for v in k))
 
@@ -289,19 +290,19 @@ def _one_variant(key: tuple, benches: list[dict], evs: list[dict], own_precision
     row = {"runtime": runtime, "precision": precision, "sampler": sampler, "sampler_steps": steps}
     if same:
         smallest = [b for b in same if b["batch"] == same[0]["batch"]]
-        call = next((b for b in smallest if (b.get("sampler", "ddim"), b.get("sampler_steps")) == (sampler, steps)),
+        call = next((b for b in smallest if (sampler_setting(b), b.get("sampler_steps")) == (sampler, steps)),
                     smallest[0])  # the run that timed this sampler setting, if there was one
         best = max(same, key=lambda b: b.get("images_per_s") or 0)
         row.update(hw=_hw(call), call_batch=call["batch"], call_p50_ms=call["p50_ms"], call_p90_ms=call.get("p90_ms"),
                    throughput_img_s=best.get("images_per_s"), throughput_batch=best["batch"])
-        image = [b for b in same if b.get("sampler", "ddim") == sampler and b.get("sampler_steps") == steps
+        image = [b for b in same if sampler_setting(b) == sampler and b.get("sampler_steps") == steps
                  and isinstance(b.get("image_latency_ms"), (int, float))]
         if image:
             per = image[0].get("image_batch") or 1
             row.update(image_p50_ms=image[0]["image_latency_ms"] / per,
                        image_p90_ms=image[0]["image_p90_ms"] / per if "image_p90_ms" in image[0] else None)
     ev = next((e for e in evs if (e.get("runtime") or runtime) == runtime and precision == own_precision
-               and (e.get("sampler", "ddim"), e.get("sampler_steps")) == (sampler, steps)), None)
+               and (sampler_setting(e), e.get("sampler_steps")) == (sampler, steps)), None)
     if ev:
         row.update(fid=ev.get("fid"), kid=ev.get("kid_mean"), kid_std=ev.get("kid_std"),
                    kid_real_reference=ev.get("kid_real_reference"), kid_subset_size=ev.get("kid_subset_size"),

@@ -19,6 +19,7 @@ from ..devices.estimate import EstimateConfig, estimate
 from ..errors import CunetEdgeError
 from ..kinds import ONNX_KINDS, kind_runtime
 from ..quantize.calibration import CalibrationConfig, capture_calibration_set
+from ..records import split_sampler_setting
 from ..runtimes.base import open_runner
 from ..sampling import SampleConfig, generate_with_runner
 from .gather import DEFAULT_SAMPLER, Node
@@ -82,8 +83,9 @@ def _measure_one(node: Node, keys, inputs: dict | None, with_eps: bool, cfg) -> 
                     inputs = capture_calibration_set(r, CalibrationConfig(n_images=EPS_RUNS, sampler_steps=EPS_STEPS,
                                                                           seed=cfg.seed + 1))
                 node.eps = _eps(r, inputs)
-            for sampler, steps in keys:
-                scfg = SampleConfig(n=cfg.samples, sampler=sampler, steps=steps, seed=cfg.seed)
+            for sampler, steps in keys:  # sampler: a sampler_setting, e.g. unipc+karras
+                name, spacing = split_sampler_setting(sampler)
+                scfg = SampleConfig(n=cfg.samples, sampler=name, steps=steps, spacing=spacing, seed=cfg.seed)
                 node.grids[(sampler, steps)] = generate_with_runner(r, scfg).numpy()
     except CunetEdgeError as exc:
         node.notes.append(f"not run here on {runtime}: {exc}")

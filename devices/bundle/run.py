@@ -272,7 +272,8 @@ def cmd_sample(args, bundle):
         t0 = time.perf_counter()
         images = sampler.sample(eps, args.n, tuple(bundle["image_shape"]), abar, sampler=args.sampler,
                                 steps=args.steps, eta=args.eta, seed=args.seed, batch_size=args.batch,
-                                data_range=bundle.get("data_range", (-1.0, 1.0)), **sampler_options(bundle))
+                                spacing=args.spacing, data_range=bundle.get("data_range", (-1.0, 1.0)),
+                                **sampler_options(bundle))
         seconds = time.perf_counter() - t0
     finally:
         backend.close()
@@ -425,7 +426,7 @@ def cmd_bench(args, bundle):
     result = dict(stats, runtime=backend.name, runtime_version=backend.version, precision=bundle["precision"],
                   batch=args.batch, images_per_s=args.batch / (stats["mean_ms"] / 1e3), peak_mem_mb=peak_rss_mb(),
                   image_latency_ms=float(np.median(image_ms)), image_batch=static or 1, sampler=args.sampler,
-                  sampler_steps=args.steps, device=bundle["device"], bundle_id=bundle_id(),
+                  sampler_steps=args.steps, spacing=args.spacing, device=bundle["device"], bundle_id=bundle_id(),
                   power=power.summary(), machine={"python": platform.python_version(), "platform": platform.platform()})
     if board is not None:  # on a Jetson: the figures hold for this power mode and clock state only
         result["jetson"] = board
@@ -446,8 +447,8 @@ def one_image_ms(backend, bundle, args):
     x = rng.standard_normal([b] + bundle["image_shape"]).astype(np.float32)
     t0 = time.perf_counter()
     abar = np.load(here("schedule.npy"))
-    ts = sampler.sampling_timesteps(len(abar), args.steps)
-    sampler.SAMPLERS[args.sampler](backend, x, abar, ts,
+    ts, levels = sampler.sampling_schedule(abar, args.steps, sampler=args.sampler, spacing=args.spacing)
+    sampler.SAMPLERS[args.sampler](backend, x, abar, ts, levels=levels,
                                    noise=lambda s: rng.standard_normal(s).astype(np.float32),
                                    **sampler_options(bundle))
     return (time.perf_counter() - t0) * 1e3
@@ -469,6 +470,11 @@ def write_json(path, data):
 
 # ---------------------------------------------------------------- command line
 
+# The samplers and spacings of the bundle's sampler.py (listed here so that --help needs no import).
+SAMPLER_NAMES = ["ddim", "ddpm", "dpmpp2m", "unipc"]
+SPACINGS = ["uniform", "trailing", "karras"]
+
+
 def parser():
     p = argparse.ArgumentParser(description="Run this cunet-edge bundle: selfcheck, sample, bench.")
     sub = p.add_subparsers(dest="command")
@@ -480,7 +486,8 @@ def parser():
     s = sub.add_parser("sample", parents=[common], help="draw images with the numpy sampler")
     s.add_argument("--n", type=int, default=16)
     s.add_argument("--steps", type=int, default=32)
-    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    s.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    s.add_argument("--spacing", choices=SPACINGS, default="uniform", help="timestep spacing (see the docs)")
     s.add_argument("--eta", type=float)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch", type=int, default=16)
@@ -492,7 +499,8 @@ def parser():
     s.add_argument("--min-iters", type=int, default=50)
     s.add_argument("--min-seconds", type=float, default=2.0)
     s.add_argument("--steps", type=int, default=50, help="sampler steps of one image")
-    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    s.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    s.add_argument("--spacing", choices=SPACINGS, default="uniform", help="timestep spacing (see the docs)")
     s.add_argument("--image-reps", type=int, default=3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--power-interval-ms", type=int, default=100)
@@ -508,6 +516,9 @@ def main(argv=None):
     try:
         return commands[args.command](args, load_bundle())
     except BundleError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except ValueError as exc:  # the sampler's refusal of a bad setting (steps, eta, spacing)
         sys.stderr.write(f"error: {exc}\n")
         return 2
 
