@@ -20,6 +20,7 @@ from .config import check_choice, check_positive
 from .constants import PROFILE_TIMESTEP
 from .diffusion import SPACINGS, alphas_cumprod, sampling_schedule
 from .errors import ConfigError
+from .jetson import power_state
 from .kinds import runtime_for
 from .limits import check_number, check_threads
 from .records import SOLVER, bench_section, write_metrics
@@ -53,6 +54,7 @@ class BenchConfig:
     device: str = "auto"
     cuda_graphs: bool = False
     threads: int | None = None
+    trt_cache: str | None = None  # onnxruntime's TensorRT provider: its engine cache folder
 
     def __post_init__(self):
         for name in ("batch", "min_iters", "rounds", "sampler_steps", "image_reps"):
@@ -119,7 +121,7 @@ def _runner_options(runtime: str, cfg: BenchConfig) -> dict[str, Any]:
     if runtime == "torch":
         return {"device": cfg.device, "precision": cfg.precision, "cuda_graphs": cfg.cuda_graphs, "threads": cfg.threads}
     if runtime == "onnxruntime":
-        return {"provider": cfg.provider, "threads": cfg.threads}
+        return {"provider": cfg.provider, "threads": cfg.threads, "trt_cache": cfg.trt_cache}
     return {}
 
 
@@ -201,9 +203,18 @@ def _peak_rss_mb() -> float:
     return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
 
 
+def _target_options(t: BenchTarget, cfg: BenchConfig) -> dict[str, Any]:
+    opts = _runner_options(t.runtime, cfg) | t.overrides()
+    if opts.get("provider") != "tensorrt":
+        opts.pop("trt_cache", None)  # the cache belongs to the targets on the TensorRT provider only
+    return opts
+
+
 def _open_all(stack, targets, cfg: BenchConfig) -> list:
-    runners = [stack.enter_context(open_runner(t.path, t.runtime, **(_runner_options(t.runtime, cfg) | t.overrides())))
-               for t in targets]
+    if cfg.trt_cache is not None and not any("trt_cache" in _target_options(t, cfg) for t in targets):
+        raise ConfigError("--trt-cache is for onnxruntime targets on the TensorRT provider (--provider tensorrt, "
+                          "or PATH@onnxruntime:tensorrt); no target uses it")
+    runners = [stack.enter_context(open_runner(t.path, t.runtime, **_target_options(t, cfg))) for t in targets]
     for r in runners:  # the sampler options every runtime takes, checked before any timing (a ConfigError)
         sampling_schedule(r.train_config().diffusion, cfg.sampler_steps, sampler=cfg.sampler, spacing=cfg.spacing)
     return runners
@@ -279,12 +290,16 @@ def bench(targets: list[BenchTarget], cfg: BenchConfig, *, progress: bool = True
             per_call, per_image = _timers(runners, cfg, bar, task)
         rows = [_result(r, cfg, c, im, r.static_batch() or 1, peak) for r, c, im in zip(runners, per_call, per_image)]
     rss = _peak_rss_mb()
+    jetson = power_state()  # None off a Jetson
     for row, t in zip(rows, targets):
+        if jetson is not None:  # in each record: the figures hold for this power mode and clock state only
+            row["jetson"] = {k: jetson[k] for k in ("power_mode", "power_mode_id", "clocks_locked")}
         row["peak_mem_mb"] = rss  # process peak RSS: with several targets, they share it
         row["label"] = t.label
         row["speedup_vs_first"] = rows[0]["p50_ms"] / row["p50_ms"]
         row["image_speedup_vs_first"] = rows[0]["image_latency_ms"] / row["image_latency_ms"]
-    result = {"results": rows, "machine": _machine(cfg.threads), "matmul_peak_gflops": peak,
+    machine = _machine(cfg.threads) | ({"jetson": jetson} if jetson is not None else {})
+    result = {"results": rows, "machine": machine, "matmul_peak_gflops": peak,
               "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
     if record:
         for row in rows:
@@ -304,6 +319,12 @@ def format_bench(result: dict) -> str:
     spacing = "" if first.get("spacing", "uniform") == "uniform" else f" ({first['spacing']} spacing)"
     lines.append(f"batch {first['batch']}; image = {first['sampler']} x{first['sampler_steps']} sampler steps"
                  f"{spacing}; peak RSS {first['peak_mem_mb']:.0f} MB")
+    jetson = result["machine"].get("jetson")
+    if jetson:
+        locked = {True: "locked", False: "NOT locked", None: "unknown"}[jetson["clocks_locked"]]
+        lines.append(f"Jetson ({jetson['l4t']}): power mode {jetson['power_mode'] or 'unknown'}"
+                     f"{'' if jetson['power_mode_id'] is None else ' (' + str(jetson['power_mode_id']) + ')'}; "
+                     f"clocks {locked}")
     if result["matmul_peak_gflops"]:
         lines.append(f"CPU fp32 matmul peak here: {result['matmul_peak_gflops']:.1f} GFLOP/s "
                      f"({result['machine']['torch_threads']} threads)")

@@ -42,6 +42,7 @@ __all__ = [
     "BUNDLE_KIND",
     "TOLERANCES",
     "DeployConfig",
+    "SshConfig",
     "check_host",
     "deploy",
     "remote_commands",
@@ -219,6 +220,8 @@ def _copy_sources(d: Path, art: Artifact, profile) -> None:
         shutil.copy2(TEMPLATE_DIR / name, d / name)
     build_rules = resources.files("cunet_edge.export").joinpath("trt_build.py")
     (d / "trt_build.py").write_bytes(build_rules.read_bytes())  # verbatim, as sampler.py
+    jetson = resources.files("cunet_edge").joinpath("jetson.py")
+    (d / "jetson.py").write_bytes(jetson.read_bytes())  # run.py bench records the power mode and clock lock
 
 
 def deploy(artifact: str | Path, cfg: DeployConfig, out: str | Path) -> Artifact:
@@ -268,38 +271,92 @@ def check_host(host: str) -> str:
     return host
 
 
-def _ssh_options(accept_new_host_key: bool) -> list[str]:
+# ssh options that make ssh run a local command: put those in ~/.ssh/config, not on this command line.
+_COMMAND_OPTIONS = {"proxycommand", "localcommand", "permitlocalcommand", "knownhostscommand", "remotecommand",
+                    "match"}
+_OPTION_RE = re.compile(r"([A-Za-z][A-Za-z0-9]{1,63})=([A-Za-z0-9_./:@,+~%-]{1,256})")
+# A remote path (the bundle folder, the Python): no shell metacharacters, no leading '-' (ssh runs it in a shell).
+_REMOTE_PATH_RE = re.compile(r"[A-Za-z0-9_./~+][A-Za-z0-9_./~+-]{0,255}")
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    """How to reach the board: port, identity file, extra `-o Key=Value` options, where to put bundles, which Python.
+
+    Every value lands on an ssh/scp command line run without a local shell; the remote paths are read by the
+    board's shell, so they are refused unless plain (no spaces, quotes, `$`, `;`, or a leading `-`).
+    """
+
+    port: int | None = None
+    identity: str | None = None
+    options: tuple[str, ...] = ()
+    remote_dir: str = REMOTE_ROOT
+    remote_python: str = "python3"
+
+    def __post_init__(self):
+        if self.port is not None and (isinstance(self.port, bool) or not isinstance(self.port, int)
+                                      or not 1 <= self.port <= 65535):
+            raise ConfigError(f"ssh port must be an integer in 1..65535, got {self.port!r}")
+        if self.identity is not None:
+            if not Path(self.identity).is_file():
+                raise ConfigError(f"ssh identity file {self.identity} does not exist")
+            if "\n" in self.identity:
+                raise ConfigError(f"ssh identity path {self.identity!r} has a newline")
+        for opt in self.options:
+            m = _OPTION_RE.fullmatch(opt) if isinstance(opt, str) else None
+            if not m:
+                raise ConfigError(f"ssh option {opt!r} is not Key=Value (a plain value: letters, digits, _./:@,+~%-)")
+            if m.group(1).lower() in _COMMAND_OPTIONS:
+                raise ConfigError(f"ssh option {m.group(1)} runs a command; set it in ~/.ssh/config instead")
+        for name in ("remote_dir", "remote_python"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _REMOTE_PATH_RE.fullmatch(value) or ".." in value.split("/"):
+                raise ConfigError(f"{name.replace('_', ' ')} {value!r} must be a plain path "
+                                  f"({_REMOTE_PATH_RE.pattern}, no '..')")
+
+
+def _ssh_options(accept_new_host_key: bool, ssh: SshConfig | None = None) -> list[str]:
+    """The user's options first: ssh takes the first value it reads for each option."""
+    ssh = ssh or SshConfig()
+    opts = [a for o in ssh.options for a in ("-o", o)]
+    if ssh.port is not None:
+        opts += ["-o", f"Port={ssh.port}"]  # -o Port: the same spelling for ssh and scp (-p / -P)
+    if ssh.identity is not None:
+        opts += ["-o", f"IdentityFile={Path(ssh.identity).resolve()}", "-o", "IdentitiesOnly=yes"]
     policy = "accept-new" if accept_new_host_key else "yes"
-    return ["-o", f"StrictHostKeyChecking={policy}", "-o", "BatchMode=yes"]
+    return opts + ["-o", f"StrictHostKeyChecking={policy}", "-o", "BatchMode=yes"]
 
 
 def remote_commands(bundle_dir: str | Path, host: str, *, accept_new_host_key: bool = False,
-                    rsync: bool = True, bench_batch: int = 1) -> list[list[str]]:
+                    rsync: bool = True, bench_batch: int = 1, ssh: SshConfig | None = None) -> list[list[str]]:
     """The argument lists that copy a bundle to `host`, build and check the engine there, bench, fetch results.
 
-    The remote folder is ~/cunet-edge-bundles/<bundle name>; results come back as `<bundle>.results.json`
-    beside the bundle. The engine is built before selfcheck: boards with only TensorRT need it to check.
+    The remote folder is <remote_dir>/<bundle name> (default ~/cunet-edge-bundles/<bundle name>); results come
+    back as `<bundle>.results.json` beside the bundle. The engine is built before selfcheck: boards with only
+    TensorRT need it to check; on a board without the tensorrt module the build says so and is skipped, and
+    run.py selfchecks and benches with ONNX Runtime.
     """
     check_host(host)
+    ssh = ssh or SshConfig()
     bundle_dir = Path(bundle_dir)
     name = bundle_dir.name
     if not NAME_RE.fullmatch(name):
         raise ConfigError(f"bundle folder name {name!r} must match {NAME_RE.pattern} to be copied to a host")
-    opts = _ssh_options(accept_new_host_key)
-    rdir = f"{REMOTE_ROOT}/{name}"
-    ssh = ["ssh", *opts, host]
+    opts = _ssh_options(accept_new_host_key, ssh)
+    root = ssh.remote_dir.rstrip("/") or "/"
+    rdir = f"{root.rstrip('/')}/{name}"
+    py = ssh.remote_python
+    login = ["ssh", *opts, host]
     if rsync:
-        copy = ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), str(bundle_dir.resolve()),
-                f"{host}:{REMOTE_ROOT}/"]
+        copy = ["rsync", "-a", "-e", shlex.join(["ssh", *opts]), str(bundle_dir.resolve()), f"{host}:{root}/"]
     else:
-        copy = ["scp", *opts, "-r", "-q", str(bundle_dir.resolve()), f"{host}:{REMOTE_ROOT}/"]
+        copy = ["scp", *opts, "-r", "-q", str(bundle_dir.resolve()), f"{host}:{root}/"]
     return [
-        ssh + ["mkdir", "-p", REMOTE_ROOT],
+        login + ["mkdir", "-p", root],
         copy,
-        ssh + ["python3", f"{rdir}/build_engine.py"],
-        ssh + ["python3", f"{rdir}/run.py", "selfcheck"],
-        ssh + ["python3", f"{rdir}/run.py", "bench", "--batch", str(int(bench_batch)), "--json",
-               f"{rdir}/results.json"],
+        login + [py, f"{rdir}/build_engine.py", "--skip-without-tensorrt"],
+        login + [py, f"{rdir}/run.py", "selfcheck"],
+        login + [py, f"{rdir}/run.py", "bench", "--batch", str(int(bench_batch)), "--json", f"{rdir}/results.json"],
         ["scp", *opts, "-q", f"{host}:{rdir}/results.json", str(results_path(bundle_dir).resolve())],
     ]
 
@@ -310,7 +367,7 @@ def results_path(bundle_dir: str | Path) -> Path:
 
 
 def run_remote(bundle_dir: str | Path, host: str, *, accept_new_host_key: bool = False, bench_batch: int = 1,
-               runner=subprocess.run, echo=print) -> Path:
+               ssh: SshConfig | None = None, runner=subprocess.run, echo=print) -> Path:
     """Run remote_commands one by one (no shell); the first failure is a one-line error naming the step."""
     missing = [tool for tool in ("ssh", "scp") if shutil.which(tool) is None]
     if missing:
@@ -318,7 +375,7 @@ def run_remote(bundle_dir: str | Path, host: str, *, accept_new_host_key: bool =
     if results_path(bundle_dir).exists():
         raise OutputPathError(f"output {results_path(bundle_dir)} already exists; remove it first")
     cmds = remote_commands(bundle_dir, host, accept_new_host_key=accept_new_host_key,
-                           rsync=shutil.which("rsync") is not None, bench_batch=bench_batch)
+                           rsync=shutil.which("rsync") is not None, bench_batch=bench_batch, ssh=ssh)
     for cmd in cmds:
         echo("$ " + shlex.join(cmd))
         proc = runner(cmd, check=False)

@@ -123,7 +123,50 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _torch_export(model, model_cfg, cfg: OnnxExportConfig, path: Path) -> None:
+# What an fp16 export keeps in float32 (see `_keep_fp32`).
+FP32_PARTS = ("timestep_embedding", "group_norm")
+# Where over the schedule the per-timestep ε error is measured: fractions of T (T = 1000: 0, 100, ..., 999).
+ERROR_TIMESTEPS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def _keep_fp32(model, parts=FP32_PARTS) -> list[str]:
+    """Cast `model` to float16 but for what float16 cannot hold; return the names of what stayed float32.
+
+    - The timestep embedding: the continuous U-Net's `time_mlp` (with it the sinusoid, which `embed_time`
+      computes at the MLP's precision). In float16 the argument t·f_k has a 0.5 ulp near t = 999, so the
+      sinusoid alone is several percent off. (diffusers' U-Nets already compute their sinusoid in float32.)
+    - Every GroupNorm: its statistics (a mean of squares over C/G·H·W values) are computed in float32 from
+      the float16 activations and the normalized result is cast back; a float16 sum of squares overflows at
+      65504 and loses the small variances. TensorRT's guidance for FP16 normalization is the same.
+    The casts at these boundaries are in the graph, so a strongly typed TensorRT build keeps them as well.
+    """
+    import torch
+
+    class Float32(torch.nn.Module):
+        """Runs the wrapped module in float32 between casts: x → float32 → module → x's dtype."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.float()).to(x.dtype)
+
+    model.half()
+    kept = []
+    time_mlp = getattr(model, "time_mlp", None)
+    if "timestep_embedding" in parts and isinstance(time_mlp, torch.nn.Module) and hasattr(model, "embed_time"):
+        time_mlp.float()
+        kept.append("time_mlp")
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if "group_norm" in parts and isinstance(child, torch.nn.GroupNorm):
+                setattr(mod, child_name, Float32(child.float()))
+                kept.append(f"{name}.{child_name}" if name else child_name)
+    return kept
+
+
+def _torch_export(model, model_cfg, cfg: OnnxExportConfig, path: Path) -> list[str]:
     """torch.onnx.export with the dynamo exporter (the default one): x (B, C, H, W), t (B,) → eps."""
     import torch
 
@@ -137,12 +180,14 @@ def _torch_export(model, model_cfg, cfg: OnnxExportConfig, path: Path) -> None:
         dyn = {"x": {0: batch}, "t": {0: batch}}
     # The exporter's own optimizer is replaced by `_fold` (see there); torch < 2.6 has no `optimize`.
     no_opt = {"optimize": False} if "optimize" in inspect.signature(torch.onnx.export).parameters else {}
+    kept = _keep_fp32(model) if cfg.precision == "fp16" else []
     with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(model.to(dtype), (x, t), dynamo=True, opset_version=cfg.opset,
+        program = torch.onnx.export(model, (x, t), dynamo=True, opset_version=cfg.opset,
                                     input_names=["x", "t"], output_names=["eps"], dynamic_shapes=dyn,
                                     verbose=False, **no_opt)
         _fold(program.model)
         program.save(str(path))
+    return kept
 
 
 def _fold(model) -> None:
@@ -209,8 +254,49 @@ def _graph_macs(model, batch: int) -> int:
     return flops // (2 * batch)
 
 
+def _run_onnx(sess, x, t, cfg: OnnxExportConfig):
+    """ONNX Runtime's ε for float32 inputs (x, t), in chunks the graph's batch accepts, as float64."""
+    import numpy as np
+
+    dtype = np.float16 if cfg.precision == "fp16" else np.float32
+    step = len(x) if cfg.dynamic_batch else cfg.batch
+    outs = []
+    for i in range(0, len(x), step):
+        xb, tb = x[i:i + step], t[i:i + step]
+        k = xb.shape[0]
+        if k < step:  # a static batch: pad the last chunk, drop the padding's outputs
+            xb, tb = np.resize(xb, (step, *xb.shape[1:])), np.resize(tb, (step,))
+        outs.append(sess.run(None, {"x": xb.astype(dtype), "t": tb})[0][:k])
+    return np.concatenate(outs).astype(np.float64)
+
+
+def _rel(out, ref) -> float:
+    import numpy as np
+
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def per_timestep_error(sess, reference, model_cfg, diffusion_cfg, cfg: OnnxExportConfig, n: int = 4) -> list[dict]:
+    """The ε relative error (‖ε_onnx − ε_torch‖ / ‖ε_torch‖, fp32 PyTorch as reference) at timesteps spread over
+    the schedule (`ERROR_TIMESTEPS`), each on `n` seeded N(0, 1) inputs."""
+    import numpy as np
+    import torch
+
+    T = diffusion_cfg.timesteps
+    rows = []
+    for k, frac in enumerate(ERROR_TIMESTEPS):
+        g = torch.Generator().manual_seed(cfg.seed + 1 + k)
+        x = torch.randn(n, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size, generator=g)
+        t = torch.full((n,), min(round(frac * T), T - 1), dtype=torch.long)
+        with torch.no_grad():
+            ref = reference(x, t).numpy().astype(np.float64)
+        rows.append({"t": int(t[0]), "rel_err": _rel(_run_onnx(sess, x.numpy(), t.numpy(), cfg), ref)})
+    return rows
+
+
 def verify_onnx(path: Path, reference, model_cfg, diffusion_cfg, cfg: OnnxExportConfig) -> dict:
-    """ONNX Runtime vs the fp32 PyTorch model on seeded inputs whose timesteps span the whole schedule."""
+    """ONNX Runtime vs the fp32 PyTorch model on seeded inputs whose timesteps span the whole schedule, and the
+    ε error at each of `ERROR_TIMESTEPS` (`per_timestep`)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -222,23 +308,12 @@ def verify_onnx(path: Path, reference, model_cfg, diffusion_cfg, cfg: OnnxExport
     with torch.no_grad():
         ref = reference(x, t).numpy().astype(np.float64)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    dtype = np.float16 if cfg.precision == "fp16" else np.float32
-    step = n if cfg.dynamic_batch else cfg.batch
-    outs = []
-    for i in range(0, n, step):
-        xb, tb = x[i:i + step].numpy(), t[i:i + step].numpy()
-        if xb.shape[0] < step:  # a static batch: pad the last chunk, drop the padding's outputs
-            k = xb.shape[0]
-            xb, tb = np.resize(xb, (step, *xb.shape[1:])), np.resize(tb, (step,))
-            outs.append(sess.run(None, {"x": xb.astype(dtype), "t": tb})[0][:k])
-        else:
-            outs.append(sess.run(None, {"x": xb.astype(dtype), "t": tb})[0])
-    out = np.concatenate(outs).astype(np.float64)
+    out = _run_onnx(sess, x.numpy(), t.numpy(), cfg)
     diff = np.abs(out - ref)
     return {"n": n, "timesteps": t.tolist(), "max_abs_err": float(diff.max()),
-            "max_rel_err": float(diff.max() / np.abs(ref).max()),
-            "rel_err": float(np.linalg.norm(out - ref) / np.linalg.norm(ref)),
-            "tolerance": cfg.rel_tolerance, "reference": "pytorch fp32"}
+            "max_rel_err": float(diff.max() / np.abs(ref).max()), "rel_err": _rel(out, ref),
+            "tolerance": cfg.rel_tolerance, "reference": "pytorch fp32",
+            "per_timestep": per_timestep_error(sess, reference, model_cfg, diffusion_cfg, cfg)}
 
 
 def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
@@ -254,7 +329,7 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
     with ArtifactWriter(out, kind=STAGE_IO["export"].produces(), stage="export", config=to_dict(cfg),
                         parent=ckpt.artifact) as w:
         path = w.dir / ONNX_FILE
-        _torch_export(copy.deepcopy(ckpt.model), model_cfg, cfg, path)
+        kept_fp32 = _torch_export(copy.deepcopy(ckpt.model), model_cfg, cfg, path)
         onnx.checker.check_model(str(path), full_check=True)
         nodes_exported = len(onnx.load(str(path)).graph.node)
         if cfg.simplify:
@@ -271,7 +346,8 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
         compat = check_tensorrt_compat(proto)
         (w.dir / CONFIG).write_text(json.dumps(to_dict(ckpt.config), indent=2) + "\n")
         w.manifest.update(
-            precision=cfg.precision, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, batch=cfg.batch,
+            precision=cfg.precision, kept_fp32=kept_fp32, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+            batch=cfg.batch,
             signature=_signature(model_cfg, cfg), solver=ckpt.artifact.manifest.get(SOLVER),
             model_cost={k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")}
             | {"graph_macs": _graph_macs(proto, 1 if cfg.dynamic_batch else cfg.batch)},

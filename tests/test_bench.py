@@ -89,3 +89,67 @@ def test_bench_bad_input(tiny_unrolled, tiny_onnx, tmp_path):
     assert_one_line_error(cli_in_process("bench", tmp_path / "nothing"), "nothing")
     with pytest.raises(ConfigError, match="rounds"):
         BenchConfig(rounds=0)
+
+
+# `nvpmodel -q` and `jetson_clocks --show` as JetPack 6 prints them on an Orin Nano (15 W mode, DVFS on; then locked).
+NVPMODEL_Q = "NV Power Mode: 15W\n0\n"
+CLOCKS_DVFS = """SOC family:tegra234  Machine:NVIDIA Jetson Orin Nano Developer Kit
+Online CPUs: 0-5
+cpu0:  Online=1 Governor=schedutil MinFreq=729600 MaxFreq=1510400 CurrentFreq=960000 IdleStates: WFI=1 c7=1
+cpu1:  Online=1 Governor=schedutil MinFreq=729600 MaxFreq=1510400 CurrentFreq=729600 IdleStates: WFI=1 c7=1
+cpu2:  Online=0 Governor=schedutil MinFreq=729600 MaxFreq=1510400 CurrentFreq=729600 IdleStates: WFI=1 c7=1
+GPU MinFreq=306000000 MaxFreq=624750000 CurrentFreq=306000000
+Active GPU TPCs: 4
+EMC MinFreq=204000000 MaxFreq=2133000000 CurrentFreq=2133000000 FreqOverride=0
+FAN Dynamic Speed control=active hwmon2_pwm=64
+NV Power Mode: 15W
+"""
+CLOCKS_LOCKED = """SOC family:tegra234  Machine:NVIDIA Jetson Orin Nano Developer Kit
+Online CPUs: 0-5
+cpu0:  Online=1 Governor=schedutil MinFreq=1510400 MaxFreq=1510400 CurrentFreq=1510400 IdleStates: WFI=0 c7=0
+cpu1:  Online=1 Governor=schedutil MinFreq=1510400 MaxFreq=1510400 CurrentFreq=1510400 IdleStates: WFI=0 c7=0
+cpu2:  Online=0 Governor=schedutil MinFreq=729600 MaxFreq=1510400 CurrentFreq=729600 IdleStates: WFI=1 c7=1
+GPU MinFreq=624750000 MaxFreq=624750000 CurrentFreq=624750000
+EMC MinFreq=204000000 MaxFreq=2133000000 CurrentFreq=2133000000 FreqOverride=1
+NV Power Mode: 15W
+"""
+
+
+def _fake_jetson(tmp_path, monkeypatch, clocks: str) -> None:
+    """A release file and fake nvpmodel / jetson_clocks executables (shell scripts) first on PATH."""
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, flag, out in (("nvpmodel", "-q", NVPMODEL_Q), ("jetson_clocks", "--show", clocks)):
+        (bindir / f"{name}.out").write_text(out)
+        script = bindir / name
+        script.write_text(f'#!/bin/sh\n[ "$1" = "{flag}" ] || exit 64\ncat "$(dirname "$0")/{name}.out"\n')
+        script.chmod(0o755)
+    monkeypatch.setenv("CUNET_EDGE_TEGRA_RELEASE", str(release))
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+
+
+def test_bench_on_a_jetson_records_power_mode_and_clock_lock_and_warns(tiny_onnx, tmp_path, monkeypatch):
+    from cunet_edge.jetson import parse_jetson_clocks, power_state
+
+    monkeypatch.setenv("CUNET_EDGE_TEGRA_RELEASE", str(tmp_path / "absent"))
+    assert power_state() is None  # not a Jetson: nothing recorded
+    _fake_jetson(tmp_path, monkeypatch, CLOCKS_DVFS)
+    proc = cli_in_process("bench", tiny_onnx, "--batch", 3, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    assert "Jetson (# R36 (release), REVISION: 4.0" in proc.stdout
+    assert "power mode 15W (0); clocks NOT locked" in proc.stdout
+    assert ("warning: clocks are not locked (cpu0, cpu1, gpu scale with the load): run `sudo jetson_clocks`"
+            in proc.stderr)
+    record = json.loads((tiny_onnx / "metrics.json").read_text())["bench:onnxruntime:b3:ddim-2"]
+    assert record["jetson"] == {"power_mode": "15W", "power_mode_id": 0, "clocks_locked": False}
+    # Locked clocks (the offline core is left out); a tool that fails is a warning, not a guess.
+    locked = parse_jetson_clocks(CLOCKS_LOCKED)
+    assert locked["locked"] and locked["online_cpus"] == 2 and locked["gpu_hz"]["current"] == 624750000
+    (tmp_path / "bin" / "jetson_clocks.out").write_text(CLOCKS_LOCKED)
+    (tmp_path / "bin" / "nvpmodel").write_text("#!/bin/sh\necho 'NVPM ERROR: failed to open file' >&2\nexit 1\n")
+    state = power_state()
+    assert state["clocks_locked"] is True and state["power_mode"] is None
+    assert state["warnings"] == ["power mode unknown: nvpmodel -q exited 1: NVPM ERROR: failed to open file "
+                                 "(it may need sudo)"]

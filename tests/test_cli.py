@@ -176,7 +176,7 @@ RUN_OPTIONS = {"json_path", "out", "progress", "procs", "config_file", "runtime"
 def _fields():
     """command -> {option: [(default config, its class or a function; the field or parameter the value goes to)]}."""
     from cunet_edge.benchmark import BenchConfig
-    from cunet_edge.devices.deploy import DeployConfig, run_remote
+    from cunet_edge.devices.deploy import DeployConfig, SshConfig, run_remote
     from cunet_edge.devices.estimate import CalibrateConfig, EstimateConfig
     from cunet_edge.export.onnx import OnnxExportConfig
     from cunet_edge.export.tensorrt import EngineConfig
@@ -217,12 +217,15 @@ def _fields():
                      **same(q, "target", "tolerance", "max_float_layers", "select")},
         "sample": same(SampleConfig(), *sampler),
         "evaluate": same(EvaluateConfig(), *sampler, "features", "inception_weights"),
-        "bench": same(BenchConfig(), "batch", "provider", "precision", "device", "cuda_graphs", "threads",
+        "bench": same(BenchConfig(), "batch", "provider", "trt_cache", "precision", "device", "cuda_graphs", "threads",
                       "sampler_steps", "sampler", "spacing", "min_iters", "min_seconds", "rounds"),
         "report": {"device": [(r, "devices")], **same(r, "samples", "seed", "measure", "threads")},
         "estimate": {"precision": [(e, "precisions")], "threads": [(CalibrateConfig(), "threads")],
                      **same(e, "batch", "sampler_steps", "float_layers", "launch_us", "top")},
-        "deploy": {"tarball": [(DeployConfig, "tarball")], "bench_batch": [(run_remote, "bench_batch")]},
+        "deploy": {"tarball": [(DeployConfig, "tarball")], "bench_batch": [(run_remote, "bench_batch")],
+                   "ssh_port": [(SshConfig, "port")], "identity": [(SshConfig, "identity")],
+                   "ssh_option": [(SshConfig, "options")], "remote_dir": [(SshConfig, "remote_dir")],
+                   "remote_python": [(SshConfig, "remote_python")]},
         "import": {"code_dir": [(import_model, "code_dir")]},
     }
 

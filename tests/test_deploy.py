@@ -67,13 +67,15 @@ def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_o
     art = Artifact.load(bundle, kinds=["deploy-bundle"])  # verifies every file's hash
     assert set(art.manifest["files"]) == {
         "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
-        "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt"}
+        "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt",
+        "jetson.py"}
     assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
     assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
     assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
     assert json.loads((bundle / "device.json").read_text()) == load_profile(DEVICE).to_dict()
     assert (bundle / "sampler.py").read_bytes() == Path(numpy_sampler.__file__).read_bytes()
     assert (bundle / "trt_build.py").read_bytes() == Path(trt_build.__file__).read_bytes()  # export's build rules
+    assert (bundle / "jetson.py").read_bytes() == (Path(numpy_sampler.__file__).parents[1] / "jetson.py").read_bytes()
     diffusion = read_train_config(src).diffusion
     np.testing.assert_array_equal(np.load(bundle / "schedule.npy"), alphas_cumprod(diffusion))
     info = json.loads((bundle / "bundle.json").read_text())
@@ -164,7 +166,7 @@ def test_missing_tensorrt_is_one_line(bundle):
     assert proc.returncode == 2 and "build_engine.sh" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py"])
+@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py", "jetson.py"])
 def test_board_scripts_are_python38(bundle, name, tmp_path):
     src = (bundle / name).read_text()
     ast.parse(src, feature_version=(3, 8))
@@ -183,7 +185,8 @@ def test_board_scripts_start_on_python38(bundle, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONPYCACHEPREFIX": str(tmp_path / "pyc")}
     for args in (["run.py", "--help"], ["run.py", "bench", "--help"], ["build_engine.py", "--help"],
                  ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"],
-                 ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"]):
+                 ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"],
+                 ["-c", "import jetson; print(jetson.power_state())"]):
         proc = subprocess.run([str(PY38), *args], cwd=bundle, env=env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (args, proc.stderr)
 
@@ -216,6 +219,29 @@ def test_bench_records_power_from_tegrastats_when_present(bundle, tmp_path):
     assert power["source"] == "tegrastats" and power["mean"]["power_mw.VDD_IN"] == 5000
 
 
+def test_bench_on_a_jetson_records_power_mode_and_clock_lock(bundle, tmp_path):
+    """run.py bench on a board that reads as a Jetson: fake nvpmodel / jetson_clocks print the real formats."""
+    from test_bench import CLOCKS_DVFS, NVPMODEL_Q
+
+    (tmp_path / "release").write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref\n")
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for name, out in (("nvpmodel", NVPMODEL_Q), ("jetson_clocks", CLOCKS_DVFS)):
+        (fakes / f"{name}.out").write_text(out)
+        (fakes / name).write_text(f'#!/bin/sh\ncat "$(dirname "$0")/{name}.out"\n')
+        (fakes / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}",
+           "CUNET_EDGE_TEGRA_RELEASE": str(tmp_path / "release")}
+    out = tmp_path / "r.json"
+    proc = board(bundle, "run.py", "bench", "--json", out, "--backend", "onnxruntime", "--warmup", 1, "--min-iters", 3,
+                 "--min-seconds", 0, "--steps", 2, "--image-reps", 1, env=env)
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(out.read_text())["jetson"]
+    assert state["l4t"].startswith("# R35 (release), REVISION: 4.1") and state["power_mode"] == "15W"
+    assert state["power_mode_id"] == 0 and state["clocks_locked"] is False
+    assert "warning: clocks are not locked (cpu0, cpu1, gpu scale with the load)" in proc.stderr
+
+
 def _run_py_namespace():
     import runpy
 
@@ -238,7 +264,7 @@ def test_remote_commands_are_argument_lists_with_strict_host_keys(tmp_path):
     ssh = [c for c in cmds if c[0] == "ssh"]
     assert all(c[c.index("nvidia@orin.local") + 1:][0] in ("mkdir", "python3") for c in ssh)
     steps = [c[c.index("nvidia@orin.local") + 1:] for c in ssh]
-    assert steps[1:] == [["python3", "cunet-edge-bundles/b1/build_engine.py"],
+    assert steps[1:] == [["python3", "cunet-edge-bundles/b1/build_engine.py", "--skip-without-tensorrt"],
                          ["python3", "cunet-edge-bundles/b1/run.py", "selfcheck"],
                          ["python3", "cunet-edge-bundles/b1/run.py", "bench", "--batch", "1", "--json",
                           "cunet-edge-bundles/b1/results.json"]]
@@ -261,6 +287,32 @@ def test_bad_hosts_are_refused(host, tmp_path):
         remote_commands(tmp_path / "b", host)
 
 
+def test_ssh_settings_go_first_on_every_command_and_unsafe_ones_are_refused(tmp_path, cli, tiny_onnx):
+    from cunet_edge.devices.deploy import SshConfig, remote_commands
+
+    key = tmp_path / "id"
+    key.write_text("k")
+    ssh = SshConfig(port=2222, identity=str(key), options=("UserKnownHostsFile=/tmp/kh",), remote_dir="/opt/b",
+                    remote_python="/opt/venv/bin/python3")
+    cmds = remote_commands(tmp_path / "b1", "me@board", rsync=False, ssh=ssh)
+    head = ["-o", "UserKnownHostsFile=/tmp/kh", "-o", "Port=2222", "-o", f"IdentityFile={key.resolve()}"]
+    assert all(c[1:7] == head for c in cmds)  # ssh keeps the first value of an option: the user's come first
+    assert cmds[0][-3:] == ["mkdir", "-p", "/opt/b"] and cmds[1][-1] == "me@board:/opt/b/"
+    assert cmds[2][-3:] == ["/opt/venv/bin/python3", "/opt/b/b1/build_engine.py", "--skip-without-tensorrt"]
+    assert cmds[-1][-2] == "me@board:/opt/b/b1/results.json"
+    for bad, match in [({"port": 0}, "ssh port"), ({"identity": str(tmp_path / "nope")}, "does not exist"),
+                       ({"options": ("ProxyCommand=sh",)}, "runs a command"),
+                       ({"options": ("LocalCommand=x",)}, "runs a command"),
+                       ({"options": ("User=a b",)}, "is not Key=Value"), ({"options": ("-v",)}, "is not Key=Value"),
+                       ({"remote_dir": "a;rm -rf ~"}, "plain path"), ({"remote_dir": "-oX"}, "plain path"),
+                       ({"remote_dir": "x/../.."}, "plain path"), ({"remote_python": "python3 -c x"}, "plain path")]:
+        with pytest.raises(ConfigError, match=match):
+            SshConfig(**bad)
+    res = cli("deploy", tiny_onnx, "--device", DEVICE, "--out", tmp_path / "o", "--ssh-port", "22")
+    _one_line_error(res, "need --host")
+    assert not (tmp_path / "o").exists()
+
+
 def test_run_remote_runs_each_step_without_a_shell_and_names_a_failing_one(tmp_path):
     from cunet_edge.devices.deploy import remote_commands, run_remote
 
@@ -279,6 +331,85 @@ def test_run_remote_runs_each_step_without_a_shell_and_names_a_failing_one(tmp_p
 
     with pytest.raises(CunetEdgeError, match="exit 1.*selfcheck"):
         run_remote(tmp_path / "b", "me@board", runner=fail_selfcheck, echo=lambda line: None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """OpenSSH's sshd on 127.0.0.1 at a free port, with its own host key and one authorized user key (all in tmp).
+
+    Yields (USER@127.0.0.1, port, user key, known_hosts file). Skips, saying why, where sshd is not installed
+    (Debian: openssh-server; .ci/run installs it).
+    """
+    import getpass
+    import socket
+    import time
+
+    daemon = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
+                                           if os.access(p, os.X_OK)), None)
+    if daemon is None or shutil.which("ssh-keygen") is None or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH's sshd/ssh/ssh-keygen are not installed (Debian: apt install openssh-server)")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    shutil.copy(d / "user_key.pub", d / "authorized_keys")
+    if os.geteuid() == 0:  # sshd run by root insists on its privilege-separation folder (Debian's unit makes it)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    port = _free_port()
+    (d / "sshd_config").write_text("\n".join([
+        "ListenAddress 127.0.0.1", f"HostKey {d / 'host_key'}", f"AuthorizedKeysFile {d / 'authorized_keys'}",
+        f"PidFile {d / 'sshd.pid'}", "StrictModes no", "UsePAM no", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
+        "LogLevel ERROR"]) + "\n")
+    proc = subprocess.Popen([daemon, "-D", "-e", "-f", str(d / "sshd_config"), "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "w"))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, f"sshd exited {proc.returncode}: {(d / 'sshd.log').read_text()}"
+                assert time.monotonic() < deadline, "sshd did not listen within 10 s"
+                time.sleep(0.05)
+        yield f"{getpass.getuser()}@127.0.0.1", port, d / "user_key", d / "known_hosts"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_deploy_host_runs_the_bundle_over_a_real_ssh_server_and_fetches_results(cli, sshd, tiny_onnx, tmp_path,
+                                                                               capfd):
+    """deploy --host against a real sshd: copy, engine build (skipped here: no TensorRT), selfcheck, bench, fetch."""
+    host, port, key, known = sshd
+    board_dir = tmp_path / "board"
+    out = tmp_path / "b"
+    res = cli("deploy", tiny_onnx, "--device", DEVICE, "--out", out, "--no-tarball", "--host", host,
+              "--ssh-port", port, "--identity", key, "--ssh-option", f"UserKnownHostsFile={known}",
+              "--accept-new-host-key", "--remote-dir", board_dir, "--remote-python", sys.executable)
+    printed = capfd.readouterr()
+    assert res.exit_code == 0, res.output + printed.out + printed.err
+    # The board's copy is byte-for-byte the bundle, the engine build said why it was skipped, run.py checked it.
+    assert Artifact.load(board_dir / "b").manifest == Artifact.load(out).manifest
+    assert "engine build skipped: the tensorrt Python module is not importable" in printed.out
+    assert "selfcheck passed: onnxruntime" in printed.out
+    assert not (board_dir / "b" / "model.plan").exists()
+    # The results came back beside the bundle, from the board's bench.
+    results = json.loads((tmp_path / "b.results.json").read_text())
+    assert BENCH_KEYS <= set(results) and results["runtime"] == "onnxruntime" and results["batch"] == 1
+    assert results["p50_ms"] > 0 and results["bundle_id"] == Artifact.load(out).manifest["id"]
+    assert f"{tmp_path / 'b.results.json'}  bench results from {host}" in res.stdout
+    # The server's host key was learnt into the given known_hosts (not ~/.ssh's).
+    assert (key.parent / "host_key.pub").read_text().split()[1] in known.read_text()
 
 
 # ---------------------------------------------------------------- bad input, through the CLI

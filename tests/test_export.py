@@ -24,6 +24,8 @@ def test_onnx_artifact_is_checked_verified_and_carries_the_solver(tiny_onnx, tin
     assert man["signature"]["inputs"]["x"]["shape"] == ["batch", 1, 8, 8]
     v = man["verification"]
     assert v["rel_err"] <= 1e-4 and v["timesteps"][0] == 0 and v["timesteps"][-1] == 999
+    assert [r["t"] for r in v["per_timestep"]] == [0, 100, 250, 500, 750, 999]
+    assert all(r["rel_err"] <= 1e-4 for r in v["per_timestep"]) and man["kept_fp32"] == []
     model = onnx.load(str(tiny_onnx / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version >= 18
@@ -45,6 +47,19 @@ def test_fp16_export_is_typed_fp16_and_static_batch_is_static(tiny_unrolled, tmp
     n_fp16 = sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
     assert n_fp16 > len(model.graph.initializer) // 2
     assert 1e-7 < art.manifest["verification"]["rel_err"] <= 2e-2
+    # The timestep embedding (sinusoid and MLP) and every GroupNorm stay float32, between casts in the graph.
+    kept = art.manifest["kept_fp32"]
+    assert kept[0] == "time_mlp" and len(kept) == 1 + 16 and {"head.0", "bottleneck.attn.norm"} < set(kept)
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
+    elem.update({i.name: i.data_type for i in model.graph.initializer})
+    trig = [elem[n.input[0]] for n in model.graph.node if n.op_type in ("Sin", "Cos")]
+    norms = [elem[n.input[0]] for n in model.graph.node if n.op_type == "InstanceNormalization"]
+    assert trig and norms and set(trig + norms) == {onnx.TensorProto.FLOAT}
+    # The ε error against fp32 PyTorch at timesteps spread over the schedule.
+    rows = art.manifest["verification"]["per_timestep"]
+    assert [r["t"] for r in rows] == [0, 100, 250, 500, 750, 999]
+    assert all(1e-7 < r["rel_err"] <= 2e-2 for r in rows)
     # Sampling pads the last batch of a static-batch model and still draws the parent's images.
     from cunet_edge.checkpoint import load_checkpoint
     from cunet_edge.runtimes.base import open_runner

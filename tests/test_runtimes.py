@@ -163,3 +163,39 @@ def test_torch_runner_on_cuda_fp16_and_cuda_graphs(tiny_unrolled):
         tol = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 2e-2}[opts["precision"]]
         for got, want in zip(gots, wants):
             assert np.linalg.norm(got - want) / np.linalg.norm(want) <= tol, opts
+
+
+def test_onnxruntime_tensorrt_provider_options(tiny_onnx, tmp_path):
+    """The TensorRT provider's options (FP16/INT8 flag of the artifact's precision, engine cache): what the session
+    is given. The TensorRT EP itself is not in this machine's onnxruntime, so opening is refused in one line."""
+    import json
+    import shutil
+
+    import onnxruntime as ort
+
+    from cunet_edge.benchmark import BenchConfig, bench, parse_target
+
+    cache = tmp_path / "trt-cache"
+    r = open_runner(tiny_onnx, "onnxruntime", provider="tensorrt", trt_cache=str(cache))
+    want = {"trt_fp16_enable": False, "trt_int8_enable": False, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache.resolve())}
+    assert r.providers() == [("TensorrtExecutionProvider", want), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert r.describe()["tensorrt_options"] == want
+    for precision in ("fp16", "int8"):  # the flag follows the artifact's precision
+        copy = shutil.copytree(tiny_onnx, tmp_path / precision)
+        m = json.loads((copy / "manifest.json").read_text())
+        (copy / "manifest.json").write_text(json.dumps(m | {"precision": precision}))
+        opts = open_runner(copy, "onnxruntime", provider="tensorrt").tensorrt_options()
+        assert opts == {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8"}
+    assert "TensorrtExecutionProvider" not in ort.get_available_providers()
+    with pytest.raises(ConfigError, match="ONNX Runtime here has no TensorrtExecutionProvider"):
+        with r:
+            pass
+    with pytest.raises(ConfigError, match="needs --provider tensorrt, not cpu"):
+        open_runner(tiny_onnx, "onnxruntime", trt_cache=str(cache))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        open_runner(tiny_onnx, "onnxruntime", provider="tensorrt", trt_cache=str(tmp_path / "file"))
+    with pytest.raises(ConfigError, match="--trt-cache is for onnxruntime targets on the TensorRT provider"):
+        bench([parse_target(str(tiny_onnx))], BenchConfig(trt_cache=str(cache)), progress=False, record=False)
+    assert not cache.exists()

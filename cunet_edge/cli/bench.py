@@ -22,6 +22,7 @@ option = partial(config_option, BenchConfig)
                    "torch fp32|tf32|fp16,graphs,cpu|cuda; onnxruntime cpu|cuda|tensorrt,spin|nospin (e.g. m@torch:fp16,graphs).")
 @option("--batch", help="Batch size per network call.")
 @option("--provider", help="onnxruntime: cpu, cuda or tensorrt.")
+@option("--trt-cache", type=click.Path(), help="onnxruntime on the TensorRT provider: its engine cache folder.")
 @option("--precision", help="torch: fp32, or on CUDA tf32 or fp16.")
 @option("--device", help="torch: auto, cpu or cuda.")
 @option("--cuda-graphs", is_flag=True, help="torch on CUDA: replay one captured CUDA graph per call.")
@@ -35,13 +36,12 @@ option = partial(config_option, BenchConfig)
 @click.option("--solver", help="Expected solver method: refused if the artifact has another one baked in.")
 @click.option("--solver-steps", type=int, help="Expected solver steps: refused if the artifact has others baked in.")
 @JSON_OPTION
-def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_graphs, threads, sampler_steps,
-          sampler, spacing, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
+def bench(artifact, runtime, compare, batch, provider, trt_cache, precision, device, cuda_graphs, threads,
+          sampler_steps, sampler, spacing, min_iters, min_seconds, rounds, solver, solver_steps, json_path):
     """Benchmark ARTIFACT (and --compare targets) on this machine; also stored in each artifact's metrics.json."""
-    cfg = BenchConfig(batch=batch, provider=provider, precision=precision, device=device, cuda_graphs=cuda_graphs,
-                      threads=threads, sampler_steps=sampler_steps, sampler=sampler, spacing=spacing,
-                      min_iters=min_iters,
-                      min_seconds=min_seconds, rounds=rounds)
+    cfg = BenchConfig(batch=batch, provider=provider, trt_cache=trt_cache, precision=precision, device=device,
+                      cuda_graphs=cuda_graphs, threads=threads, sampler_steps=sampler_steps, sampler=sampler,
+                      spacing=spacing, min_iters=min_iters, min_seconds=min_seconds, rounds=rounds)
     if json_path not in (None, "-"):
         check_file_output(json_path)
     targets = [parse_target(artifact, runtime)] + [parse_target(spec) for spec in compare]
@@ -51,4 +51,6 @@ def bench(artifact, runtime, compare, batch, provider, precision, device, cuda_g
             check_solver_request(Artifact.load(t.path, verify=False).manifest, t.path, solver, solver_steps)
     result = run_bench(targets, cfg)
     click.echo(format_bench(result))
+    for warning in (result["machine"].get("jetson") or {}).get("warnings", ()):
+        click.echo(f"warning: {warning}", err=True)
     write_json(json_path, result)

@@ -402,13 +402,19 @@ class ContinuousUNet(nn.Module):
         )
 
     def embed_time(self, t: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        """Timestep embedding (B, time_emb_dim); a 0-d t is shared by the whole batch."""
-        t = t.to(dtype).reshape(-1)
+        """Timestep embedding (B, time_emb_dim) in `dtype`; a 0-d t is shared by the whole batch.
+
+        The sinusoid and the time MLP run at the MLP's own precision: a half model whose `time_mlp` was kept
+        in float32 (as the fp16 ONNX export keeps it) embeds in float32 and casts the result to `dtype`. In
+        float16, t·f_k near t = 999 has a 0.5 ulp, so the sinusoid alone would be several percent off.
+        """
+        inner = self.time_mlp[0].weight.dtype
+        t = t.to(inner).reshape(-1)
         if t.numel() == 1:
             t = t.expand(batch)
         if t.numel() != batch:
             raise ValueError(f"t must have shape ({batch},) or be a scalar, got {tuple(t.shape)}")
-        return self.time_mlp(timestep_embedding(t, self.cfg.time_emb_dim))
+        return self.time_mlp(timestep_embedding(t, self.cfg.time_emb_dim)).to(dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.embed_time(torch.as_tensor(t, device=x.device), x.shape[0], x.dtype)

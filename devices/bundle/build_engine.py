@@ -30,12 +30,18 @@ def fail(msg):
     sys.exit(2)
 
 
+NO_TENSORRT = ("the tensorrt Python module is not importable (JetPack: sudo apt install python3-libnvinfer); "
+               "build with trtexec instead: sh build_engine.sh")
+
+
 def build(args, bundle):
     try:
         import tensorrt as trt
     except ImportError:
-        fail("the tensorrt Python module is not importable (JetPack: sudo apt install python3-libnvinfer); "
-             "build with trtexec instead: sh build_engine.sh")
+        if args.skip_without_tensorrt:  # deploy --host: run.py then selfchecks and benches with ONNX Runtime
+            print("engine build skipped: " + NO_TENSORRT)
+            return
+        fail(NO_TENSORRT)
     settings = {"precision": bundle["precision"], "workspace_mb": args.workspace_mb, "min_batch": args.min_batch,
                 "opt_batch": args.opt_batch or bundle["batch"], "max_batch": args.max_batch,
                 "dla_core": args.dla_core, "gpu_fallback": not args.no_gpu_fallback, "tf32": bool(args.tf32),
@@ -79,6 +85,8 @@ def main(argv=None):
     p.add_argument("--tf32", action="store_true", help="allow TF32 in an fp32 build (faster; selfcheck may need "
                                                         "--tolerance 1e-2)")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--skip-without-tensorrt", action="store_true",
+                   help="without the tensorrt module, say so and exit 0 (run.py then uses ONNX Runtime)")
     build(p.parse_args(argv), bundle)
     return 0
 

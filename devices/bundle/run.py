@@ -243,6 +243,15 @@ def cmd_selfcheck(args, bundle):
 
 # ---------------------------------------------------------------- sample
 
+def jetson_state():
+    """Power mode and clock lock on a Jetson, None elsewhere (jetson.py: cunet_edge's module, copied verbatim)."""
+    try:
+        import jetson
+    except ImportError:  # a bundle from before jetson.py was added
+        return None
+    return jetson.power_state()
+
+
 def load_sampler():
     import sampler  # the bundle's copy of cunet_edge's numpy sampler
     return sampler
@@ -413,11 +422,16 @@ def cmd_bench(args, bundle):
     finally:
         backend.close()
     stats = percentile_stats(call_ms)
+    board = jetson_state()
     result = dict(stats, runtime=backend.name, runtime_version=backend.version, precision=bundle["precision"],
                   batch=args.batch, images_per_s=args.batch / (stats["mean_ms"] / 1e3), peak_mem_mb=peak_rss_mb(),
                   image_latency_ms=float(np.median(image_ms)), image_batch=static or 1, sampler=args.sampler,
                   sampler_steps=args.steps, spacing=args.spacing, device=bundle["device"], bundle_id=bundle_id(),
                   power=power.summary(), machine={"python": platform.python_version(), "platform": platform.platform()})
+    if board is not None:  # on a Jetson: the figures hold for this power mode and clock state only
+        result["jetson"] = board
+        for warning in board["warnings"]:
+            sys.stderr.write("warning: %s\n" % warning)
     print("%s %s batch %d: p50 %.3f ms, p90 %.3f ms, %.1f images/s per call; image (%s x%d) %.1f ms; power: %s"
           % (backend.name, bundle["precision"], args.batch, stats["p50_ms"], stats["p90_ms"], result["images_per_s"],
              args.sampler, args.steps, result["image_latency_ms"], result["power"]["source"]))
