@@ -19,14 +19,15 @@ from pathlib import Path
 
 
 def parse_time_log(path: Path) -> dict:
-    """Wall seconds, peak RSS (MiB) and exit status from a `/usr/bin/time -v` log."""
+    """Wall seconds, CPU seconds (user + system), peak RSS (MiB) and exit status from a `/usr/bin/time -v` log."""
     text = path.read_text()
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
     parts = [float(p) for p in wall.split(":")]
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
     status = int(re.search(r"Exit status: (\d+)", text).group(1))
-    return {"wall_s": seconds, "peak_mib": rss_kb / 1024, "exit": status}
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", text).group(1)) for k in ("User", "System"))
+    return {"wall_s": seconds, "cpu_s": cpu, "peak_mib": rss_kb / 1024, "exit": status}
 
 
 def main() -> None:
@@ -49,11 +50,11 @@ def main() -> None:
             row["sensitivity_evaluations"] = man.get("sensitivity_evaluations")
         rows.append(row)
 
-    print("| px | model MACs/call | run | wall | peak RSS | exit |")
-    print("|---|---|---|---|---|---|")
+    print("| px | model MACs/call | run | wall | CPU (user + sys) | peak RSS | exit |")
+    print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["size"], r["label"])):
         print(f"| {r['size']} | {r['macs'] / 1e6:,.0f} M | {r['label']} | {r['wall_s'] / 60:.1f} min | "
-              f"{r['peak_mib']:,.0f} MiB | {r['exit']} |")
+              f"{r['cpu_s'] / 60:.1f} min | {r['peak_mib']:,.0f} MiB | {r['exit']} |")
     for r in rows:
         if r.get("timings_s"):
             print(f"{r['size']} px {r['label']}: phases {r['timings_s']}, evaluations {r['sensitivity_evaluations']}")
@@ -69,12 +70,14 @@ def main() -> None:
         if not pts:
             continue
         x = [r["macs"] for r in pts]
-        axes[0].loglog(x, [r["wall_s"] for r in pts], marker=marker, label=label)
+        line, = axes[0].loglog(x, [r["wall_s"] for r in pts], marker=marker, label=f"{label}: wall")
+        axes[0].loglog(x, [r["cpu_s"] for r in pts], marker=marker, ls="--", color=line.get_color(),
+                       label=f"{label}: CPU (user + sys)")
         axes[1].loglog(x, [r["peak_mib"] for r in pts], marker=marker, label=label)
         for r in pts:
             axes[0].annotate(f"{r['size']} px", (r["macs"], r["wall_s"]), textcoords="offset points", xytext=(4, 4),
                              fontsize=8)
-    axes[0].set(xlabel="model MACs per call", ylabel="wall time (s)", title=f"{args.title}: wall time")
+    axes[0].set(xlabel="model MACs per call", ylabel="seconds", title=f"{args.title}: time")
     axes[1].set(xlabel="model MACs per call", ylabel="peak RSS (MiB)", title=f"{args.title}: peak memory")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
