@@ -104,6 +104,8 @@ def train_config_from_options(config_file: str | None = None, *, base: dict[str,
     if preset is not None:
         size = image_size or data.get("image_size") or model.get("image_size")
         table = models.preset_model_table(preset, size)
+        if arch is not None and arch != table["arch"]:
+            raise ConfigError(f"preset {preset} is a {table['arch']} model; it cannot be trained with arch {arch}")
         model = table | model
         data.setdefault("image_size", table["image_size"])
     for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):

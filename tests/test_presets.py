@@ -70,6 +70,8 @@ def test_preset_in_toml_under_file_keys_and_options(tmp_path):
     small = train_config_from_options(str(path), image_size=32).model
     assert (small.image_size, small.attn_resolutions) == (32, (4,))
     assert train_config_from_options(dataset="digits", preset="ddpm32").model.arch == "unet"
+    with pytest.raises(ConfigError, match="preset ddpm32 is a unet model; it cannot be trained with arch cunet"):
+        train_config_from_options(dataset="digits", preset="ddpm32", arch="cunet")
     with pytest.raises(ConfigError, match="unknown preset 'nope'; valid presets: paper64"):
         train_config_from_options(dataset="digits", preset="nope")
 
