@@ -89,13 +89,18 @@ def train_config_from_options(config_file: str | None = None, *, base: dict[str,
                               dataset: str | None = None,
                               data_root: str | None = None, download: bool | None = None,
                               image_size: int | None = None, arch: str | None = None,
-                              solver: dict[str, Any] | None = None, **top: Any) -> TrainConfig:
+                              solver: dict[str, Any] | None = None, preset: str | None = None,
+                              **top: Any) -> TrainConfig:
     """A TrainConfig from an optional TOML/JSON file (or a `base` table) with command-line values laid over it.
 
     Options left as None keep the file's (or the default) value. The model's input channels
-    follow the dataset unless the file sets them.
+    follow the dataset unless the file sets them. A preset (`preset`, or the file's top-level
+    `preset = "..."`) is the model table the file's [model] keys are laid over; its image size is the
+    data's unless the file or `image_size` sets one (the preset's attention follows that size).
     """
     d = load_config_file(config_file) if config_file else dict(base or {})
+    preset = preset if preset is not None else d.pop("preset", None)
+    d.pop("preset", None)
     for table in ("data", "model"):
         if not isinstance(d.get(table, {}), dict):
             raise ConfigError(f"{table}: expected a table of settings, got {d[table]!r}")
@@ -103,6 +108,13 @@ def train_config_from_options(config_file: str | None = None, *, base: dict[str,
     model = dict(d.get("model", {}))
     if not isinstance(model.get("solver", {}), dict):
         raise ConfigError(f"model.solver: expected a table of settings, got {model['solver']!r}")
+    if preset is not None:
+        size = image_size or data.get("image_size") or model.get("image_size")
+        table = models.preset_model_table(preset, size)
+        if arch is not None and arch != table["arch"]:
+            raise ConfigError(f"preset {preset} is a {table['arch']} model; it cannot be trained with arch {arch}")
+        model = table | model
+        data.setdefault("image_size", table["image_size"])
     for key, value in (("name", dataset), ("root", data_root), ("download", download), ("image_size", image_size)):
         if value is not None:
             data[key] = value

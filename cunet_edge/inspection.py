@@ -8,9 +8,9 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .config import to_dict
 from .kinds import STAGE_IO
-from .models import profile_model
+from .models import PRESETS, build_model, get_preset, model_config_from_dict, preset_model_table, profile_model
 
-__all__ = ["inspect_artifact"]
+__all__ = ["inspect_artifact", "inspect_preset"]
 
 
 def _solver_summary(model_cfg, prof: dict) -> str:
@@ -62,4 +62,30 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
         "train_step": man.get("train_step"),
         "import": man.get("import"),
         "signature": man.get("signature"),
+    }
+
+
+def inspect_preset(name: str, image_size: int | None = None, in_channels: int | None = None) -> dict[str, Any]:
+    """A preset's model built at random weights (no checkpoint): params, MACs per call (all, and thop's
+    conv + linear count), NFE, and the published figures it is compared with. `name` "all": every preset."""
+    if name == "all":
+        return {"presets": [inspect_preset(n, image_size, in_channels) for n in PRESETS]}
+    import torch
+
+    p = get_preset(name)
+    table = preset_model_table(name, image_size) | {"in_channels": in_channels or p.in_channels}
+    m = model_config_from_dict(table)
+    torch.manual_seed(0)
+    prof = profile_model(build_model(m).eval(), m)
+    ref = dict(p.reference)
+    if "params" in ref:
+        ref["params_ratio"] = prof["params"] / ref["params"]
+    if "macs_thop" in ref:
+        ref["macs_thop_ratio"] = prof["macs_conv_linear"] / ref["macs_thop"]
+    return {
+        "preset": name, "description": p.description, "arch": m.arch, "image_size": m.image_size,
+        "in_channels": m.in_channels, "params": prof["params"], "macs": prof["macs"],
+        "macs_conv_linear": prof["macs_conv_linear"], "nfe_per_call": prof["nfe_per_call"],
+        "ode_blocks": prof.get("ode_blocks", 0), "solver_summary": _solver_summary(m, prof), "model": to_dict(m),
+        "reference": ref,
     }

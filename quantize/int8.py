@@ -59,6 +59,7 @@ class QuantizeConfig:
     max_float_layers: int = 32
     select: str | None = None  # default: fastest for cpu, fewest-float for tensorrt
     val_n: int = 64
+    sensitivity_n: int = 8  # validation inputs each layer is first screened on (0: all of them); see _Sensitivity
     bench_batch: int = 16
     drift_samples: int = 16
     compare_fp16: bool = True  # export the parent at fp16 for the side-by-side table
@@ -70,6 +71,7 @@ class QuantizeConfig:
             check_positive("fid_tolerance", self.fid_tolerance)
         check_positive("max_float_layers", self.max_float_layers, allow_zero=True)
         check_positive("val_n", self.val_n)
+        check_positive("sensitivity_n", self.sensitivity_n, allow_zero=True)
         check_positive("bench_batch", self.bench_batch)
         if self.select is not None:
             check_choice("select", self.select, ("fastest", "fewest-float"))
@@ -113,18 +115,69 @@ class _Validator:
         self.val = val
         self.ref = _session(fp32_path).run(["eps"], val)[0]
 
-    def error(self, model) -> float:
-        return rel_err(_session(model).run(["eps"], self.val)[0], self.ref)
+    def subset(self, n: int | None) -> np.ndarray:
+        """Indices of n validation inputs spread evenly over the set (so over the timesteps); all when n is None."""
+        total = len(self.ref)
+        if n is None or n >= total:
+            return np.arange(total)
+        return np.unique(np.linspace(0, total - 1, n).round().astype(int))
+
+    def error(self, model, n: int | None = None) -> float:
+        """ε relative error on all validation inputs, or on `n` of them spread over the set."""
+        idx = self.subset(n)
+        if len(idx) == len(self.ref):
+            return rel_err(_session(model).run(["eps"], self.val)[0], self.ref)
+        feed = {k: np.ascontiguousarray(v[idx]) for k, v in self.val.items()}
+        return rel_err(_session(model).run(["eps"], feed)[0], self.ref[idx])
 
     def error_by_timestep(self, model, bins: int = 10) -> list[dict]:
         return error_by_timestep(_session(model).run(["eps"], self.val)[0], self.ref, self.val["t"], bins)
 
 
-def _sensitivity(model, ranges, scheme, validator: _Validator) -> list[tuple[float, str]]:
-    """The ε error of quantizing each layer alone, most harmful first."""
-    nodes = quantizable_nodes(model, scheme)
-    errs = [(validator.error(insert_qdq(model, ranges, scheme, float_nodes=set(nodes) - {n})), n) for n in nodes]
-    return sorted(errs, key=lambda e: (-e[0], e[1]))
+class _Sensitivity:
+    """The ε error of quantizing each layer alone: screened on a few validation inputs, then re-measured on all of
+    them for the layers the fallback reaches.
+
+    Measuring every layer on the whole validation set costs one full evaluation per layer (layers × inputs × the
+    model's cost: most of the stage's time at 64 px). The ranking only decides which layers the fallback keeps in
+    float, and the fallback keeps few. So every layer is screened on `screen_n` inputs spread over the timesteps,
+    and only the layers at the head of the ranking (the first k + REFINE_MARGIN when the fallback tries k) are
+    measured again on all inputs. The ranking is by the best-known error (the full one where measured), refined
+    until its head holds full measurements only. docs/results/2026-12-02-scale.md compares the decisions with the
+    one-full-evaluation-per-layer ranking.
+    """
+
+    REFINE_MARGIN = 4
+
+    def __init__(self, model, ranges, scheme, validator: _Validator, screen_n: int | None):
+        self.model, self.ranges, self.scheme, self.validator = model, ranges, scheme, validator
+        self.nodes = quantizable_nodes(model, scheme)
+        self.screen_inputs = len(validator.subset(screen_n))
+        full = self.screen_inputs == len(validator.ref)
+        self.err = {n: (validator.error(self._alone(n), screen_n), full) for n in self.nodes}
+        self.evaluations = {"screen": len(self.nodes), "screen_inputs": self.screen_inputs, "full": 0,
+                            "full_inputs": len(validator.ref)}
+
+    def _alone(self, node: str):
+        return insert_qdq(self.model, self.ranges, self.scheme, float_nodes=set(self.nodes) - {node})
+
+    def order(self, k: int) -> list[str]:
+        """Every layer, most harmful first, the first k + REFINE_MARGIN measured on all validation inputs."""
+        while True:
+            order = sorted(self.nodes, key=lambda n: (-self.err[n][0], n))
+            todo = [n for n in order[:k + self.REFINE_MARGIN] if not self.err[n][1]]
+            if not todo:
+                return order
+            for n in todo:
+                self.err[n] = (self.validator.error(self._alone(n)), True)
+                self.evaluations["full"] += 1
+
+    def record(self) -> list[dict]:
+        """The ranking as the manifest keeps it: each layer's error and the number of inputs it was measured on."""
+        full, screen = self.evaluations["full_inputs"], self.screen_inputs
+        order = sorted(self.nodes, key=lambda n: (-self.err[n][0], n))
+        return [{"node": n, "eps_rel_err": self.err[n][0], "inputs": full if self.err[n][1] else screen}
+                for n in order]
 
 
 def _latency_ms(model, val: dict, batch: int) -> float:
@@ -135,10 +188,10 @@ def _latency_ms(model, val: dict, batch: int) -> float:
 
 def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, bar=None) -> dict:
     """Try 0, 1, 2, ... most sensitive layers in float; stop two steps after the first that passes."""
-    sens = _sensitivity(model, ranges, scheme, validator)
-    order = [n for _, n in sens]
+    sens = _Sensitivity(model, ranges, scheme, validator, cfg.sensitivity_n or None)
     tried, passed_at = [], None
-    for k in [k for k in FALLBACK_STEPS if k <= min(cfg.max_float_layers, len(order))]:
+    for k in [k for k in FALLBACK_STEPS if k <= min(cfg.max_float_layers, len(sens.nodes))]:
+        order = sens.order(k)
         q = insert_qdq(model, ranges, scheme, float_nodes=set(order[:k]))
         err = validator.error(q)
         tried.append({"float_layers": k, "float_nodes": order[:k], "eps_rel_err": err,
@@ -149,7 +202,7 @@ def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, b
             passed_at = len(tried) - 1
         if passed_at is not None and len(tried) - passed_at > 2:
             break
-    return {"sensitivity": [{"node": n, "eps_rel_err": e} for e, n in sens], "tried": tried}
+    return {"sensitivity": sens.record(), "sensitivity_evaluations": sens.evaluations, "tried": tried}
 
 
 def _choose(tried: list[dict], val: dict, cfg: QuantizeConfig) -> dict:
@@ -331,7 +384,8 @@ def _record(art, cfg: QuantizeConfig, scheme, calib, search, best, drift, sizes,
         solver=m.get(SOLVER), model_cost=m.get("model_cost"), dynamic_batch=m.get("dynamic_batch"),
         batch=m.get("batch"), calibration={"inputs": int(calib["x"].shape[0]), "files": ["calibration/x.npy",
                                                                                        "calibration/t.npy"]},
-        sensitivity=search["sensitivity"], tried=tried, float_nodes=best["float_nodes"],
+        sensitivity=search["sensitivity"], sensitivity_evaluations=search["sensitivity_evaluations"], tried=tried,
+        float_nodes=best["float_nodes"],
         passed=bool(best["passes"]), tolerance=cfg.tolerance, selection=cfg.selection, drift=drift, size=sizes,
         tensorrt_lint=lint,
     )
@@ -347,24 +401,31 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     art = _check_source(src)
     scheme = SCHEMES[cfg.target]
     fp32 = art.file("model.onnx")
+    clock = _PhaseClock()
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
         calib, val, ranges = _calibrate(art, cfg)
+        clock.lap("calibrate")
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
         validator = _Validator(fp32, val)
         search = _search(model, ranges, scheme, validator, cfg)
+        clock.lap("sensitivity_and_fallback")
         best = _choose(search["tried"], val, cfg)
+        clock.lap("choose")
         bar.update(task, description="FID check" if cfg.fid_tolerance else "drift")
         best, fid = _fid_gate(best, search["tried"], art, cfg)
+        clock.lap("fid")
         bar.update(task, description="FP32, FP16 and INT8 side by side")
         with tempfile.TemporaryDirectory() as tmp:
             fp16, note = _fp16_sibling(art, Path(tmp)) if cfg.compare_fp16 else (None, "not compared (compare_fp16 off)")
             precisions = _side_by_side(fp32, fp16, best["model"], val, cfg, note)
+        clock.lap("side_by_side")
     lint = _lint(best, cfg)
     drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
              "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), cfg.drift_samples),
              "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
+    clock.lap("drift")
     with ArtifactWriter(out, kind=STAGE_IO["quantize"].produces(), stage="quantize", config=to_dict(cfg), parent=art) as w:
         onnx.save(best["model"], str(w.dir / "model.onnx"))
         (w.dir / "calibration").mkdir()
@@ -373,7 +434,24 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         (w.dir / CONFIG).write_text(art.file(CONFIG).read_text())
         w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
         w.manifest["precisions"] = precisions
+        w.manifest["timings_s"] = clock.laps  # wall time of each phase of this run, for scale studies
     return w.artifact
+
+
+class _PhaseClock:
+    """Wall seconds of each phase, in order (time.perf_counter between laps)."""
+
+    def __init__(self):
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _lint(best: dict, cfg: QuantizeConfig) -> dict | None:

@@ -176,12 +176,14 @@ RUN_OPTIONS = {"json_path", "out", "progress", "procs", "config_file", "runtime"
 def _fields():
     """command -> {option: [(default config, its class or a function; the field or parameter the value goes to)]}."""
     from cunet_edge.benchmark import BenchConfig
+    from cunet_edge.checkpoint import train_config_from_options
     from cunet_edge.devices.deploy import DeployConfig, SshConfig, run_remote
     from cunet_edge.devices.estimate import CalibrateConfig, EstimateConfig
     from cunet_edge.export.onnx import OnnxExportConfig
     from cunet_edge.export.tensorrt import EngineConfig
     from cunet_edge.export.torch_tensorrt import TorchTensorRTConfig
     from cunet_edge.importing import import_model
+    from cunet_edge.inspection import inspect_preset
     from cunet_edge.pruning import PruneConfig
     from cunet_edge.quantize.int8 import QuantizeConfig
     from cunet_edge.report.stage import ReportConfig
@@ -200,7 +202,9 @@ def _fields():
                   "image_size": [(t, "data.image_size"), (t, "model.image_size")], "download": [(t, "data.download")],
                   "method": [(t, "model.solver.method")], "solver_steps": [(t, "model.solver.steps")],
                   **{n: [(t, f"model.solver.{n}")] for n in ("rtol", "atol", "adjoint")},
-                  **same(t, "steps", "batch_size", "lr", "seed")},
+                  **same(t, "steps", "batch_size", "lr", "seed"), "preset": [(train_config_from_options, "preset")]},
+        "inspect": {"preset": [(inspect_preset, "name")], "image_size": [(inspect_preset, "image_size")],
+                    "in_channels": [(inspect_preset, "in_channels")]},
         "unroll": {**same(UnrollConfig(), "method", "steps"),
                    **same(SweepConfig(), "max_steps", "tolerance", "fid", "fid_n")},
         "prune": same(PruneConfig, "target_macs", "target_params", "importance", "scope", "iterative_steps",

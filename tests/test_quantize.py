@@ -206,3 +206,31 @@ def test_fid_tolerance_gates_the_choice(tiny_onnx, tmp_path):
                          select="fewest-float", val_n=16, drift_samples=4, compare_fp16=False)
     fid = quantize_int8(tiny_onnx, cfg, tmp_path / "fid", progress=False).manifest["drift"]["fid"]
     assert fid["n"] == 20 and fid["passes"] and 0 < fid["fid_int8"] <= 11 * fid["fid_fp32"]
+
+
+def test_sensitivity_screens_then_measures_the_head_on_all_inputs(tiny_int8_cpu, tiny_onnx, tmp_path):
+    """The fallback's ranking: every layer screened on a few inputs, the layers at its head measured again on all
+    of them, with exactly the error a one-full-evaluation-per-layer ranking gives them."""
+    from cunet_edge.quantize.calibration import activation_ranges
+    from cunet_edge.quantize.int8 import _Sensitivity, _Validator
+    from cunet_edge.quantize.qdq import SCHEMES
+
+    m = tiny_int8_cpu.manifest  # the stage's own record: val_n 16, screened on the default 8
+    ev = m["sensitivity_evaluations"]
+    assert (ev["screen"], ev["screen_inputs"], ev["full_inputs"]) == (len(m["sensitivity"]), 8, 16) and ev["full"] > 0
+    inputs = {s["node"]: s["inputs"] for s in m["sensitivity"]}
+    assert all(inputs[n] == 16 for c in m["tried"] for n in c["float_nodes"])
+    assert list(m["timings_s"])[:2] == ["calibrate", "sensitivity_and_fallback"]
+
+    x, t = np.load(tiny_int8_cpu.file("calibration/x.npy")), np.load(tiny_int8_cpu.file("calibration/t.npy"))
+    idx = np.linspace(0, len(t) - 1, 8).round().astype(int)
+    val = {"x": np.ascontiguousarray(x[idx]), "t": t[idx]}
+    ranges = activation_ranges(tiny_onnx / "model.onnx", val, CAL, tmp_path)
+    validator = _Validator(tiny_onnx / "model.onnx", val)
+    sens = _Sensitivity(onnx.load(str(tiny_onnx / "model.onnx")), ranges, SCHEMES["cpu"], validator, 3)
+    assert sens.evaluations["screen"] == len(sens.nodes) and not any(full for _, full in sens.err.values())
+    order = sens.order(1)
+    head = order[:1 + _Sensitivity.REFINE_MARGIN]
+    assert all(sens.err[n] == (validator.error(sens._alone(n)), True) for n in head)  # the full measurement
+    assert sorted(order) == sorted(sens.nodes)
+    assert [sens.err[n][0] for n in order] == sorted((e for e, _ in sens.err.values()), reverse=True)

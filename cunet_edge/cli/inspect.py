@@ -1,16 +1,32 @@
-"""`cunet-edge inspect`: what an artifact holds and what one network call costs."""
+"""`cunet-edge inspect`: what an artifact holds and what one network call costs (or a preset's, untrained)."""
 
 import click
 
-from ..inspection import inspect_artifact
+from ..errors import ConfigError
+from ..inspection import inspect_artifact, inspect_preset
+from ..models.presets import PRESETS
 from ._common import JSON_OPTION, write_json
 
 
 @click.command()
-@click.argument("artifact", type=click.Path())
+@click.argument("artifact", type=click.Path(), required=False)
+@click.option("--preset", help=f"Instead of an artifact: a model preset ({', '.join(PRESETS)}, or all), "
+                               "built at random weights.")
+@click.option("--image-size", type=int, help="With --preset: the image size (default: the preset's own).")
+@click.option("--in-channels", type=int, help="With --preset: image channels (default 3).")
 @JSON_OPTION
-def inspect(artifact, json_path):
-    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT."""
+def inspect(artifact, preset, image_size, in_channels, json_path):
+    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT (or of --preset NAME)."""
+    if (artifact is None) == (preset is None):
+        raise ConfigError("give an ARTIFACT or --preset NAME (one of them)")
+    if preset is None and (image_size is not None or in_channels is not None):
+        raise ConfigError("--image-size and --in-channels apply to --preset only")
+    if preset is not None:
+        info = inspect_preset(preset, image_size, in_channels)
+        for row in info.get("presets", [info]):
+            click.echo(_preset_line(row))
+        write_json(json_path, info)
+        return
     info = inspect_artifact(artifact)
     click.echo(
         f"{info['kind']} {info['arch']}: {info['params']:,} params, {info['macs'] / 1e6:.2f} M MACs/call, "
@@ -23,3 +39,17 @@ def inspect(artifact, json_path):
     elif info["widths"]:
         click.echo("pruned widths: " + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in info["widths"].items()))
     write_json(json_path, info)
+
+
+def _preset_line(r: dict) -> str:
+    """One preset: size, params (vs the published count), MACs per call (all; thop's conv + linear count)."""
+    ref = r["reference"]
+    params = f"{r['params']:,} params"
+    if "params" in ref:
+        params += f" (published {ref['params'] / 1e6:.2f} M: {100 * (ref['params_ratio'] - 1):+.1f}%)"
+    thop = f"conv+linear (thop-style) {r['macs_conv_linear'] / 1e9:.2f} G"
+    if "macs_thop" in ref:
+        thop += f" vs published {ref['macs_thop'] / 1e9:.2f} G"
+    return (f"{r['preset']:8} {r['arch']} {r['image_size']}x{r['image_size']}x{r['in_channels']}: {params}, "
+            f"{r['macs'] / 1e9:.2f} G MACs/call, {thop}; NFE/call {r['nfe_per_call']:g}, "
+            f"solver {r['solver_summary']}")

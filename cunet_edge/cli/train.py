@@ -7,9 +7,12 @@ import click
 from ..checkpoint import train_config_from_options
 from ..config import check_positive
 from ..data import DataConfig
+from ..models.presets import PRESETS
 from ..training import launch_data_parallel
 from ..training import train as run_training
 from ._common import JSON_OPTION, config_option, write_json
+
+PRESET_NAMES = list(PRESETS)
 
 
 @click.command()
@@ -18,6 +21,7 @@ from ._common import JSON_OPTION, config_option, write_json
 @click.option("--download/--no-download", default=None, help="Let torchvision download its dataset.")
 @config_option(DataConfig, "--image-size", unset=True, help="Square image size.")
 @click.option("--arch", type=click.Choice(["cunet", "unet"]), help="Continuous U-Net or the DDPM U-Net baseline.")
+@click.option("--preset", help=f"Model preset: {', '.join(PRESET_NAMES)} (docs/presets.md; TOML: preset = ...).")
 @click.option("--steps", type=int, help="Optimizer steps (total, including resumed ones).")
 @click.option("--batch-size", type=int, help="Global batch size (split over torchrun processes).")
 @click.option("--lr", type=float, help="Peak learning rate.")
@@ -34,12 +38,12 @@ from ._common import JSON_OPTION, config_option, write_json
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory (re-run to resume).")
 @JSON_OPTION
-def train(dataset, data_root, download, image_size, arch, steps, batch_size, lr, seed, method, solver_steps,
+def train(dataset, data_root, download, image_size, arch, preset, steps, batch_size, lr, seed, method, solver_steps,
           rtol, atol, adjoint, config_file, threads, procs, progress, out, json_path):
     """Train on a dataset; re-running with the same --out resumes from the last save."""
     solver = {"method": method, "steps": solver_steps, "rtol": rtol, "atol": atol, "adjoint": adjoint}
     cfg = train_config_from_options(config_file, dataset=dataset, data_root=data_root, download=download,
-                                    image_size=image_size, arch=arch, solver=solver, steps=steps,
+                                    image_size=image_size, arch=arch, preset=preset, solver=solver, steps=steps,
                                     batch_size=batch_size, lr=lr, seed=seed)
     if procs != 1:
 

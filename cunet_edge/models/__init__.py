@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .imported import ImportedConfig, build_network, pruned_structure, resolve_module_file
     from .inception import InceptionFeatures, load_inception_v3
     from .odeint_unroll import unrolled_odeint
+    from .presets import PRESETS, get_preset, preset_model_table
     from .profile import count_nfe, profile_model
     from .solver import SolverConfig
 
@@ -34,10 +35,13 @@ __all__ = [
     "ImportedConfig",
     "InceptionFeatures",
     "ModelConfig",
+    "PRESETS",
     "SolverConfig",
     "UNetConfig",
     "build_model",
     "build_network",
+    "get_preset",
+    "preset_model_table",
     "load_inception_v3",
     "count_nfe",
     "count_odeint_calls",
@@ -63,6 +67,9 @@ _LAZY = {
     "profile_model": "profile:profile_model",
     "SelfAttention": "cunet:SelfAttention",
     "LAYER_WIDTHS": "cunet:LAYER_WIDTHS",
+    "PRESETS": "presets:PRESETS",
+    "get_preset": "presets:get_preset",
+    "preset_model_table": "presets:preset_model_table",
     "Classifier": "classifier:Classifier",
     "FeatureExtractor": "classifier:FeatureExtractor",
     "InceptionFeatures": "inception:InceptionFeatures",

@@ -29,13 +29,16 @@ class UNetConfig:
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
     layers_per_block: int = 2
-    attn_resolutions: tuple[int, ...] = (4,)
+    attn_resolutions: tuple[int, ...] | None = None  # None: the coarsest level (see cunet.default_attention)
     norm_groups: int = 8
+    dropout: float = 0.0  # in the ResNet blocks (Ho et al.: 0.1 on CIFAR-10)
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, ["unet"])
         widths, resolutions = check_unet_shape(self)
         check_positive("layers_per_block", self.layers_per_block)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         # The mid block always attends, at the coarsest level.
         for w, r in zip(widths, resolutions):
             if (r in self.attn_resolutions or r == resolutions[-1]) and w % ATTN_HEAD_DIM:
@@ -82,6 +85,7 @@ class BaselineUNet(nn.Module):
             layers_per_block=cfg.layers_per_block,
             attention_head_dim=ATTN_HEAD_DIM,
             norm_num_groups=cfg.norm_groups,
+            dropout=cfg.dropout,
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

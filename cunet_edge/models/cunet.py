@@ -58,6 +58,18 @@ def _check_widths(widths: list[int], resolutions: list[int], cfg: object) -> Non
             )
 
 
+def default_attention(cfg: object) -> None:
+    """Resolve an unset `attn_resolutions` (None) to the coarsest level's resolution, in place.
+
+    The default follows the image size: attention at the lowest resolution of the U-Net, whatever
+    the image size and the number of levels (16 px with 3 levels: 4, as the fixed default was; 32 px: 8).
+    Stored resolved, so a checkpoint's config.json lists the resolutions it was built with.
+    """
+    if cfg.attn_resolutions is None and isinstance(cfg.image_size, int) and cfg.channel_mults:
+        coarsest = cfg.image_size // 2 ** (len(cfg.channel_mults) - 1)
+        object.__setattr__(cfg, "attn_resolutions", (coarsest,))
+
+
 def check_unet_shape(cfg: object) -> tuple[list[int], list[int]]:
     """Validate the fields every U-Net config shares; return (level widths, level resolutions)."""
     for name in ("in_channels", "image_size", "base_channels", "norm_groups"):
@@ -73,6 +85,7 @@ def check_unet_shape(cfg: object) -> tuple[list[int], list[int]]:
     for i, m in enumerate(cfg.channel_mults):
         check_positive(f"channel_mults[{i}]", m)
         check_int(f"channel_mults[{i}]", m, high=2**31 - 1)
+    default_attention(cfg)
     widths = [cfg.base_channels * m for m in cfg.channel_mults]
     resolutions = [cfg.image_size // 2**i for i in range(len(widths))]
     # A lower bound of what the model takes (two 3x3 convolutions per level, one image's first feature map, float32),
@@ -95,7 +108,8 @@ class CUNetConfig:
     image_size: int = 16
     base_channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2, 2)
-    attn_resolutions: tuple[int, ...] = (4,)
+    # None: the coarsest level's resolution (4 at the default 16 px), so any power-of-two size works.
+    attn_resolutions: tuple[int, ...] | None = None
     attn_heads: int = 4
     norm_groups: int = 8
     activation: str = "silu"

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 __all__ = ["profile_model", "count_params", "count_nfe", "NFECounter"]
 
+# The aten ops behind nn.Conv2d, nn.ConvTranspose2d and nn.Linear (what thop counts).
+_THOP_OPS = {"convolution", "_convolution", "conv2d", "addmm", "mm", "linear"}
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (every element of every parameter tensor, trainable or not)."""
@@ -30,6 +33,8 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     multiply-add as 2 FLOPs; convs, linears and matmuls only). A network without ODE blocks of
     ours (an imported one) counts the ODE-function evaluations of the torchdiffeq solves it makes, if
     any; `ode_blocks` is then the number of torchdiffeq solves per call. Without any, NFE is 1.
+    `macs_conv_linear` counts the convolutions and linear layers only, as thop does (the figure the
+    continuous U-Net paper reports): no attention products, no resampling, no norms.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -44,6 +49,11 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     with torch.no_grad(), counter, count_nfe(model) as nfe, _count_torchdiffeq() as solves:
         model(x, t)
     flops = int(counter.get_total_flops())
+    # thop's count, as the paper's figures were made: it hooks nn.Conv2d / nn.Linear modules, so convolutions and
+    # linear layers count; attention's q·k and attn·v products (matmul, einsum) and the bilinear resampling
+    # (F.interpolate, which FlopCounterMode never counts) do not. Norms and activations are left out too.
+    by_op = counter.get_flop_counts().get("Global", {})
+    conv_linear = sum(int(n) for op, n in by_op.items() if str(op).split(".")[-1] in _THOP_OPS)
     unrolled = getattr(model, "last_odeint_stats", None)  # an imported network whose torchdiffeq solves are unrolled
     if not ode_blocks and unrolled is not None and unrolled.calls:
         ode_blocks, nfe = unrolled.calls, NFECounter(unrolled.nfe)
@@ -53,6 +63,7 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
         "params": count_params(model),
         "macs": flops // 2,
         "flops": flops,
+        "macs_conv_linear": conv_linear // 2,
         "nfe_per_call": nfe.count if ode_blocks else 1,
         "ode_blocks": int(ode_blocks),
     }
