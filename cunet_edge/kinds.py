@@ -65,6 +65,8 @@ STAGE_IO: dict[str, StageIO] = {
     # Pruning keeps the model's form: a checkpoint stays a checkpoint, an unrolled model becomes `pruned`.
     "prune": StageIO(MODEL_KINDS, by_input={"checkpoint": "checkpoint", "unrolled": "pruned", "pruned": "pruned"}),
     "sweep": StageIO(("checkpoint",), writes="a table"),
+    # Progressive distillation keeps the teacher's architecture and solver: a checkpoint for fewer DDIM steps.
+    "distill": StageIO(("checkpoint",), "checkpoint"),
     # A checkpoint exports only when its network is already static (no torchdiffeq solve): a U-Net, or an
     # imported network without ODE blocks; export_onnx checks.
     "export": StageIO(MODEL_KINDS, "onnx"),

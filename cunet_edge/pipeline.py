@@ -52,6 +52,7 @@ from .artifact import MANIFEST, Artifact, check_output_path, write_json_atomic
 from .benchmark import BenchConfig
 from .checkpoint import TrainConfig, train_config_from_options
 from .config import from_dict, to_dict
+from .distillation import DistillConfig
 from .errors import ArtifactError, ConfigError, CunetEdgeError, OutputPathError
 from .evaluation import check_features
 from .export.onnx import OnnxExportConfig
@@ -114,6 +115,7 @@ STAGES: dict[str, StageDef] = {
     "load": StageDef(stages.LoadConfig, stages.run_load, STAGE_IO["load"], output_kind=_load_kind),
     "unroll": StageDef(UnrollConfig, stages.run_unroll, STAGE_IO["unroll"]),
     "prune": StageDef(PruneConfig, stages.run_prune, STAGE_IO["prune"], backends=("torch_pruning",)),
+    "distill": StageDef(DistillConfig, stages.run_distill, STAGE_IO["distill"]),
     "export": StageDef(OnnxExportConfig, stages.run_export, STAGE_IO["export"], backends=_ONNX),
     "quantize": StageDef(QuantizeConfig, stages.run_quantize, STAGE_IO["quantize"], backends=("onnx", "onnxruntime")),
     "bench": StageDef(BenchConfig, stages.run_bench, STAGE_IO["bench"], many=True, measures_inputs=True),

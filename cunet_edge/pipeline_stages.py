@@ -13,6 +13,7 @@ from typing import Any
 
 from .artifact import Artifact, write_json_atomic
 from .benchmark import BenchTarget, bench, format_bench
+from .distillation import distill
 from .errors import ConfigError
 from .evaluation import evaluate_checkpoint, format_evaluation
 from .export.onnx import export_onnx
@@ -25,8 +26,8 @@ from .report.stage import report
 from .training import train
 from .unrolling import unroll
 
-__all__ = ["LoadConfig", "run_train", "run_load", "run_unroll", "run_prune", "run_export", "run_quantize",
-           "run_bench", "run_evaluate", "run_report"]
+__all__ = ["LoadConfig", "run_train", "run_load", "run_unroll", "run_prune", "run_distill", "run_export",
+           "run_quantize", "run_bench", "run_evaluate", "run_report"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ def run_unroll(cfg, ctx):
 def run_prune(cfg, ctx):
     _threads(ctx)
     return prune(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress, threads=ctx.settings.threads)
+
+
+def run_distill(cfg, ctx):
+    _threads(ctx)
+    return distill(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress, threads=ctx.settings.threads)
 
 
 def run_export(cfg, ctx):

@@ -179,6 +179,7 @@ def _fields():
     from cunet_edge.checkpoint import train_config_from_options
     from cunet_edge.devices.deploy import DeployConfig, SshConfig, run_remote
     from cunet_edge.devices.estimate import CalibrateConfig, EstimateConfig
+    from cunet_edge.distillation import DistillConfig
     from cunet_edge.export.onnx import OnnxExportConfig
     from cunet_edge.export.tensorrt import EngineConfig
     from cunet_edge.export.torch_tensorrt import TorchTensorRTConfig
@@ -210,6 +211,8 @@ def _fields():
         "prune": same(PruneConfig, "target_macs", "target_params", "importance", "scope", "iterative_steps",
                       "importance_batches", "ratio_step", "select", "finetune_steps", "distill_weight", "lr",
                       "batch_size", "seed", "keep"),
+        "distill": same(DistillConfig(), "from_steps", "to_steps", "train_steps", "lr", "batch_size", "warmup_steps",
+                        "ema_decay", "seed", "save_every", "fid_n"),
         "export": {**{n: [(OnnxExportConfig(), n), (TorchTensorRTConfig(), n)]
                       for n in ("precision", "dynamic_batch", "batch")},
                    **same(OnnxExportConfig(), "opset", "tolerance"),

@@ -105,9 +105,21 @@ def test_load_stage_links_the_model_into_the_run(tiny_checkpoint, tmp_path):
         Artifact.load(tiny_checkpoint).manifest["id"]
 
 
+def test_distill_stage_makes_a_checkpoint_the_next_stage_takes(tiny_checkpoint, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "model", path=str(tiny_checkpoint))
+                      + _stage("distill", "d4", from_steps=8, to_steps=4, train_steps=3, batch_size=4, warmup_steps=0)
+                      + _stage("unroll", "u"))
+    res = cli_in_process("pipeline", recipe, "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    d4 = Artifact.load(tmp_path / "run" / "d4")
+    assert d4.kind == "checkpoint" and d4.manifest["distillation"]["steps"] == 4
+    assert Artifact.load(tmp_path / "run" / "u").manifest["parent"]["id"] == d4.manifest["id"]
+
+
 BAD = [
     ("stage = [", "is not TOML"),
-    ('[[stage]]\nstage = "distill"\n', "stage 1: unknown stage 'distill'; valid stages: train, load"),
+    ('[[stage]]\nstage = "distil"\n', "stage 1: unknown stage 'distil'; valid stages: train, load"),
     ('[[stage]]\nstage = "load"\npath = "{ckpt}"\n[[stage]]\nstage = "unroll"\nmethd = "rk4"\n',
      "stage 'unroll' (unroll): unknown config key methd for UnrollConfig; valid keys: method, steps"),
     ('[[stage]]\nstage = "load"\npath = "{ckpt}"\n[[stage]]\nstage = "unroll"\n'

@@ -1,0 +1,100 @@
+"""Progressive distillation on the tiny checkpoint: the loss falls, the student samples at its step count, a killed
+run resumes to the same weights, bad sizes are refused before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cunet_edge import distillation
+from cunet_edge.artifact import Artifact
+from cunet_edge.checkpoint import load_checkpoint
+from cunet_edge.data import load_images
+from cunet_edge.diffusion import sample, to_model_range
+from cunet_edge.distillation import DistillConfig, distill, round_steps
+from cunet_edge.errors import ArtifactError, ConfigError
+
+FAST = {"train_steps": 6, "batch_size": 8, "warmup_steps": 0, "lr": 1e-3, "save_every": 3}
+
+
+def _fixed_loss(ckpt, teacher, student_steps: int) -> float:
+    """The distillation loss of `ckpt`'s network on one fixed batch, toward `teacher`'s two DDIM steps."""
+    cfg = teacher.config
+    grid = distillation._round_grid(cfg.diffusion, student_steps)
+    loss_fn = distillation._loss_fn(teacher.model, grid, cfg.diffusion.prediction, cfg.diffusion.clip_range)
+    x = to_model_range(load_images(cfg.data, "train")[0][:256], cfg.diffusion.data_range)
+    with torch.no_grad():
+        return loss_fn(ckpt.model, x, None, generator=torch.Generator().manual_seed(123)).item()
+
+
+def test_distilled_student_beats_its_start_and_samples_at_its_steps(tiny_checkpoint, tmp_path):
+    cfg = DistillConfig(from_steps=4, to_steps=2, **(FAST | {"train_steps": 30, "batch_size": 16}))
+    art = distill(tiny_checkpoint, cfg, tmp_path / "s", progress=False)
+    teacher, student = load_checkpoint(tiny_checkpoint), load_checkpoint(art.path)
+    # The student starts as its teacher: the round must bring its loss down.
+    before, after = _fixed_loss(teacher, teacher, 2), _fixed_loss(student, teacher, 2)
+    assert after < 0.8 * before, (before, after)
+    d = art.manifest["distillation"]
+    assert art.kind == "checkpoint" and art.manifest["parent"]["id"] == teacher.artifact.manifest["id"]
+    assert d["steps"] == 2 and d["in_progress"] is None and [r["steps"] for r in d["rounds"]] == [2]
+    assert student.config.model == teacher.config.model and student.config.sample_steps == 2
+    m = student.config.model
+    x = sample(student.model, 3, (m.in_channels, m.image_size, m.image_size), student.config.diffusion,
+               sampler="ddim", steps=2, spacing="trailing")
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+    assert (art.path / "samples.png").is_file() and not (art.path / "train_state").exists()
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_student(tiny_checkpoint, tmp_path, monkeypatch):
+    cfg = DistillConfig(from_steps=8, to_steps=2, **FAST)
+    whole = distill(tiny_checkpoint, cfg, tmp_path / "whole", progress=False)
+
+    real_save, saves = distillation._save, []
+
+    def save_then_die(*args, **kwargs):  # the process dies right after its third save (mid round 2)
+        art = real_save(*args, **kwargs)
+        saves.append(art.manifest["distillation"]["in_progress"])
+        if len(saves) == 3:
+            raise _Killed
+        return art
+
+    monkeypatch.setattr(distillation, "_save", save_then_die)
+    with pytest.raises(_Killed):
+        distill(tiny_checkpoint, cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(distillation, "_save", real_save)
+    cut = Artifact.load(tmp_path / "cut")  # a valid checkpoint that says where it stands
+    assert saves[-1] == {"round": 2, "steps": 2, "train_step": 3}
+    assert cut.manifest["distillation"]["in_progress"] == saves[-1] and not cut.manifest["complete"]
+    resumed = distill(tiny_checkpoint, cfg, tmp_path / "cut", progress=False)
+    d = resumed.manifest["distillation"]
+    assert d["in_progress"] is None and [r["resumed_at"] for r in d["rounds"]] == [None, 3]
+    a, b = load_checkpoint(whole.path).model.state_dict(), load_checkpoint(resumed.path).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Finished: a rerun returns it untouched; other settings are refused.
+    manifest = (resumed.path / "manifest.json").read_text()
+    assert distill(tiny_checkpoint, cfg, tmp_path / "cut", progress=False).manifest["id"] == resumed.manifest["id"]
+    assert (resumed.path / "manifest.json").read_text() == manifest
+    with pytest.raises(ArtifactError, match="lr differ"):
+        distill(tiny_checkpoint, DistillConfig(from_steps=8, to_steps=2, **(FAST | {"lr": 2e-3})),
+                tmp_path / "cut", progress=False)
+
+
+def test_sizes_are_checked_before_any_work(tiny_checkpoint, tmp_path):
+    assert round_steps(64, 4) == [32, 16, 8, 4]
+    for kw, msg in [({"from_steps": 8, "to_steps": 3}, "does not halve"), ({"from_steps": 4, "to_steps": 4}, "below"),
+                    ({"from_steps": 6, "to_steps": 2}, "does not halve"), ({"train_steps": 0}, "train_steps"),
+                    ({"fid_n": -1}, "fid_n"), ({"ema_decay": 1.0}, "ema_decay")]:
+        with pytest.raises(ConfigError, match=msg):
+            DistillConfig(**kw)
+    with pytest.raises(ConfigError, match="exceeds diffusion.timesteps"):
+        distill(tiny_checkpoint, DistillConfig(from_steps=2048, to_steps=4), tmp_path / "a", progress=False)
+    with pytest.raises(ArtifactError, match="not a distillation output"):
+        distill(tiny_checkpoint, DistillConfig(), tiny_checkpoint, progress=False)
+    assert not (tmp_path / "a").exists()
+    assert json.loads((tiny_checkpoint / "manifest.json").read_text())["stage"] == "train"
