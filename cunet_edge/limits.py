@@ -22,7 +22,8 @@ from .errors import ArtifactError, ConfigError
 __all__ = ["MAX_JSON_DEPTH", "MAX_MANIFEST_BYTES", "MAX_FILES", "MAX_CONFIG_BYTES", "read_json_record",
            "read_text_file", "json_depth", "check_manifest", "check_member",
            "check_regular_file", "check_int", "check_number", "check_seed", "MAX_SEED", "check_threads", "MAX_THREADS",
-           "machine_memory_bytes", "check_fits_memory"]
+           "machine_memory_bytes", "check_fits_memory", "MAX_HOURS_ENV", "max_hours", "check_fits_time",
+           "time_one_call"]
 
 MAX_JSON_DEPTH = 32  # our records nest 5 deep; 100,000 deep would exhaust the parser's recursion
 MAX_MANIFEST_BYTES = 16 << 20
@@ -249,6 +250,51 @@ def check_fits_memory(what: str, need_bytes: float, detail: str, error: type[Exc
     have = machine_memory_bytes()
     if need_bytes > have:
         raise error(f"{what} needs at least {_size(need_bytes)} of memory ({detail}); this machine has {_size(have)}")
+
+
+MAX_HOURS_ENV = "CUNET_EDGE_MAX_HOURS"
+DEFAULT_MAX_HOURS = 24.0
+
+
+def max_hours() -> float:
+    """The longest a request may be estimated to run: $CUNET_EDGE_MAX_HOURS hours (default 24)."""
+    raw = os.environ.get(MAX_HOURS_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_HOURS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_HOURS_ENV} must be a number of hours, got {raw[:40]!r}") from None
+    return check_number(MAX_HOURS_ENV, value, low=0, low_open=True)
+
+
+def _duration(seconds: float) -> str:
+    for unit, scale in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def time_one_call(call) -> float:
+    """Seconds one `call()` takes: the faster of two when the first is under a second (the first pays for warm-up)."""
+    import time
+
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first >= 1.0:
+        return first
+    start = time.perf_counter()
+    call()
+    return min(first, time.perf_counter() - start)
+
+
+def check_fits_time(what: str, seconds: float, detail: str, error: type[Exception] = ConfigError) -> None:
+    """Refuse, before the work, a request whose estimated run time (a lower bound) exceeds max_hours()."""
+    bound = max_hours()
+    if seconds > bound * 3600.0:
+        raise error(f"{what} would take about {_duration(seconds)} ({detail}); the bound is {bound:g} h "
+                    f"(set {MAX_HOURS_ENV} to raise it)")
 
 
 MAX_THREADS = 4096

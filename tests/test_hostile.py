@@ -318,3 +318,24 @@ def test_a_model_config_too_big_for_this_machine_is_refused_with_the_estimate(tm
     cfg["model"]["base_channels"] = 10**7
     with pytest.raises(ConfigError, match=r"this model config needs at least .* TB of memory \(9e\+15 weights"):
         train_config_from_dict(cfg)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_checkpoint", "tiny_onnx"])
+def test_a_sample_count_that_would_take_too_long_is_refused_with_the_estimate(fixture, request, tmp_path,
+                                                                              monkeypatch):
+    """One network call at the sampler's batch is timed before drawing; the calls it would take are refused past
+    the bound (24 h; here $CUNET_EDGE_MAX_HOURS = 0.001, 3.6 s) with the estimate in the message."""
+    art = request.getfixturevalue(fixture)
+    monkeypatch.setenv("CUNET_EDGE_MAX_HOURS", "0.001")
+    res = cli_in_process("sample", art, "--n", 10**6, "--out", tmp_path / "x.png")
+    assert_one_line_error(res, "drawing 1000000 images would take about ")
+    assert "(200000 network calls of " in res.stderr
+    assert "ms at batch 250, measured); the bound is 0.001 h (set CUNET_EDGE_MAX_HOURS to raise it)" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("CUNET_EDGE_MAX_HOURS", "soon")
+    assert_one_line_error(cli_in_process("sample", art, "--n", 2, "--out", tmp_path / "x.png"),
+                          "CUNET_EDGE_MAX_HOURS must be a number of hours, got 'soon'")
+    monkeypatch.delenv("CUNET_EDGE_MAX_HOURS")
+    from cunet_edge.limits import max_hours
+    assert max_hours() == 24.0
+
