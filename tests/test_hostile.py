@@ -339,3 +339,39 @@ def test_a_sample_count_that_would_take_too_long_is_refused_with_the_estimate(fi
     from cunet_edge.limits import max_hours
     assert max_hours() == 24.0
 
+
+def _reopened_with(art_path: Path, tmp_path: Path, *changes) -> Path:
+    """A copy of a real artifact whose manifest has `changes` applied (each a _set)."""
+    art = tmp_path / f"art{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(art_path, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    for change in changes:
+        change(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+STAGE_RECORDS = [  # what export writes (verification); prune's records are checked in test_prune.py
+    (["verification", "rel_err"], "12", 'verification.rel_err must be a number >= 0 (or "inf"/"nan"), got "12"'),
+    (["verification", "rel_err"], -1.0, "verification.rel_err must be a number >= 0"),
+    (["verification", "per_timestep"], {"t": 1}, "verification.per_timestep must be a list of at most 10000 rows"),
+    (["verification", "timesteps"], [0, -5], "verification.timesteps[1] must be an integer >= 0, got -5"),
+    (["verification"], [1], "verification must be a table, got list"),
+    (["drift"], {"eps_rel_err": [0.1]}, "drift.eps_rel_err must be a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", STAGE_RECORDS, ids=[".".join(c[0]) + str(i)
+                                                                   for i, c in enumerate(STAGE_RECORDS)])
+def test_stage_records_are_checked_when_the_artifact_is_opened(key, value, message, tiny_onnx, tmp_path):
+    art = _reopened_with(tiny_onnx, tmp_path, _set(key, value))
+    assert_one_line_error(cli_in_process("inspect", art), message)
+
+
+def test_a_non_finite_measurement_as_json_safe_writes_it_is_accepted(tiny_onnx, tmp_path):
+    from cunet_edge.artifact import Artifact
+
+    art = _reopened_with(tiny_onnx, tmp_path, _set(["verification", "max_rel_err"], "nan"),
+                         _set(["drift"], {"eps_rel_err": 0.0, "sample_psnr_vs_parent": "inf"}))
+    assert Artifact.load(art).manifest["drift"]["sample_psnr_vs_parent"] == "inf"
+
