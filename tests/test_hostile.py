@@ -170,6 +170,7 @@ def test_names_too_long_for_the_file_system_are_refused_before_work(tiny_checkpo
 # --- artifacts validated when opened ---------------------------------------------------------------------------
 
 import os  # noqa: E402
+import re  # noqa: E402
 
 from cunet_edge.config import load_config_file  # noqa: E402
 from cunet_edge.errors import ConfigError  # noqa: E402
@@ -375,3 +376,38 @@ def test_a_non_finite_measurement_as_json_safe_writes_it_is_accepted(tiny_onnx, 
                          _set(["drift"], {"eps_rel_err": 0.0, "sample_psnr_vs_parent": "inf"}))
     assert Artifact.load(art).manifest["drift"]["sample_psnr_vs_parent"] == "inf"
 
+
+def _with_state(tiny_checkpoint, tmp_path, state: dict) -> Path:
+    """A copy of the real checkpoint whose train_state/state.json is `state` (the manifest's hash updated too)."""
+    art = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, art)
+    data = (json.dumps(state) + "\n").encode()
+    (art / "train_state" / "state.json").write_bytes(data)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["train_state/state.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+def test_the_training_state_is_read_with_limits_and_checked(tiny_checkpoint, tmp_path):
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.checkpoint import load_train_state
+    from cunet_edge.errors import ArtifactError
+
+    real = json.loads((tiny_checkpoint / "train_state" / "state.json").read_text())
+    assert load_train_state(Artifact.load(tiny_checkpoint))["step"] == real["step"]
+    group = real["param_groups"][0]
+    cases = [({**real, "step": -3}, "step must be >= 0, got -3"),
+             ({**real, "step": 2**70}, "step must be <= "),
+             ({"step": 1}, "not a training state"),
+             ({**real, "param_groups": [{**group, "lr": "fast"}]}, "param_groups[0].lr: expected a number"),
+             ({**real, "param_groups": [{**group, "betas": [0.9, 7]}]}, "param_groups[0].betas must be <= 1"),
+             ({**real, "param_groups": [{**group, "params": [0, -1]}]}, "param_groups[0].params must be >= 0"),
+             ({**real, "param_groups": []}, "param_groups must hold 1 to 10000 groups, got 0")]
+    for i, (state, message) in enumerate(cases):
+        art = _with_state(tiny_checkpoint, tmp_path / str(i), state)
+        with pytest.raises(ArtifactError, match="state.json: " + re.escape(message)):
+            load_train_state(Artifact.load(art))
+    art = _with_state(tiny_checkpoint, tmp_path / "deep", {"step": 1, "x": json.loads("[" * 40 + "]" * 40)})
+    with pytest.raises(ArtifactError, match="nested deeper than 32 levels"):
+        load_train_state(Artifact.load(art))
