@@ -22,7 +22,7 @@ from .errors import ArtifactError, ConfigError
 from .kinds import MODEL_KINDS, check_kind_files
 from .models import build_model, model_config_from_dict
 from .records import check_solver_request
-from .limits import check_int, check_number, check_seed, read_json_record
+from .limits import check_fits_memory, check_int, check_number, check_seed, read_json_record
 
 __all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
            "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
@@ -186,6 +186,10 @@ def load_checkpoint(src: str | Path | Artifact, device: str = "cpu", kinds=MODEL
     art = src.require(kinds) if isinstance(src, Artifact) else Artifact.load(src, kinds=kinds)
     check_kind_files(art.manifest, art.path)
     cfg = read_train_config(art)
+    # any model (an imported one's size is unknown until it is built): its weights are a lower bound
+    size = art.manifest["files"].get(WEIGHTS, {}).get("bytes", 0)
+    check_fits_memory(f"loading {art.path}", 2.0 * size, f"its weights file's {size} bytes read whole, and the "
+                      "model built holds them again")
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")
     return Checkpoint(model.to(device).eval(), cfg, art)
