@@ -22,7 +22,7 @@ from .errors import ArtifactError, ConfigError
 from .kinds import MODEL_KINDS, check_kind_files
 from .models import build_model, model_config_from_dict
 from .records import check_solver_request
-from .limits import check_seed, read_json_record
+from .limits import check_fits_memory, check_int, check_number, check_seed, read_json_record
 
 __all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
            "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
@@ -186,6 +186,10 @@ def load_checkpoint(src: str | Path | Artifact, device: str = "cpu", kinds=MODEL
     art = src.require(kinds) if isinstance(src, Artifact) else Artifact.load(src, kinds=kinds)
     check_kind_files(art.manifest, art.path)
     cfg = read_train_config(art)
+    # any model (an imported one's size is unknown until it is built): its weights are a lower bound
+    size = art.manifest["files"].get(WEIGHTS, {}).get("bytes", 0)
+    check_fits_memory(f"loading {art.path}", 2.0 * size, f"its weights file's {size} bytes read whole, and the "
+                      "model built holds them again")
     model = build_model(cfg.model)
     load_weights(model, art.file(WEIGHTS), "checkpoint weights")
     return Checkpoint(model.to(device).eval(), cfg, art)
@@ -249,6 +253,31 @@ def _save_train_state(folder: Path, state: dict) -> None:
     (folder / "state.json").write_text(json.dumps(meta) + "\n")
 
 
+def _check_train_state(meta: Any, where: str) -> dict:
+    """state.json's schema, as _save_train_state writes it: the step and AdamW's parameter groups."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
+        raise ArtifactError(f"{where}: not a training state (a table of step and param_groups)")
+    check_int(f"{where}: step", meta.get("step"), low=0, high=1 << 62, error=ArtifactError)
+    groups = meta["param_groups"]
+    if not 1 <= len(groups) <= 10_000:
+        raise ArtifactError(f"{where}: param_groups must hold 1 to 10000 groups, got {len(groups)}")
+    for i, g in enumerate(groups):
+        key = f"{where}: param_groups[{i}]"
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list):
+            raise ArtifactError(f"{key} must be a table with a list of params")
+        for p in g["params"]:
+            check_int(f"{key}.params", p, low=0, high=1 << 31, error=ArtifactError)
+        for name in ("lr", "eps", "weight_decay"):
+            if name in g:
+                check_number(f"{key}.{name}", g[name], low=0, error=ArtifactError)
+        betas = g.get("betas", [0.9, 0.999])
+        if not isinstance(betas, list) or len(betas) != 2:
+            raise ArtifactError(f"{key}.betas must be two numbers, got {str(betas)[:60]}")
+        for b in betas:
+            check_number(f"{key}.betas", b, low=0, high=1, error=ArtifactError)
+    return meta
+
+
 def load_train_state(art: Artifact) -> dict:
     """Read back what _save_train_state wrote: model, optimizer state dict and step."""
     from safetensors.torch import load_file
@@ -256,11 +285,15 @@ def load_train_state(art: Artifact) -> dict:
     folder = art.file(STATE_DIR)
     if not (folder / "state.json").is_file():
         raise ArtifactError(f"{art.path} holds no training state to resume from")
-    meta = json.loads((folder / "state.json").read_text())
+    meta = _check_train_state(read_json_record(folder / "state.json", "training state", finite=True),
+                              f"{art.path}/{STATE_DIR}/state.json")
     flat = load_file(str(folder / "optimizer.safetensors"))
     opt_state: dict[int, dict] = {}
     for key, t in flat.items():
-        idx, name = key.split(".", 1)
+        idx, _, name = key.partition(".")
+        if not idx.isdigit() or not name:
+            raise ArtifactError(f"{art.path}/{STATE_DIR}/optimizer.safetensors: tensor {key[:60]!r} is not "
+                                "<parameter index>.<state name>")
         opt_state.setdefault(int(idx), {})[name] = t
     return {
         "model": load_file(str(folder / "model.safetensors")),

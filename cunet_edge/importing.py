@@ -39,6 +39,7 @@ from .diffusion import PREDICTIONS, SCHEDULES, DiffusionConfig, make_betas
 from .errors import ConfigError
 from .kinds import STAGE_IO
 from .models import build_model
+from .limits import check_fits_memory
 
 __all__ = [
     "SPEC_TABLES",
@@ -353,6 +354,16 @@ def _model_config(spec: ImportSpec) -> tuple[models.ImportedConfig, str]:
 # -- weights ----------------------------------------------------------------------------------------------------
 
 
+def check_weights_fit(path: Path) -> None:
+    """Refuse a weights file too big for this machine's memory before it is read: an imported network's size is known
+    only once its factory has run (the kwargs mean nothing to us), but the file is read whole and the network built
+    holds the same parameters again, so memory for twice its size is a lower bound."""
+    if path.is_file():
+        size = path.stat().st_size
+        check_fits_memory(f"importing weights file {path}", 2.0 * size,
+                          f"its {size} bytes read whole, and the network built holds them again")
+
+
 def _read_weights(path: Path) -> Any:
     """A weights file's contents: safetensors, or torch.load(weights_only=True), which never runs pickled code."""
     import pickle
@@ -652,6 +663,7 @@ def import_model(spec: ImportSpec | str | Path, out: str | Path, *, code_dir: st
     if code_dir is not None:
         spec = spec.with_code_dir(code_dir)
     out = check_output_path(out)
+    check_weights_fit(Path(spec.weights.file))  # before the file is hashed or read
     inputs = spec_inputs(spec)
     model_cfg, name = _model_config(spec)
     where = f"{spec.where} ({name})"

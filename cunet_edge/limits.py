@@ -22,7 +22,8 @@ from .errors import ArtifactError, ConfigError
 __all__ = ["MAX_JSON_DEPTH", "MAX_MANIFEST_BYTES", "MAX_FILES", "MAX_CONFIG_BYTES", "read_json_record",
            "read_text_file", "json_depth", "check_manifest", "check_member",
            "check_regular_file", "check_int", "check_number", "check_seed", "MAX_SEED", "check_threads", "MAX_THREADS",
-           "machine_memory_bytes", "check_fits_memory"]
+           "machine_memory_bytes", "check_fits_memory", "MAX_HOURS_ENV", "max_hours", "check_fits_time",
+           "time_one_call"]
 
 MAX_JSON_DEPTH = 32  # our records nest 5 deep; 100,000 deep would exhaust the parser's recursion
 MAX_MANIFEST_BYTES = 16 << 20
@@ -156,9 +157,118 @@ def _check_signature(where: str, sig: Any) -> None:
                 _fail(where, f"{key}.dtype", "a tensor dtype name", spec.get("dtype"))
 
 
+_NON_FINITE = ("inf", "-inf", "nan")  # how artifact.json_safe writes a non-finite float
+
+
+def _measure(where: str, key: str, v: Any, *, low: float | None = 0.0, null: bool = False) -> None:
+    """A recorded measurement: a finite number (>= low), or a non-finite one as json_safe writes it ("inf", "nan")."""
+    if v is None and null:
+        return
+    if isinstance(v, str) and v in _NON_FINITE:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (low is not None and v < low):
+        _fail(where, key, "a number" + (f" >= {low:g}" if low is not None else "") + ' (or "inf"/"nan")', v)
+
+
+def _table(where: str, key: str, v: Any) -> dict:
+    if not isinstance(v, dict):
+        _fail(where, key, "a table", v)
+    return v
+
+
+def _count(where: str, key: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 62:
+        _fail(where, key, "an integer >= 0", v)
+
+
+def _check_error_rows(where: str, key: str, rows: Any, err: str) -> None:
+    if not isinstance(rows, list) or len(rows) > 10_000:
+        _fail(where, key, "a list of at most 10000 rows", rows)
+    for i, row in enumerate(rows):
+        _table(where, f"{key}[{i}]", row)
+        if err in row:
+            _measure(where, f"{key}[{i}].{err}", row[err])
+        for k in ("t", "t_from", "t_to", "n"):
+            if k in row:
+                _count(where, f"{key}[{i}].{k}", row[k])
+
+
+def _check_drift(where: str, drift: Any, key: str = "drift") -> None:
+    """What quantize (int8.py) and prune (drift.torch_drift) record of an artifact's drift against its parent."""
+    _table(where, key, drift)
+    if "eps_rel_err" in drift:
+        _measure(where, f"{key}.eps_rel_err", drift["eps_rel_err"])
+    if "sample_psnr_vs_parent" in drift:
+        _measure(where, f"{key}.sample_psnr_vs_parent", drift["sample_psnr_vs_parent"], low=None, null=True)
+    if "eps_rel_err_by_timestep" in drift:
+        _check_error_rows(where, f"{key}.eps_rel_err_by_timestep", drift["eps_rel_err_by_timestep"], "eps_rel_err")
+    for k in ("inputs", "samples"):
+        if k in drift:
+            _count(where, f"{key}.{k}", drift[k])
+    for k in ("reference", "sampler"):
+        if k in drift and not isinstance(drift[k], str):
+            _fail(where, f"{key}.{k}", "a string", drift[k])
+    if "after_pruning" in drift:
+        _check_drift(where, drift["after_pruning"], f"{key}.after_pruning")
+
+
+def _check_verification(where: str, ver: Any) -> None:
+    """What export (onnx.verify_onnx) records: ONNX Runtime against PyTorch on seeded inputs."""
+    _table(where, "verification", ver)
+    for k in ("rel_err", "max_abs_err", "max_rel_err", "tolerance"):
+        if k in ver:
+            _measure(where, f"verification.{k}", ver[k])
+    if "n" in ver:
+        _count(where, "verification.n", ver["n"])
+    if "timesteps" in ver:
+        ts = ver["timesteps"]
+        if not isinstance(ts, list) or len(ts) > 1_000_000:
+            _fail(where, "verification.timesteps", "a list of timesteps", ts)
+        for i, t in enumerate(ts):
+            _count(where, f"verification.timesteps[{i}]", t)
+    if "per_timestep" in ver:
+        _check_error_rows(where, "verification.per_timestep", ver["per_timestep"], "rel_err")
+    if "reference" in ver and not isinstance(ver["reference"], str):
+        _fail(where, "verification.reference", "a string", ver["reference"])
+
+
+def _check_pruning(where: str, rec: Any) -> None:
+    """What prune (pruning._record) records: target, cost before and after and their ratios, rounds, fine-tuning."""
+    _table(where, "pruning", rec)
+    for k in ("macs_ratio", "params_ratio"):
+        if k in rec:
+            v = rec[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1e6:
+                _fail(where, f"pruning.{k}", "a ratio > 0", v)
+    for k in ("target", "floor"):
+        if k in rec:
+            _measure(where, f"pruning.{k}", rec[k], null=True)
+    for k in ("metric", "importance", "scope"):
+        if k in rec and not isinstance(rec[k], str):
+            _fail(where, f"pruning.{k}", "a string", rec[k])
+    for side in ("before", "after"):
+        if side in rec:
+            for k, v in _table(where, f"pruning.{side}", rec[side]).items():
+                _measure(where, f"pruning.{side}.{k}", v)
+    if "iterative_steps" in rec:
+        steps = rec["iterative_steps"]
+        if not isinstance(steps, list) or not all(isinstance(r, dict) for r in steps):
+            _fail(where, "pruning.iterative_steps", "a list of tables", steps)
+    for k in ("config", "widths", "seconds"):
+        if k in rec:
+            _table(where, f"pruning.{k}", rec[k])
+    if "depgraph" in rec and rec["depgraph"] is not None:
+        _table(where, "pruning.depgraph", rec["depgraph"])
+    if "finetune" in rec:
+        ft = _table(where, "pruning.finetune", rec["finetune"])
+        if "steps" in ft:
+            _count(where, "pruning.finetune.steps", ft["steps"])
+
+
 def check_manifest(manifest: Any, where: str) -> dict:
-    """The manifest's schema: types and ranges of what every reader relies on. Records a stage adds are checked by
-    their readers; these are the ones every artifact has, and the ones a runner trusts for sizes."""
+    """The manifest's schema: types and ranges of what every reader relies on: the records every artifact has, the
+    ones a runner trusts for sizes, and the ones a stage adds that commands print and reports read (`drift`,
+    `verification`, `pruning`)."""
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where} is not a cunet-edge manifest (not a table)")
     if "kind" not in manifest or "files" not in manifest:
@@ -207,6 +317,12 @@ def check_manifest(manifest: Any, where: str) -> dict:
             v = solver.get(k)
             if k in solver and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1_000_000):
                 _fail(where, f"solver.{k}", "an integer from 0 to 1000000", v)
+    if "drift" in manifest:
+        _check_drift(where, manifest["drift"])
+    if "verification" in manifest:
+        _check_verification(where, manifest["verification"])
+    if "pruning" in manifest:
+        _check_pruning(where, manifest["pruning"])
     return manifest
 
 
@@ -249,6 +365,51 @@ def check_fits_memory(what: str, need_bytes: float, detail: str, error: type[Exc
     have = machine_memory_bytes()
     if need_bytes > have:
         raise error(f"{what} needs at least {_size(need_bytes)} of memory ({detail}); this machine has {_size(have)}")
+
+
+MAX_HOURS_ENV = "CUNET_EDGE_MAX_HOURS"
+DEFAULT_MAX_HOURS = 24.0
+
+
+def max_hours() -> float:
+    """The longest a request may be estimated to run: $CUNET_EDGE_MAX_HOURS hours (default 24)."""
+    raw = os.environ.get(MAX_HOURS_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_HOURS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_HOURS_ENV} must be a number of hours, got {raw[:40]!r}") from None
+    return check_number(MAX_HOURS_ENV, value, low=0, low_open=True)
+
+
+def _duration(seconds: float) -> str:
+    for unit, scale in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def time_one_call(call) -> float:
+    """Seconds one `call()` takes: the faster of two when the first is under a second (the first pays for warm-up)."""
+    import time
+
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first >= 1.0:
+        return first
+    start = time.perf_counter()
+    call()
+    return min(first, time.perf_counter() - start)
+
+
+def check_fits_time(what: str, seconds: float, detail: str, error: type[Exception] = ConfigError) -> None:
+    """Refuse, before the work, a request whose estimated run time (a lower bound) exceeds max_hours()."""
+    bound = max_hours()
+    if seconds > bound * 3600.0:
+        raise error(f"{what} would take about {_duration(seconds)} ({detail}); the bound is {bound:g} h "
+                    f"(set {MAX_HOURS_ENV} to raise it)")
 
 
 MAX_THREADS = 4096

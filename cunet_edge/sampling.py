@@ -16,10 +16,10 @@ from .errors import ConfigError
 from .kinds import MODEL_KINDS, STAGE_IO, runtime_for
 from .runtimes import numpy_sampler
 from .runtimes.base import open_runner
-from .limits import check_fits_memory, check_seed
+from .limits import check_fits_memory, check_fits_time, check_seed, time_one_call
 
 __all__ = ["SampleConfig", "EvaluateConfig", "FEATURE_SPACES", "generate", "generate_with_runner", "open_for_sampling",
-           "draw_images", "check_sample_request",
+           "draw_images", "check_sample_request", "check_sample_time",
            "write_sample_grid"]
 
 
@@ -91,9 +91,21 @@ def generate(ckpt, cfg: SampleConfig, *, progress: bool = False):
     from rich.progress import Progress
 
 
+    import torch
+
     ckpt = with_solver(ckpt, cfg.solver, cfg.solver_steps)
     m = ckpt.config.model
     device = next(ckpt.model.parameters()).device
+    b = min(cfg.batch_size, cfg.n)
+    x0 = torch.zeros((b, m.in_channels, m.image_size, m.image_size), device=device)
+    t0 = torch.full((b,), ckpt.config.diffusion.timesteps - 1, dtype=torch.long, device=device)
+    ckpt.model.eval()
+
+    def one_call():
+        with torch.no_grad():
+            ckpt.model(x0, t0)
+
+    check_sample_time(cfg, one_call, b)
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"sample {cfg.sampler} x{cfg.steps}", total=cfg.n)
         return sample(ckpt.model, cfg.n, (m.in_channels, m.image_size, m.image_size), ckpt.config.diffusion,
@@ -124,6 +136,10 @@ def generate_with_runner(runner, cfg: SampleConfig, *, progress: bool = False):
     size = fixed or cfg.batch_size
     kwargs = {} if cfg.eta is None else {"eta": cfg.eta}
     eps, out = runner.eps_fn(), []
+    b0 = fixed or min(size, cfg.n)
+    x0 = np.zeros((b0, *shape), np.float32)
+    t0 = np.full((b0,), tc.diffusion.timesteps - 1, np.int64)
+    check_sample_time(cfg, lambda: eps(x0, t0), size)
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"sample {cfg.sampler} x{cfg.steps} ({runner.name})", total=cfg.n)
         for start in range(0, cfg.n, size):
@@ -158,6 +174,16 @@ def check_sample_request(art: Artifact, cfg: SampleConfig) -> None:
                       f"{cfg.n} x {'x'.join(str(d) for d in shape[1:]) or pixels} float32 values held")
     if "config.json" in art.manifest["files"]:  # the sampler's options, as every runtime's sampler takes them
         sampling_schedule(read_train_config(art).diffusion, cfg.steps, sampler=cfg.sampler, spacing=cfg.spacing)
+
+
+def check_sample_time(cfg: SampleConfig, one_call, batch: int) -> None:
+    """Refuse, before drawing, a request estimated to run longer than the bound (limits.max_hours: 24 h, or
+    $CUNET_EDGE_MAX_HOURS): one network call at the batch the sampler uses is timed, times the calls it makes
+    (a batch of at most `batch` images takes `cfg.steps` calls; a lower bound: a sampler may make more)."""
+    calls = math.ceil(cfg.n / batch) * cfg.steps
+    per_call = time_one_call(one_call)
+    check_fits_time(f"drawing {cfg.n} images", per_call * calls,
+                    f"{calls} network calls of {per_call * 1000:.3g} ms at batch {min(batch, cfg.n)}, measured")
 
 
 def draw_images(artifact: str | Path | Artifact, cfg: SampleConfig, *, progress: bool = False,

@@ -170,6 +170,7 @@ def test_names_too_long_for_the_file_system_are_refused_before_work(tiny_checkpo
 # --- artifacts validated when opened ---------------------------------------------------------------------------
 
 import os  # noqa: E402
+import re  # noqa: E402
 
 from cunet_edge.config import load_config_file  # noqa: E402
 from cunet_edge.errors import ConfigError  # noqa: E402
@@ -318,3 +319,95 @@ def test_a_model_config_too_big_for_this_machine_is_refused_with_the_estimate(tm
     cfg["model"]["base_channels"] = 10**7
     with pytest.raises(ConfigError, match=r"this model config needs at least .* TB of memory \(9e\+15 weights"):
         train_config_from_dict(cfg)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_checkpoint", "tiny_onnx"])
+def test_a_sample_count_that_would_take_too_long_is_refused_with_the_estimate(fixture, request, tmp_path,
+                                                                              monkeypatch):
+    """One network call at the sampler's batch is timed before drawing; the calls it would take are refused past
+    the bound (24 h; here $CUNET_EDGE_MAX_HOURS = 0.001, 3.6 s) with the estimate in the message."""
+    art = request.getfixturevalue(fixture)
+    monkeypatch.setenv("CUNET_EDGE_MAX_HOURS", "0.001")
+    res = cli_in_process("sample", art, "--n", 10**6, "--out", tmp_path / "x.png")
+    assert_one_line_error(res, "drawing 1000000 images would take about ")
+    assert "(200000 network calls of " in res.stderr
+    assert "ms at batch 250, measured); the bound is 0.001 h (set CUNET_EDGE_MAX_HOURS to raise it)" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("CUNET_EDGE_MAX_HOURS", "soon")
+    assert_one_line_error(cli_in_process("sample", art, "--n", 2, "--out", tmp_path / "x.png"),
+                          "CUNET_EDGE_MAX_HOURS must be a number of hours, got 'soon'")
+    monkeypatch.delenv("CUNET_EDGE_MAX_HOURS")
+    from cunet_edge.limits import max_hours
+    assert max_hours() == 24.0
+
+
+def _reopened_with(art_path: Path, tmp_path: Path, *changes) -> Path:
+    """A copy of a real artifact whose manifest has `changes` applied (each a _set)."""
+    art = tmp_path / f"art{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(art_path, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    for change in changes:
+        change(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+STAGE_RECORDS = [  # what export writes (verification); prune's records are checked in test_prune.py
+    (["verification", "rel_err"], "12", 'verification.rel_err must be a number >= 0 (or "inf"/"nan"), got "12"'),
+    (["verification", "rel_err"], -1.0, "verification.rel_err must be a number >= 0"),
+    (["verification", "per_timestep"], {"t": 1}, "verification.per_timestep must be a list of at most 10000 rows"),
+    (["verification", "timesteps"], [0, -5], "verification.timesteps[1] must be an integer >= 0, got -5"),
+    (["verification"], [1], "verification must be a table, got list"),
+    (["drift"], {"eps_rel_err": [0.1]}, "drift.eps_rel_err must be a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", STAGE_RECORDS, ids=[".".join(c[0]) + str(i)
+                                                                   for i, c in enumerate(STAGE_RECORDS)])
+def test_stage_records_are_checked_when_the_artifact_is_opened(key, value, message, tiny_onnx, tmp_path):
+    art = _reopened_with(tiny_onnx, tmp_path, _set(key, value))
+    assert_one_line_error(cli_in_process("inspect", art), message)
+
+
+def test_a_non_finite_measurement_as_json_safe_writes_it_is_accepted(tiny_onnx, tmp_path):
+    from cunet_edge.artifact import Artifact
+
+    art = _reopened_with(tiny_onnx, tmp_path, _set(["verification", "max_rel_err"], "nan"),
+                         _set(["drift"], {"eps_rel_err": 0.0, "sample_psnr_vs_parent": "inf"}))
+    assert Artifact.load(art).manifest["drift"]["sample_psnr_vs_parent"] == "inf"
+
+
+def _with_state(tiny_checkpoint, tmp_path, state: dict) -> Path:
+    """A copy of the real checkpoint whose train_state/state.json is `state` (the manifest's hash updated too)."""
+    art = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, art)
+    data = (json.dumps(state) + "\n").encode()
+    (art / "train_state" / "state.json").write_bytes(data)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["train_state/state.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+def test_the_training_state_is_read_with_limits_and_checked(tiny_checkpoint, tmp_path):
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.checkpoint import load_train_state
+    from cunet_edge.errors import ArtifactError
+
+    real = json.loads((tiny_checkpoint / "train_state" / "state.json").read_text())
+    assert load_train_state(Artifact.load(tiny_checkpoint))["step"] == real["step"]
+    group = real["param_groups"][0]
+    cases = [({**real, "step": -3}, "step must be >= 0, got -3"),
+             ({**real, "step": 2**70}, "step must be <= "),
+             ({"step": 1}, "not a training state"),
+             ({**real, "param_groups": [{**group, "lr": "fast"}]}, "param_groups[0].lr: expected a number"),
+             ({**real, "param_groups": [{**group, "betas": [0.9, 7]}]}, "param_groups[0].betas must be <= 1"),
+             ({**real, "param_groups": [{**group, "params": [0, -1]}]}, "param_groups[0].params must be >= 0"),
+             ({**real, "param_groups": []}, "param_groups must hold 1 to 10000 groups, got 0")]
+    for i, (state, message) in enumerate(cases):
+        art = _with_state(tiny_checkpoint, tmp_path / str(i), state)
+        with pytest.raises(ArtifactError, match="state.json: " + re.escape(message)):
+            load_train_state(Artifact.load(art))
+    art = _with_state(tiny_checkpoint, tmp_path / "deep", {"step": 1, "x": json.loads("[" * 40 + "]" * 40)})
+    with pytest.raises(ArtifactError, match="nested deeper than 32 levels"):
+        load_train_state(Artifact.load(art))

@@ -563,3 +563,19 @@ def test_half_precision_runs_code_that_makes_float32_tensors(tmp_path):
             model.net(x.half(), t)
         half = model(x.half(), t)
     assert half.dtype == torch.float16 and float((half.float() - full).abs().max()) < 1e-2
+
+
+def test_a_weights_file_too_big_for_this_machine_is_refused_before_it_is_read(tmp_path):
+    """An imported network's size is unknown until its factory runs; its weights file's size bounds the memory
+    needed (read whole, then held again by the network): a sparse file as big as this machine's memory is refused
+    with the estimate, before it is hashed or read."""
+    from cunet_edge.limits import machine_memory_bytes
+
+    size = machine_memory_bytes()
+    with open(tmp_path / "w.pt", "wb") as f:
+        f.truncate(size)  # sparse: takes no disk
+    spec = _factory_spec(tmp_path)
+    proc = cli_in_process("import", spec, "--out", tmp_path / "o", "--code-dir", BYOM)
+    assert_one_line_error(proc, f"importing weights file {tmp_path / 'w.pt'} needs at least ")
+    assert f"(its {size} bytes read whole, and the network built holds them again); this machine has" in proc.stderr
+    _no_output(tmp_path / "o")

@@ -274,3 +274,28 @@ def test_without_torch_pruning_or_with_a_baseline_unet(tiny_checkpoint, tmp_path
     res = run("prune", tmp_path / "unet", "--target-macs", 0.5, "--out", tmp_path / "p")
     assert res.exit_code == 1 and "is a 'unet' model; prune needs a continuous U-Net" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet"]
+
+
+def test_the_pruning_and_drift_records_are_checked_when_the_artifact_is_opened(pruned, tmp_path):
+    """A real pruned artifact's records pass the schema (limits.check_manifest); a wrong value is a one-line error."""
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.limits import check_manifest
+
+    check_manifest(pruned.manifest, "pruned")
+    cases = [(("pruning", "macs_ratio"), 0, "pruning.macs_ratio must be a ratio > 0, got 0"),
+             (("pruning", "finetune", "steps"), 2.5, "pruning.finetune.steps must be an integer >= 0, got 2.5"),
+             (("pruning", "before"), {"macs": "many"}, 'pruning.before.macs must be a number >= 0 (or "inf"/"nan")'),
+             (("drift", "after_pruning", "eps_rel_err"), None, "drift.after_pruning.eps_rel_err must be a number"),
+             (("drift", "sample_psnr_vs_parent"), "high", "drift.sample_psnr_vs_parent must be a number")]
+    for i, (key, value, message) in enumerate(cases):
+        art = tmp_path / str(i)
+        import shutil
+        shutil.copytree(pruned.path, art)
+        manifest = json.loads((art / "manifest.json").read_text())
+        node = manifest
+        for k in key[:-1]:
+            node = node[k]
+        node[key[-1]] = value
+        (art / "manifest.json").write_text(json.dumps(manifest))
+        assert_one_line_error(cli_in_process("inspect", art), message)
+    assert Artifact.load(pruned.path).manifest["pruning"]["macs_ratio"] < 1

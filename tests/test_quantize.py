@@ -234,3 +234,11 @@ def test_sensitivity_screens_then_measures_the_head_on_all_inputs(tiny_int8_cpu,
     assert all(sens.err[n] == (validator.error(sens._alone(n)), True) for n in head)  # the full measurement
     assert sorted(order) == sorted(sens.nodes)
     assert [sens.err[n][0] for n in order] == sorted((e for e, _ in sens.err.values()), reverse=True)
+
+
+def test_the_drift_record_passes_the_schema_when_reopened(tiny_int8_cpu):
+    """The real int8 manifest, as written (a PSNR may be "inf"), passes limits.check_manifest's drift checks."""
+    from cunet_edge.artifact import Artifact
+
+    drift = Artifact.load(tiny_int8_cpu.path).manifest["drift"]
+    assert set(drift) >= {"eps_rel_err", "eps_rel_err_by_timestep", "sample_psnr_vs_parent"}
