@@ -149,8 +149,9 @@ def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
         timing = p50.get(art.path.resolve())
         spaced = "" if cfg.spacing == "uniform" else f" {cfg.spacing}"
         for st in cfg.sampler_steps:
-            ev = (metrics.get(evaluate_section(cfg.sampler, st, cfg.spacing))
-                  or in_run.get((art.path.resolve(), cfg.sampler, st, cfg.spacing)))
+            # This run's own evaluation first: a linked model's metrics.json may hold another run's (other n, seed).
+            ev = (in_run.get((art.path.resolve(), cfg.sampler, st, cfg.spacing))
+                  or metrics.get(evaluate_section(cfg.sampler, st, cfg.spacing)))
             if ev is None or timing is None:
                 raise ConfigError(f"pareto: {art.path.name} has no {'evaluation' if ev is None else 'bench'} at "
                                   f"{cfg.sampler} {st}{spaced}; run the evaluate and bench stages first")

@@ -177,6 +177,9 @@ def test_search_names_the_pareto_front_and_the_fastest_variant(tiny_checkpoint, 
     recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint)) + SEARCH)
     plain = cli_in_process("pipeline", recipe, "--out", tmp_path / "plain", "--dry-run")
     assert plain.returncode == 0 and "1 stages" in plain.stdout  # [search] is only expanded with --search
+    # Another run's evaluation of the loaded model at the same sampler setting (n = 8, not the search's 20): the
+    # search must rank the model by its own run's evaluation, not by this one.
+    assert cli_in_process("evaluate", tiny_checkpoint, "--n", "8", "--steps", "4", "--seed", "3").returncode == 0
     loaded_metrics = (tiny_checkpoint / "metrics.json").read_bytes() if (tiny_checkpoint / "metrics.json").exists() \
         else None
     res = _pipeline(recipe, tmp_path / "run", "--search")
