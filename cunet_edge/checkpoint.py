@@ -25,7 +25,8 @@ from .records import check_solver_request
 from .limits import check_fits_memory, check_int, check_number, check_seed, read_json_record
 
 __all__ = ["TrainConfig", "train_config_from_dict", "train_config_from_options", "Checkpoint", "load_checkpoint",
-           "save_checkpoint", "load_train_state", "model_signature", "with_solver", "read_train_config"]
+           "save_checkpoint", "load_train_state", "save_train_state", "model_signature", "with_solver",
+           "read_train_config"]
 
 KIND = "checkpoint"
 WEIGHTS = "model.safetensors"
@@ -229,7 +230,7 @@ def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: 
         if samples is not None:
             save_image_grid(samples, w.dir / "samples.png")
         if train_state is not None:
-            _save_train_state(w.dir / STATE_DIR, train_state)
+            save_train_state(w.dir / STATE_DIR, train_state)
         w.manifest.update(
             signature=model_signature(cfg.model),
             arch=cfg.model.arch,
@@ -240,7 +241,7 @@ def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: 
     return w.artifact
 
 
-def _save_train_state(folder: Path, state: dict) -> None:
+def save_train_state(folder: Path, state: dict) -> None:
     """Raw weights and AdamW moments as safetensors; scalars and hyper-parameters as JSON."""
     from safetensors.torch import save_file
 
@@ -254,7 +255,7 @@ def _save_train_state(folder: Path, state: dict) -> None:
 
 
 def _check_train_state(meta: Any, where: str) -> dict:
-    """state.json's schema, as _save_train_state writes it: the step and AdamW's parameter groups."""
+    """state.json's schema, as save_train_state writes it: the step and AdamW's parameter groups."""
     if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
         raise ArtifactError(f"{where}: not a training state (a table of step and param_groups)")
     check_int(f"{where}: step", meta.get("step"), low=0, high=1 << 62, error=ArtifactError)
@@ -279,7 +280,7 @@ def _check_train_state(meta: Any, where: str) -> dict:
 
 
 def load_train_state(art: Artifact) -> dict:
-    """Read back what _save_train_state wrote: model, optimizer state dict and step."""
+    """Read back what save_train_state wrote: model, optimizer state dict and step."""
     from safetensors.torch import load_file
 
     folder = art.file(STATE_DIR)

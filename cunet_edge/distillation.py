@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifact import Artifact, ArtifactWriter, check_output_path
-from .checkpoint import CONFIG, STATE_DIR, WEIGHTS, load_checkpoint, load_train_state, model_signature
-from .checkpoint import _save_train_state
+from .checkpoint import (CONFIG, STATE_DIR, WEIGHTS, load_checkpoint, load_train_state, model_signature,
+                         save_train_state)
 from .config import check_positive, to_dict
 from .data import load_images, save_image_grid
 from .diffusion import sample, sampling_schedule
@@ -180,7 +180,7 @@ def _save(out: Path, cfg, teacher_art: Artifact, ema: dict, record: dict, *, sta
         if samples is not None:
             save_image_grid(samples, w.dir / "samples.png")
         if state is not None:
-            _save_train_state(w.dir / STATE_DIR, state)
+            save_train_state(w.dir / STATE_DIR, state)
             save_file(cpu(teacher_state), str(w.dir / STATE_DIR / TEACHER))
         w.manifest.update(signature=model_signature(cfg.model), arch=cfg.model.arch,
                           train_step=teacher_art.manifest.get("train_step", 0),
