@@ -74,7 +74,8 @@ class BenchConfig:
 # artifact (fp32 vs fp16, with and without CUDA graphs, CPU vs CUDA provider) are timed side by side.
 TARGET_OPTIONS = {
     "torch": {"fp32": ("precision", "fp32"), "tf32": ("precision", "tf32"), "fp16": ("precision", "fp16"),
-              "graphs": ("cuda_graphs", True), "cpu": ("device", "cpu"), "cuda": ("device", "cuda")},
+              "graphs": ("cuda_graphs", True), "cpu": ("device", "cpu"), "cuda": ("device", "cuda"),
+              "compile": ("compile", True)},
     "onnxruntime": {"cpu": ("provider", "cpu"), "cuda": ("provider", "cuda"), "tensorrt": ("provider", "tensorrt"),
                     "spin": ("spinning", True), "nospin": ("spinning", False)},
 }
@@ -100,8 +101,8 @@ class BenchTarget:
 def parse_target(spec: str, runtime: str | None = None) -> BenchTarget:
     """`PATH`, `PATH@RUNTIME` or `PATH@RUNTIME:OPT,OPT`; without a runtime, the one for the artifact's kind.
 
-    Options: torch takes fp32, tf32, fp16, graphs, cpu, cuda; onnxruntime takes cpu, cuda, tensorrt,
-    spin, nospin (whether idle intra-op threads spin-wait; ONNX Runtime spins by default).
+    Options: torch takes fp32, tf32, fp16, graphs, cpu, cuda, compile (torch.compile); onnxruntime takes cpu, cuda,
+    tensorrt, spin, nospin (whether idle intra-op threads spin-wait; ONNX Runtime spins by default).
     """
     path, _, rest = spec.partition("@")
     rt, _, opts = rest.partition(":")
@@ -211,6 +212,9 @@ def _target_options(t: BenchTarget, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _open_all(stack, targets, cfg: BenchConfig) -> list:
+    if cfg.warmup == 0 and any(_target_options(t, cfg).get("compile") for t in targets):
+        raise ConfigError("torch.compile compiles on the first call: a compiled target needs warmup >= 1 "
+                          "(untimed calls first)")
     if cfg.trt_cache is not None and not any("trt_cache" in _target_options(t, cfg) for t in targets):
         raise ConfigError("--trt-cache is for onnxruntime targets on the TensorRT provider (--provider tensorrt, "
                           "or PATH@onnxruntime:tensorrt); no target uses it")
@@ -240,6 +244,9 @@ def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], li
                                            min_iters=math.ceil(cfg.min_iters / cfg.rounds),
                                            min_seconds=cfg.min_seconds / cfg.rounds)
             bar.update(task, advance=1)
+    if cfg.warmup and cfg.image_reps:  # one untimed image each: its batch's first call may compile or capture a graph
+        for fn, _b in images:
+            fn()
     for _ in range(cfg.image_reps):
         for i, (fn, _b) in enumerate(images):
             per_image[i].append(wall_clock_ms(fn))

@@ -148,6 +148,7 @@ def bench_section(row: dict) -> str:
         parts += [str(row["device"])] if row.get("device") not in (None, "cpu") else []
         parts += [str(row["precision"])] if row.get("precision") not in (None, "fp32") else []
         parts += ["graphs"] if row.get("cuda_graphs") else []
+        parts += ["compile"] if row.get("compiled") else []
     else:
         parts += [str(row["provider"])] if row.get("provider") not in (None, "cpu") else []
         parts += [{True: "spin", False: "nospin"}[row["spinning"]]] if row.get("spinning") in (True, False) else []

@@ -1,4 +1,5 @@
-"""TorchRunner: a model artifact in PyTorch eager mode, on CUDA when present (TF32, fp16 and CUDA graphs optional)."""
+"""TorchRunner: a model artifact in PyTorch, eager or torch.compile'd, on CUDA when present (TF32, fp16 and CUDA
+graphs optional)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ __all__ = ["TorchRunner"]
 
 
 class TorchRunner(Runner):
-    """PyTorch eager: `device` auto|cpu|cuda, `precision` fp32|tf32|fp16, `cuda_graphs` for bind().
+    """PyTorch eager: `device` auto|cpu|cuda, `precision` fp32|tf32|fp16, `cuda_graphs` for bind(); `compile`:
+    the model through `torch.compile` (default backend, inductor), what a PyTorch user tries first. It compiles on
+    the first call of each input shape, so a timed run's warm-up pays for it.
 
     fp32 on CUDA is true float32: TF32 tensor-core math (which cuDNN allows for convolutions by
     default) is switched off, so the figures are what they say. tf32 switches it on; tf32 and fp16
@@ -27,10 +30,14 @@ class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, artifact, *, device: str = "auto", precision: str = "fp32", cuda_graphs: bool = False,
-                 threads: int | None = None, solver: str | None = None, solver_steps: int | None = None):
+                 threads: int | None = None, solver: str | None = None, solver_steps: int | None = None,
+                 compile: bool = False):
         super().__init__(artifact)
         check_choice("device", device, ("auto", "cpu", "cuda"))
         check_choice("precision", precision, ("fp32", "tf32", "fp16"))
+        if compile and cuda_graphs:
+            raise ConfigError("torch.compile and CUDA graphs: pick one (compile's mode='reduce-overhead' captures "
+                              "CUDA graphs itself)")
         import torch
 
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -41,7 +48,7 @@ class TorchRunner(Runner):
                               "for INT8 on CPU, use cunet-edge quantize --target cpu)")
         if cuda_graphs and self.device != "cuda":
             raise ConfigError("CUDA graphs need device cuda")
-        self.precision, self.cuda_graphs, self.threads = precision, cuda_graphs, threads
+        self.precision, self.cuda_graphs, self.threads, self.compile = precision, cuda_graphs, threads, compile
         self.solver = (solver, solver_steps)
         self.model = None
         self._graphs: dict[tuple, tuple] = {}
@@ -54,6 +61,8 @@ class TorchRunner(Runner):
         ckpt = with_solver(load_checkpoint(self.artifact), *self.solver)
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self.model = ckpt.model.to(self.device, dtype).eval()
+        if self.compile:
+            self.model = torch.compile(self.model)
         self.dtype = dtype
 
     def close(self) -> None:
@@ -143,7 +152,8 @@ class TorchRunner(Runner):
     def describe(self) -> dict:
         import torch
 
-        d = super().describe() | {"torch": torch.__version__, "cuda_graphs": self.cuda_graphs}
+        d = super().describe() | {"torch": torch.__version__, "cuda_graphs": self.cuda_graphs,
+                                  "compiled": self.compile}
         if self.device == "cuda":
             d["gpu"] = torch.cuda.get_device_name()
         return d

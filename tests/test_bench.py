@@ -153,3 +153,29 @@ def test_bench_on_a_jetson_records_power_mode_and_clock_lock_and_warns(tiny_onnx
     assert state["clocks_locked"] is True and state["power_mode"] is None
     assert state["warnings"] == ["power mode unknown: nvpmodel -q exited 1: NVPM ERROR: failed to open file "
                                  "(it may need sudo)"]
+
+
+def test_torch_compile_is_a_target_option_refused_without_warmup(tiny_unrolled):
+    t = parse_target(f"{tiny_unrolled}@torch:compile")
+    assert t.overrides() == {"compile": True} and t.label == f"{tiny_unrolled.name}@torch:compile"
+    cfg = BenchConfig(warmup=0, min_iters=3, min_seconds=0.05, rounds=1, image_reps=1, sampler_steps=2, threads=1)
+    with pytest.raises(ConfigError, match="compiles on the first call: a compiled target needs warmup >= 1"):
+        bench([parse_target(str(tiny_unrolled)), t], cfg, progress=False, record=False)
+    from cunet_edge.runtimes.base import open_runner
+
+    with pytest.raises(ConfigError, match="torch.compile and CUDA graphs: pick one"):
+        open_runner(tiny_unrolled, "torch", compile=True, cuda_graphs=True)
+    row = {"runtime": "torch", "device": "cpu", "compiled": True, "batch": 8, "sampler_steps": 2}
+    assert metrics_section(row) == "bench:torch-compile:b8:ddim-2"
+
+
+@pytest.mark.slow  # inductor compiles C++ for the CPU: tens of seconds even for the tiny model
+def test_torch_compile_runs_beside_eager(tiny_unrolled):
+    """`@torch:compile` is timed side by side with eager: the compile happens in the warm-up, not in the figures."""
+    cfg = BenchConfig(min_iters=5, min_seconds=0.05, rounds=1, image_reps=2, sampler_steps=2, threads=1, batch=2)
+    rows = bench([parse_target(f"{tiny_unrolled}@torch"), parse_target(f"{tiny_unrolled}@torch:compile")], cfg,
+                 progress=False, record=False)["results"]
+    assert [r["compiled"] for r in rows] == [False, True]
+    assert [metrics_section(r) for r in rows] == ["bench:torch:b2:ddim-2", "bench:torch-compile:b2:ddim-2"]
+    # A compile (seconds) inside the timed calls or the per-image reps would dwarf eager's milliseconds.
+    assert rows[1]["p90_ms"] < 20 * rows[0]["p90_ms"] and rows[1]["image_latency_ms"] < 20 * rows[0]["image_latency_ms"]

@@ -19,7 +19,8 @@ option = partial(config_option, BenchConfig)
 @click.option("--runtime", help="torch, onnxruntime, tensorrt or torch-tensorrt (default: from the artifact's kind).")
 @click.option("--compare", multiple=True, metavar="PATH[@RUNTIME[:OPTS]]",
               help="More targets timed side by side (repeat). OPTS override the run's options for that target: "
-                   "torch fp32|tf32|fp16,graphs,cpu|cuda; onnxruntime cpu|cuda|tensorrt,spin|nospin (e.g. m@torch:fp16,graphs).")
+                   "torch fp32|tf32|fp16,graphs,cpu|cuda,compile; onnxruntime cpu|cuda|tensorrt,spin|nospin "
+                   "(e.g. m@torch:fp16,graphs, m@torch:compile).")
 @option("--batch", help="Batch size per network call.")
 @option("--provider", help="onnxruntime: cpu, cuda or tensorrt.")
 @option("--trt-cache", type=click.Path(), help="onnxruntime on the TensorRT provider: its engine cache folder.")
