@@ -220,8 +220,12 @@ def _state_to_cpu(state: dict) -> dict:
 
 def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: dict | None,
                     samples=None, replace: bool = False, kind: str = KIND, stage: str = "train",
-                    parent: Artifact | None = None, extra: dict | None = None) -> Artifact:
-    """Write (or atomically replace) a model artifact at `out` (a checkpoint unless `kind` says else)."""
+                    parent: Artifact | None = None, extra: dict | None = None, complete: bool | None = None,
+                    state_files: dict[str, dict] | None = None) -> Artifact:
+    """Write (or atomically replace) a model artifact at `out` (a checkpoint unless `kind` says else).
+
+    `complete` defaults to step >= cfg.steps; `state_files` are more state dicts (name: tensors) saved beside
+    the training state (distillation keeps its round's teacher there)."""
     from safetensors.torch import save_file
 
     with ArtifactWriter(out, kind=kind, stage=stage, config=to_dict(cfg), parent=parent, replace=replace) as w:
@@ -231,11 +235,13 @@ def save_checkpoint(out: Path, cfg, ema_state: dict, *, step: int, train_state: 
             save_image_grid(samples, w.dir / "samples.png")
         if train_state is not None:
             save_train_state(w.dir / STATE_DIR, train_state)
+            for name, tensors in (state_files or {}).items():
+                save_file(_state_to_cpu(tensors), str(w.dir / STATE_DIR / name))
         w.manifest.update(
             signature=model_signature(cfg.model),
             arch=cfg.model.arch,
             train_step=step,
-            complete=step >= cfg.steps,
+            complete=step >= cfg.steps if complete is None else complete,
             **(extra or {}),
         )
     return w.artifact

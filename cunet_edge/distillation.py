@@ -28,16 +28,14 @@ rerun with the same settings continues where a killed run last saved.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifact import Artifact, ArtifactWriter, check_output_path
-from .checkpoint import (CONFIG, STATE_DIR, WEIGHTS, load_checkpoint, load_train_state, model_signature,
-                         save_train_state)
+from .artifact import Artifact, check_output_path
+from .checkpoint import STATE_DIR, load_checkpoint, load_train_state, save_checkpoint
 from .config import check_positive, to_dict
-from .data import load_images, save_image_grid
+from .data import load_images
 from .diffusion import sample, sampling_schedule
 from .errors import ArtifactError, ConfigError
 from .evaluation import evaluate_images
@@ -170,22 +168,11 @@ def _fid(cfg, ema: dict, steps: int, n: int, seed: int, device) -> dict:
 def _save(out: Path, cfg, teacher_art: Artifact, ema: dict, record: dict, *, state: dict | None,
           teacher_state: dict | None, samples=None) -> Artifact:
     """Write (atomically replace) the student checkpoint; with `state`, the resume state of the running round."""
-    from safetensors.torch import save_file
-
-    cpu = lambda d: {k: v.detach().cpu().contiguous() for k, v in d.items()}  # noqa: E731
-    with ArtifactWriter(out, kind=STAGE_IO["distill"].produces(), stage="distill", config=to_dict(cfg),
-                        parent=teacher_art, replace=out.exists()) as w:
-        save_file(cpu(ema), str(w.dir / WEIGHTS))
-        (w.dir / CONFIG).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-        if samples is not None:
-            save_image_grid(samples, w.dir / "samples.png")
-        if state is not None:
-            save_train_state(w.dir / STATE_DIR, state)
-            save_file(cpu(teacher_state), str(w.dir / STATE_DIR / TEACHER))
-        w.manifest.update(signature=model_signature(cfg.model), arch=cfg.model.arch,
-                          train_step=teacher_art.manifest.get("train_step", 0),
-                          complete=record["in_progress"] is None, **{SECTION: record})
-    return w.artifact
+    return save_checkpoint(out, cfg, ema, step=teacher_art.manifest.get("train_step", 0), train_state=state,
+                           samples=samples, replace=out.exists(), kind=STAGE_IO["distill"].produces(),
+                           stage="distill", parent=teacher_art, extra={SECTION: record},
+                           complete=record["in_progress"] is None,
+                           state_files={TEACHER: teacher_state} if state is not None else None)
 
 
 def _settings(cfg: DistillConfig, teacher_art: Artifact) -> dict:
