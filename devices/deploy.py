@@ -53,7 +53,7 @@ __all__ = [
 BUNDLE_KIND = "deploy-bundle"
 TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "int8": 5e-2}
 TEMPLATE_DIR = Path(__file__).parent / "bundle"
-SCRIPTS = ("run.py", "build_engine.py")
+SCRIPTS = ("run.py", "build_engine.py", "cudamem.py")
 MIN_PYTHON = (3, 8)
 # USER@HOST: a POSIX user name and a DNS name or IPv4 address (an ~/.ssh/config alias is a DNS-like name).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import py_compile
 import shutil
 import subprocess
 import sys
@@ -68,7 +66,7 @@ def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_o
     assert set(art.manifest["files"]) == {
         "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
         "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt",
-        "jetson.py"}
+        "jetson.py", "cudamem.py"}
     assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
     assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
     assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
@@ -166,16 +164,34 @@ def test_missing_tensorrt_is_one_line(bundle):
     assert proc.returncode == 2 and "build_engine.sh" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["run.py", "build_engine.py", "sampler.py", "trt_build.py", "jetson.py"])
-def test_board_scripts_are_python38(bundle, name, tmp_path):
-    src = (bundle / name).read_text()
-    ast.parse(src, feature_version=(3, 8))
-    py_compile.compile(str(bundle / name), cfile=str(tmp_path / "c.pyc"), doraise=True)
-    if PY38.exists():  # the real interpreter catches what feature_version does not
-        proc = subprocess.run([str(PY38), "-m", "py_compile", str(bundle / name)], capture_output=True, text=True,
-                              check=False,
-                              env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)})
-        assert proc.returncode == 0, proc.stderr
+# vermin (a dev dependency) finds the minimum Python each construct needs: syntax, and standard-library modules,
+# functions and arguments (str.removeprefix, functools.cache, ...), which a 3.8 parse would not catch.
+VERMIN = [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", "-t=3.8-", "--violations",
+          "--no-tips", "--processes=1"]
+
+
+def _vermin(*paths):
+    proc = subprocess.run([*VERMIN, *map(str, paths)], capture_output=True, text=True, check=False, timeout=120)
+    assert "No module named vermin" not in proc.stderr, "vermin is missing: pip install -e '.[dev]'"
+    return proc
+
+
+def test_board_scripts_need_nothing_newer_than_python38(bundle):
+    """Every Python file a bundle ships (its scripts and the modules copied from cunet_edge)."""
+    shipped = sorted(bundle.glob("*.py"))
+    assert {"run.py", "build_engine.py", "cudamem.py", "sampler.py", "trt_build.py", "jetson.py"} <= {
+        p.name for p in shipped}
+    proc = _vermin(*shipped)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_python38_check_catches_newer_constructs(tmp_path):
+    """The check above cannot pass silently: vermin flags a 3.9 standard-library function and 3.10 syntax."""
+    (tmp_path / "new.py").write_text("import functools\n\n\n@functools.cache\ndef f(s):\n    match s:\n"
+                                     "        case _:\n            return s\n")
+    proc = _vermin(tmp_path / "new.py")
+    assert proc.returncode != 0 and "'functools.cache' member requires !2, 3.9" in proc.stdout, proc.stdout
+    assert "pattern matching requires !2, 3.10" in proc.stdout and "Target versions not met:   3.8-" in proc.stdout
 
 
 @pytest.mark.skipif(not PY38.exists(), reason="needs a Python 3.8 interpreter")
@@ -186,7 +202,9 @@ def test_board_scripts_start_on_python38(bundle, tmp_path):
     for args in (["run.py", "--help"], ["run.py", "bench", "--help"], ["build_engine.py", "--help"],
                  ["-c", "import sampler; print(sorted(sampler.SAMPLERS))"],
                  ["-c", "import trt_build; print(trt_build.strongly_typed('8.5.2'))"],
-                 ["-c", "import jetson; print(jetson.power_state())"]):
+                 ["-c", "import jetson; print(jetson.power_state())"],
+                 ["-c", "import cudamem\ntry:\n    cudamem.open_cuda('ctypes', '/no.so')\n"
+                        "except cudamem.Unavailable as e:\n    print(e)"]):
         proc = subprocess.run([str(PY38), *args], cwd=bundle, env=env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (args, proc.stderr)
 
@@ -584,42 +602,12 @@ def test_build_engine_refusals_are_one_line(bundle, tmp_path, version, args, mat
 
 def _fake_runtime(version):
     """The surface-derived tensorrt of `version`, behaving as an engine eps = 0.5 x + 1e-3 t over host memory."""
-    import ctypes
-
     import trt_surface
 
-    fake = trt_surface.FakeTensorRT(version)
-    t_type = "INT32" if version.startswith("8.") else "INT64"  # t is int32 before TensorRT 10
-    np_types = {"FLOAT": np.float32, "INT32": np.int32, "INT64": np.int64}
-
-    def execute(st, stream):
-        shapes, addr = st["shapes"], st["addr"]
-        n, b = int(np.prod(shapes["x"])), shapes["t"][0]
-        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["x"]))
-        t_c = ctypes.c_int32 if t_type == "INT32" else ctypes.c_int64
-        t = np.ctypeslib.as_array((t_c * b).from_address(addr["t"]))
-        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
-        out[:] = (x.reshape(b, -1) * 0.5 + t[:, None] * 1e-3).ravel()
-        return True
-
-    fake._behaviours.update({
-        "Runtime.deserialize_cuda_engine": lambda st, data: fake.new("ICudaEngine") if data == b"PLAN" else None,
-        "ICudaEngine.num_io_tensors": 3,
-        "ICudaEngine.get_tensor_name": lambda st, i: ["x", "t", "eps"][i],
-        "ICudaEngine.get_tensor_mode": lambda st, n: getattr(fake.TensorIOMode, "OUTPUT" if n == "eps" else "INPUT"),
-        "ICudaEngine.get_tensor_dtype": lambda st, n: getattr(fake.DataType, t_type if n == "t" else "FLOAT"),
-        "ICudaEngine.get_tensor_shape": lambda st, n: (-1, 1, 8, 8) if n == "x" else (-1,),
-        "ICudaEngine.get_tensor_profile_shape": lambda st, n, i: [(1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8)],
-        "nptype": lambda d: np_types[d.name],
-        "IExecutionContext.set_input_shape": lambda st, n, s: s[0] <= 8 and (
-            st.setdefault("shapes", {}).update({n: tuple(s)}) or True),  # the profile's max batch is 8
-        "IExecutionContext.get_tensor_shape": lambda st, n: st["shapes"]["x"],
-        "IExecutionContext.set_tensor_address": lambda st, n, p: st.setdefault("addr", {}).update({n: p}) or True,
-        "IExecutionContext.execute_async_v3": execute,
-    })
-    return fake
+    return trt_surface.engine_runtime(version)
 
 
+# cuda-python's runtime module as its calls return: (cudaError_t, values...), over host memory.
 FAKE_CUDART = """
 import ctypes
 _live = {}
@@ -629,10 +617,12 @@ def cudaMalloc(n):
     buf = ctypes.create_string_buffer(n)
     _live[ctypes.addressof(buf)] = buf
     return (0, ctypes.addressof(buf))
-def cudaFree(ptr): _live.pop(ptr, None); return (0,)
-def cudaMemcpy(dst, src, n, kind): ctypes.memmove(dst, src, n); return (0,)
+def cudaFree(ptr): return (0,) if _live.pop(ptr, None) is not None else (17,)
+def cudaMemcpyAsync(dst, src, n, kind, stream): ctypes.memmove(dst, src, n); return (0,)
 def cudaStreamCreate(): return (0, 7)
 def cudaStreamSynchronize(stream): return (0,)
+def cudaStreamDestroy(stream): return (0,)
+def cudaGetErrorString(err): return (0, b"invalid device pointer")
 """
 
 

@@ -333,3 +333,43 @@ class FakeTensorRT(types.ModuleType):
     def calls(self, key: str) -> list:
         """The argument tuples of every recorded call (or property set, key "Class.name=") of `key`."""
         return [args for k, args, _ in self.LOG if k == key]
+
+
+def engine_runtime(version: str) -> FakeTensorRT:
+    """The fake of `version` behaving as a deserialized engine eps = 0.5 x + 1e-3 t, reading and writing the
+    addresses the code binds (host memory here: the fake CUDA bindings of the bundle tests allocate there)."""
+    import ctypes
+
+    import numpy as np
+
+    fake = FakeTensorRT(version)
+    t_type = "INT32" if version.startswith("8.") else "INT64"  # t is int32 before TensorRT 10
+    np_types = {"FLOAT": np.float32, "INT32": np.int32, "INT64": np.int64}
+
+    def execute(st, stream):
+        shapes, addr = st["shapes"], st["addr"]
+        n, b = int(np.prod(shapes["x"])), shapes["t"][0]
+        x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["x"]))
+        t_c = ctypes.c_int32 if t_type == "INT32" else ctypes.c_int64
+        t = np.ctypeslib.as_array((t_c * b).from_address(addr["t"]))
+        out = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr["eps"]))
+        out[:] = (x.reshape(b, -1) * 0.5 + t[:, None] * 1e-3).ravel()
+        st.setdefault("streams", []).append(stream)
+        return True
+
+    fake._behaviours.update({
+        "Runtime.deserialize_cuda_engine": lambda st, data: fake.new("ICudaEngine") if data == b"PLAN" else None,
+        "ICudaEngine.num_io_tensors": 3,
+        "ICudaEngine.get_tensor_name": lambda st, i: ["x", "t", "eps"][i],
+        "ICudaEngine.get_tensor_mode": lambda st, n: getattr(fake.TensorIOMode, "OUTPUT" if n == "eps" else "INPUT"),
+        "ICudaEngine.get_tensor_dtype": lambda st, n: getattr(fake.DataType, t_type if n == "t" else "FLOAT"),
+        "ICudaEngine.get_tensor_shape": lambda st, n: (-1, 1, 8, 8) if n == "x" else (-1,),
+        "ICudaEngine.get_tensor_profile_shape": lambda st, n, i: [(1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8)],
+        "nptype": lambda d: np_types[d.name],
+        "IExecutionContext.set_input_shape": lambda st, n, s: s[0] <= 8 and (
+            st.setdefault("shapes", {}).update({n: tuple(s)}) or True),  # the profile's max batch is 8
+        "IExecutionContext.get_tensor_shape": lambda st, n: st["shapes"]["x"],
+        "IExecutionContext.set_tensor_address": lambda st, n, p: st.setdefault("addr", {}).update({n: p}) or True,
+        "IExecutionContext.execute_async_v3": execute,
+    })
+    return fake

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run a cunet-edge deploy bundle on the board: draw samples, check the engine, measure it.
 
-Needs Python >= 3.8, numpy, and TensorRT (with cuda-python) or ONNX Runtime; no torch and no
-cunet-edge. Every path is relative to this file, so it runs from any working directory.
+Needs Python >= 3.8, numpy, and TensorRT or ONNX Runtime; no torch and no cunet-edge. TensorRT's GPU
+buffers come from cuda-python, else torch (if installed), else libcudart.so through ctypes (cudamem.py;
+--cuda picks one, and bench records which). Every path is relative to this file, so it runs from any working directory.
 
     python3 run.py selfcheck                       # outputs match the ones recorded at deploy time
     python3 run.py sample --n 16 --steps 32 --out samples.npy
@@ -74,34 +75,13 @@ class OnnxRuntimeBackend:
         self.session = None
 
 
-def _cudart():
-    try:
-        from cuda import cudart
-        return cudart
-    except ImportError:
-        pass
-    try:
-        from cuda.bindings import runtime as cudart
-        return cudart
-    except ImportError:
-        raise BundleError("the TensorRT backend needs cuda-python for GPU buffers: pip3 install cuda-python "
-                          "(or use --backend onnxruntime)")
-
-
-def _ck(result):
-    """cuda-python calls return (error, value...): raise on error, return the value."""
-    err = result[0]
-    if int(err) != 0:
-        raise BundleError(f"CUDA call failed: {err}")
-    return result[1] if len(result) == 2 else result[1:]
-
-
 class TensorRTBackend:
-    """model.plan through TensorRT's I/O-tensor API (8.5 to 10.x), buffers from cuda-python."""
+    """model.plan through TensorRT's I/O-tensor API (8.5 and newer: set_tensor_address, execute_async_v3); its
+    GPU buffers and stream come from whichever CUDA binding works here (cudamem.py: cuda-python, torch, ctypes)."""
 
     name = "tensorrt"
 
-    def __init__(self, bundle):
+    def __init__(self, bundle, cuda="auto", cudart=None):
         try:
             import tensorrt as trt
         except ImportError:
@@ -109,18 +89,25 @@ class TensorRTBackend:
         if not os.path.exists(here(PLAN)):
             raise BundleError(f"no {PLAN} yet: build it on this board with python3 build_engine.py")
         _check_engine_info(trt.__version__)
-        self.cudart, self.trt, self.version = _cudart(), trt, trt.__version__
+        import cudamem
+
+        try:
+            self.cuda = cudamem.open_cuda(cuda, cudart)
+        except cudamem.Unavailable as exc:
+            raise BundleError(str(exc))
+        self.cuda_binding = self.cuda.describe()
+        self.trt, self.version = trt, trt.__version__
         with open(here(PLAN), "rb") as fh:
             self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(fh.read())
         if self.engine is None:
+            self.cuda.close()
             raise BundleError(f"TensorRT could not load {PLAN}: rebuild it with python3 build_engine.py")
         self.context = self.engine.create_execution_context()
-        self.stream = _ck(self.cudart.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
-        self.buffers = {}  # name -> (device pointer, bytes)
+        self.buffers = {}  # name -> (device address, bytes)
         self.batch_range = None  # (min, max) of a dynamic-batch engine's optimization profile 0
         if tuple(self.engine.get_tensor_shape(self.inputs[0]))[0] < 0:
             lo, _, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
@@ -130,39 +117,44 @@ class TensorRTBackend:
         ptr, size = self.buffers.get(name, (None, 0))
         if size < nbytes:
             if ptr is not None:
-                _ck(self.cudart.cudaFree(ptr))
-            ptr, size = _ck(self.cudart.cudaMalloc(nbytes)), nbytes
+                self.cuda.free(ptr)
+            ptr, size = self.cuda.alloc(nbytes), nbytes
             self.buffers[name] = (ptr, size)
-        self.context.set_tensor_address(name, int(ptr))
+        self.context.set_tensor_address(name, ptr)
         return ptr
 
     def __call__(self, x, t):
-        cu = self.cudart
-        feed = {"x": x, "t": t}
+        import cudamem
+
+        try:
+            return self._run({"x": x, "t": t})
+        except cudamem.CudaError as exc:
+            raise BundleError(f"{self.cuda.name}: {exc}")
+
+    def _run(self, feed):
         for name in self.inputs:
             arr = np.ascontiguousarray(feed[name], dtype=self.dtypes[name])  # int64 t -> int32 on TensorRT < 10
             if not self.context.set_input_shape(name, arr.shape):
                 raise BundleError("the engine refused input %s of shape %s (its batch range: %s); rebuild it with "
                                   "python3 build_engine.py --max-batch N" % (name, tuple(arr.shape), self.batch_range))
-            ptr = self._device(name, max(arr.nbytes, 1))
-            _ck(cu.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes, cu.cudaMemcpyKind.cudaMemcpyHostToDevice))
+            self.cuda.to_device(self._device(name, max(arr.nbytes, 1)), arr)
         out = {}
         for name in self.outputs:
             out[name] = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name])
             self._device(name, max(out[name].nbytes, 1))
-        if not self.context.execute_async_v3(int(self.stream)):
+        if not self.context.execute_async_v3(self.cuda.stream_handle()):
             raise BundleError("TensorRT failed to run the engine (its log above says why)")
-        _ck(cu.cudaStreamSynchronize(self.stream))
         for name, arr in out.items():
-            ptr = self.buffers[name][0]
-            _ck(cu.cudaMemcpy(arr.ctypes.data, ptr, arr.nbytes, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+            self.cuda.to_host(arr, self.buffers[name][0])
+        self.cuda.synchronize()
         return np.asarray(out["eps"], dtype=np.float32)
 
     def close(self):
-        for ptr, _ in self.buffers.values():
-            self.cudart.cudaFree(ptr)
         self.buffers = {}
         self.context = self.engine = None
+        if self.cuda is not None:
+            self.cuda.close()  # frees every buffer it handed out, then its stream
+            self.cuda = None
 
 
 def _check_engine_info(version):
@@ -176,7 +168,8 @@ def _check_engine_info(version):
                           "rebuild with python3 build_engine.py")
 
 
-def open_backend(name, bundle):
+def open_backend(name, bundle, cuda="auto", cudart=None):
+    """cuda / cudart: the CUDA binding of the TensorRT backend (cudamem.BINDINGS, or auto) and libcudart's path."""
     if name == "auto":
         name = "onnxruntime"
         if os.path.exists(here(PLAN)):
@@ -186,7 +179,7 @@ def open_backend(name, bundle):
             except ImportError:
                 pass
     if name == "tensorrt":
-        return TensorRTBackend(bundle)
+        return TensorRTBackend(bundle, cuda, cudart)
     return OnnxRuntimeBackend(bundle)
 
 
@@ -227,7 +220,7 @@ def cmd_selfcheck(args, bundle):
             raise BundleError("bundle files differ from manifest.json (copy again): " + ", ".join(bad))
     data = np.load(here("selfcheck.npz"))
     tol = args.tolerance if args.tolerance is not None else bundle["tolerance"]
-    backend = open_backend(args.backend, bundle)
+    backend = open_backend(args.backend, bundle, args.cuda, args.cudart)
     try:
         got = batched(backend, bundle["static_batch"])(data["x"], data["t"])
     finally:
@@ -266,7 +259,7 @@ def sampler_options(bundle):
 def cmd_sample(args, bundle):
     sampler = load_sampler()
     abar = np.load(here("schedule.npy"))
-    backend = open_backend(args.backend, bundle)
+    backend = open_backend(args.backend, bundle, args.cuda, args.cudart)
     try:
         eps = batched(backend, bundle["static_batch"])
         t0 = time.perf_counter()
@@ -414,7 +407,7 @@ def cmd_bench(args, bundle):
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal([args.batch] + bundle["image_shape"]).astype(np.float32)
     t = np.full((args.batch,), len(np.load(here("schedule.npy"))) // 2, dtype=np.int64)
-    backend = open_backend(args.backend, bundle)
+    backend = open_backend(args.backend, bundle, args.cuda, args.cudart)
     try:
         with PowerMonitor(args.power_interval_ms) as power:
             call_ms = time_calls(lambda: backend(x, t), args.warmup, args.min_iters, args.min_seconds)
@@ -427,7 +420,8 @@ def cmd_bench(args, bundle):
                   batch=args.batch, images_per_s=args.batch / (stats["mean_ms"] / 1e3), peak_mem_mb=peak_rss_mb(),
                   image_latency_ms=float(np.median(image_ms)), image_batch=static or 1, sampler=args.sampler,
                   sampler_steps=args.steps, spacing=args.spacing, device=bundle["device"], bundle_id=bundle_id(),
-                  power=power.summary(), machine={"python": platform.python_version(), "platform": platform.platform()})
+                  power=power.summary(), machine={"python": platform.python_version(), "platform": platform.platform()},
+                  cuda_binding=getattr(backend, "cuda_binding", None))  # TensorRT's CUDA binding (None: ONNX Runtime)
     if board is not None:  # on a Jetson: the figures hold for this power mode and clock state only
         result["jetson"] = board
         for warning in board["warnings"]:
@@ -480,6 +474,10 @@ def parser():
     sub = p.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto")
+    common.add_argument("--cuda", choices=["auto", "cuda-python", "torch", "ctypes"], default="auto",
+                        help="CUDA binding for TensorRT's buffers (auto: the first that works, in this order)")
+    common.add_argument("--cudart", help="path of libcudart.so for --cuda ctypes (default: the loader's, then "
+                                         "/usr/local/cuda)")
     s = sub.add_parser("selfcheck", parents=[common], help="compare outputs with the ones recorded at deploy time")
     s.add_argument("--tolerance", type=float, help="relative error allowed (default: bundle.json's)")
     s.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
