@@ -71,6 +71,8 @@ STAGE_IO: dict[str, StageIO] = {
     # imported network without ODE blocks; export_onnx checks.
     "export": StageIO(MODEL_KINDS, "onnx"),
     "export-tensorrt": StageIO(ONNX_KINDS, "tensorrt-engine"),
+    # The pipeline's `tensorrt` stage: the engine, benched and evaluated on this machine's GPU.
+    "tensorrt": StageIO(ONNX_KINDS, "tensorrt-engine"),
     "export-torch-tensorrt": StageIO(("unrolled", "pruned"), "torch-tensorrt"),
     "quantize": StageIO(("onnx",), "onnx-int8"),
     "sample": StageIO(tuple(KINDS), writes="images"),  # every kind runs on some runtime

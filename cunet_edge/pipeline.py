@@ -60,6 +60,7 @@ from .kinds import MODEL_KINDS, STAGE_IO, StageIO, kind_runtime
 from .limits import check_threads, read_text_file
 from .pruning import PruneConfig
 from .quantize.int8 import QuantizeConfig
+from .records import NOT_MEASURED, RESULT
 from .report.stage import ReportConfig
 from .sampling import EvaluateConfig
 from .search import ParetoConfig, SearchConfig, expand_search, run_pareto
@@ -121,6 +122,8 @@ STAGES: dict[str, StageDef] = {
     "bench": StageDef(BenchConfig, stages.run_bench, STAGE_IO["bench"], many=True, measures_inputs=True),
     "evaluate": StageDef(EvaluateConfig, stages.run_evaluate, STAGE_IO["evaluate"], many=True, measures_inputs=True,
                          check=check_features),
+    # Not run (its reason recorded, the run goes on) where TensorRT or a GPU is missing: see _run_stages.
+    "tensorrt": StageDef(stages.TensorRTStageConfig, stages.run_tensorrt, STAGE_IO["tensorrt"]),
     "pareto": StageDef(ParetoConfig, run_pareto, STAGE_IO["pareto"], many=True, always=True),
     "report": StageDef(ReportConfig, stages.run_report, STAGE_IO["report"], backends=("matplotlib",), always=True,
                        reads_run=True),
@@ -307,8 +310,8 @@ def _is_done(run_dir: Path, stage: PlannedStage, h: str) -> bool:
     """A stage is done if its marker has this hash and its output artifact (or the link `load` made to one)
     is still intact."""
     marker = _read_marker(run_dir, stage.name)
-    if stage.definition.always or not marker or marker.get("hash") != h:
-        return False
+    if stage.definition.always or not marker or marker.get("hash") != h or marker.get("not_run"):
+        return False  # a stage not run here is tried again: this machine may have what it lacked
     if stage.makes is None:
         return True
     try:
@@ -401,10 +404,11 @@ def run_pipeline(path: str | Path, run_dir: str | Path, *, search: bool = False,
 
 def _run_stages(recipe: Recipe, run_dir: Path, progress: bool, echo: Callable[[str], None]) -> dict:
     outputs: dict[str, Any] = {}
+    not_run: dict[str, str] = {}  # stage name -> why it was not run here
     summary, t_all = [], time.perf_counter()
     for i, s in enumerate(recipe.stages, 1):
         inputs = [outputs[n] for n in s.inputs]
-        h = stage_hash(s, [a.manifest.get("id") for a in inputs])
+        h = stage_hash(s, [a.manifest.get("id") if a is not None else None for a in inputs])
         label = f"[{i}/{len(recipe.stages)}] {s.name} ({s.stage})"
         out = run_dir / s.name
         if _is_done(run_dir, s, h):
@@ -419,7 +423,19 @@ def _run_stages(recipe: Recipe, run_dir: Path, progress: bool, echo: Callable[[s
         echo(f"{label}: running")
         t0 = time.perf_counter()
         ctx = StageContext(run_dir, out, inputs, recipe.settings, progress)
-        result = s.definition.run(s.config, ctx)
+        missing = [n for n in s.inputs if n in not_run]
+        try:
+            if missing:
+                raise stages.NotRunHere(f"its input {missing[0]} was not run here ({not_run[missing[0]]})")
+            result = s.definition.run(s.config, ctx)
+        except stages.NotRunHere as exc:
+            not_run[s.name] = str(exc)
+            _record_not_run(run_dir, s, h, str(exc))
+            echo(f"{label}: not run here: {exc}")
+            summary.append({"name": s.name, "stage": s.stage, "hash": h, "skipped": False, "seconds": 0.0,
+                            "not_run": str(exc)})
+            outputs[s.name] = None
+            continue
         seconds = time.perf_counter() - t0
         outputs[s.name] = result if isinstance(result, Artifact) else None
         _write_marker(run_dir, s.name, {"hash": h, "stage": s.stage, "seconds": seconds,
@@ -432,6 +448,18 @@ def _run_stages(recipe: Recipe, run_dir: Path, progress: bool, echo: Callable[[s
     result = {"recipe": str(recipe.path), "run_dir": str(run_dir), "stages": summary, "seconds": total}
     write_json_atomic(run_dir / MARKERS / "summary.json", result)
     return result
+
+
+def _record_not_run(run_dir: Path, stage: PlannedStage, h: str, reason: str) -> None:
+    """A stage not run here: its folder holds only result.json saying why (the report shows it as not measured
+    here), and its marker makes the next run try it again."""
+    out = run_dir / stage.name
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out)  # anything the stage began (a pipeline-owned folder: _clear_leftovers checked)
+    write_json_atomic(out / RESULT, {"stage": stage.stage, "name": stage.name, "inputs": list(stage.inputs),
+                                     NOT_MEASURED: reason})
+    _write_marker(run_dir, stage.name, {"hash": h, "stage": stage.stage, "not_run": reason,
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def _clock(seconds: float) -> str:

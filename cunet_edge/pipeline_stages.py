@@ -12,22 +12,30 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import Artifact, write_json_atomic
-from .benchmark import BenchTarget, bench, format_bench
+from .benchmark import BenchConfig, BenchTarget, bench, format_bench
 from .distillation import distill
-from .errors import ConfigError
+from .errors import BackendMissingError, ConfigError
 from .evaluation import evaluate_checkpoint, format_evaluation
 from .export.onnx import export_onnx
+from .export.tensorrt import EngineConfig, build_engine
 from .importing import SPEC_TABLES, ImportSpec, import_model, load_import_spec, parse_import_spec, spec_fingerprint
 from .kinds import runtime_for
 from .pruning import prune
 from .quantize.int8 import format_side_by_side, quantize_int8
 from .records import RESULT, bench_section, write_metrics
 from .report.stage import report
+from .runtimes.engines import current_platform
+from .sampling import EvaluateConfig
 from .training import train
 from .unrolling import unroll
 
 __all__ = ["LoadConfig", "run_train", "run_load", "run_unroll", "run_prune", "run_distill", "run_export",
-           "run_quantize", "run_bench", "run_evaluate", "run_report"]
+           "run_quantize", "run_bench", "run_evaluate", "run_report", "TensorRTStageConfig", "run_tensorrt",
+           "NotRunHere"]
+
+
+class NotRunHere(Exception):
+    """A stage this machine cannot run (no TensorRT, no GPU): the pipeline records why and goes on."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,54 @@ def run_quantize(cfg, ctx):
     art = quantize_int8(ctx.inputs[0].path, cfg, ctx.out, progress=ctx.progress)
     print(format_side_by_side(art.manifest["precisions"]))
     return art
+
+
+@dataclass(frozen=True)
+class TensorRTStageConfig:
+    """Build a TensorRT engine from the input ONNX (fp32, fp16, or the Q/DQ INT8 of `quantize target =
+    "tensorrt"`), then bench it and evaluate it on TensorRT, into the engine's metrics.json.
+
+    Engine: `max_batch` (its profile is 1..max_batch), `workspace_mb`. Bench: batch 1, `sampler_steps` per image.
+    Evaluate: FID/KID of `n` images (0: no evaluation) at `steps` sampler steps. Where TensorRT or a GPU is
+    missing the stage is not run; the pipeline records why, and the report says so.
+    """
+
+    max_batch: int = 16
+    workspace_mb: int = 1024
+    sampler_steps: int = 16
+    n: int = 1000
+    steps: int = 16
+
+    def __post_init__(self):
+        # The configs it hands on check their own fields: a bad value is refused when the recipe is planned.
+        self.engine(), self.bench(), self.evaluate()
+
+    def engine(self) -> EngineConfig:
+        return EngineConfig(max_batch=self.max_batch, workspace_mb=self.workspace_mb)
+
+    def bench(self) -> BenchConfig:
+        return BenchConfig(sampler_steps=self.sampler_steps)
+
+    def evaluate(self) -> EvaluateConfig | None:
+        return EvaluateConfig(n=self.n, steps=self.steps) if self.n else None
+
+
+def run_tensorrt(cfg: TensorRTStageConfig, ctx):
+    """The engine of the input ONNX on this machine's GPU, benched and evaluated there; NotRunHere (with the
+    reason) where TensorRT does not import or no CUDA GPU is visible."""
+    try:
+        current_platform()
+    except (BackendMissingError, ConfigError) as exc:
+        raise NotRunHere(str(exc)) from None
+    engine = build_engine(ctx.inputs[0].path, cfg.engine(), ctx.out)
+    target = BenchTarget(str(engine.path), "tensorrt")
+    result = bench([target], cfg.bench(), progress=ctx.progress, record=False)
+    write_metrics(engine.path, bench_section(result["results"][0]), result["results"][0])
+    print(format_bench(result))
+    if cfg.evaluate() is not None:
+        m = evaluate_checkpoint(engine, cfg.evaluate(), progress=ctx.progress, runtime="tensorrt", record=True)
+        print(f"  {engine.path.name}: {format_evaluation(m)}  [tensorrt]")
+    return engine
 
 
 def _in_run(art: Artifact, ctx) -> bool:

@@ -28,7 +28,7 @@ from .artifact import write_json_atomic
 from .errors import ConfigError, OutputPathError
 
 __all__ = ["SOLVER", "TRAINED_SOLVER", "PRUNING", "DRIFT", "PRECISION", "VERIFICATION", "METRICS", "RESULT",
-           "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
+           "NOT_MEASURED", "solver_record", "check_solver_request", "pruning_record", "prune_macs_ratio",
            "recorded_drift", "precision_of", "bench_section", "evaluate_section", "BENCH_SECTION", "EVALUATE_SECTION",
            "write_metrics", "read_metrics", "METRICS_LOCK", "evaluation_features", "kid_text", "sampler_setting",
            "split_sampler_setting"]
@@ -42,6 +42,8 @@ VERIFICATION = "verification"
 METRICS = "metrics.json"
 # A pipeline stage that measures in place (bench, evaluate, pareto) writes its own result here, in its folder.
 RESULT = "result.json"
+# The key of a stage's result.json when the stage could not run on this machine (no TensorRT, no GPU): its reason.
+NOT_MEASURED = "not_measured"
 METRICS_LOCK = ".metrics.json.lock"
 # How long a writer waits for another process's metrics.json update (each takes milliseconds).
 METRICS_LOCK_TIMEOUT_S = 60.0

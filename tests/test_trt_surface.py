@@ -24,11 +24,7 @@ from cunet_edge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = set(ts.VERSIONS)
-# Names the code uses only on some versions, and the versions where it would (its version branches).
-GATED = {
-    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": {"8.6.1"},  # explicit batch: required before 10.0
-    "NetworkDefinitionCreationFlag.STRONGLY_TYPED": {"10.3.0", "10.16.1.11"},  # always on from 11.0
-}
+GATED = ts.GATED  # names the code uses only on some versions (its version branches)
 
 
 def _scripts():
@@ -339,3 +335,23 @@ def test_cli_refuses_a_profile_tensorrt_cannot_build_in_one_line(tmp_path, args,
     proc = cli_in_process("export", src.path, "--format", "tensorrt", "--out", tmp_path / "engine", *args)
     assert_one_line_error(proc, match)
     assert not (tmp_path / "engine").exists()
+
+
+# ---------------------------------------------------------------- the names table of docs/tensorrt.md
+
+def test_the_tensorrt_names_table_in_the_docs_is_current(tmp_path):
+    """scripts/trt_names.py's table equals the one committed in docs/tensorrt.md, and --check notices a change."""
+    spec = importlib.util.spec_from_file_location("trt_names", ROOT / "scripts" / "trt_names.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fresh = mod.table()
+    assert mod.in_doc(mod.DOC.read_text()) == fresh, "docs/tensorrt.md is stale: python scripts/trt_names.py --write"
+    rows = {line.split("`")[1]: line for line in fresh.splitlines()[2:]}
+    assert set(rows) == set(ts.project_trt_names()) | set(ts.project_member_uses())
+    assert "| yes | yes | yes | **no** | 8.6.1 |" in rows["NetworkDefinitionCreationFlag.EXPLICIT_BATCH"]
+    assert "`devices/bundle/run.py`" in rows["IExecutionContext.execute_async_v3"]
+    # A stale doc is caught: the script's --check exits 1 on a copy with a row dropped.
+    stale = tmp_path / "tensorrt.md"
+    stale.write_text(mod.DOC.read_text().replace(rows["Builder"] + "\n", ""))
+    mod.DOC = stale
+    assert mod.main(["--check"]) == 1

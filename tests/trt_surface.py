@@ -23,6 +23,11 @@ DATA = Path(__file__).resolve().parent / "data" / "trt_surface"
 ROOT = Path(__file__).resolve().parent.parent
 # The surfaces: TensorRT 8.6 (newest 8.x on PyPI; JetPack 5 ships 8.5.2), 10.3 (JetPack 6), newest 10.x, newest 11.x.
 VERSIONS = ("8.6.1", "10.3.0", "10.16.1.11", "11.4.0.106")
+# Names the code uses only on some versions, and the versions where it would (its version branches).
+GATED = {
+    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH": {"8.6.1"},  # explicit batch: required before 10.0
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED": {"10.3.0", "10.16.1.11"},  # always on from 11.0
+}
 
 
 @lru_cache(maxsize=None)

@@ -26,6 +26,8 @@ from ..kinds import MODEL_KINDS, kind_runtime
 from ..records import (
     BENCH_SECTION,
     EVALUATE_SECTION,
+    NOT_MEASURED,
+    RESULT,
     SOLVER,
     evaluation_features,
     precision_of,
@@ -34,8 +36,8 @@ from ..records import (
     sampler_setting,
 )
 
-__all__ = ["Node", "find_artifacts", "link_lineage", "artifact_facts", "variant_rows", "variant_label",
-           "DEFAULT_SAMPLER"]
+__all__ = ["Node", "find_artifacts", "find_not_measured", "link_lineage", "artifact_facts", "variant_rows",
+           "variant_label", "DEFAULT_SAMPLER"]
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 DEFAULT_SAMPLER = ("ddim", 50)  # what bench and evaluate use by default; grids of unmeasured artifacts too
@@ -111,6 +113,20 @@ def find_artifacts(run_dir: str | Path) -> tuple[list[Node], list[dict]]:
         raise ArtifactError(f"no artifacts under {run_dir}: no directory in it holds a valid {MANIFEST}"
                             + (f" ({len(skipped)} skipped: {skipped[0]['reason']})" if skipped else ""))
     return nodes, skipped
+
+
+def find_not_measured(run_dir: str | Path) -> list[dict]:
+    """Stages of a pipeline run that could not run on its machine (no TensorRT, no GPU): each folder directly in
+    run_dir whose result.json says why ({"stage", "name", "inputs", "not_measured"}), by name."""
+    rows = []
+    for d in sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (d / MANIFEST).exists():
+            continue
+        rec = _read_json(d / RESULT)
+        if isinstance(rec, dict) and isinstance(rec.get(NOT_MEASURED), str):
+            rows.append({"artifact": d.name, "stage": str(rec.get("stage", "?")),
+                         "inputs": [str(i) for i in rec.get("inputs") or []], NOT_MEASURED: rec[NOT_MEASURED]})
+    return rows
 
 
 def _match(rec: dict, by_path: dict[Path, Node], by_id: dict[str, list[Node]]) -> Node | None:

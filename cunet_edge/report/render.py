@@ -159,6 +159,13 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
          "against the lineage's FP32 reference on common inputs; drift per stage is each stage's ε against its "
          "parent, measured here unless marked (rec.) = as the stage recorded it.", quality, rows),
     ]
+    if result.get("not_measured"):
+        out.append(("not-measured", "Stages not measured here",
+                    "Stages of the run this machine could not run (a TensorRT engine needs TensorRT and a CUDA GPU); "
+                    "run the recipe again where they are, and these rows fill in.",
+                    [("artifact", lambda r: r["artifact"]), ("stage", lambda r: r["stage"]),
+                     ("from", lambda r: ", ".join(r["inputs"]) or _DASH),
+                     ("result", lambda r: f"not measured here: {r['not_measured']}")], result["not_measured"]))
     if result["devices"]:
         out.append(("devices", "Estimated latency on device profiles",
                     "Roofline estimates at batch 1 from the ONNX graph (a lower bound; see devices/README.md); "

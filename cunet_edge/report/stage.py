@@ -29,7 +29,16 @@ from ..errors import OutputPathError
 from ..records import pruning_record, recorded_drift
 from ..search import pareto_front as non_dominated
 from . import render
-from .gather import DEFAULT_SAMPLER, Node, artifact_facts, find_artifacts, link_lineage, variant_label, variant_rows
+from .gather import (
+    DEFAULT_SAMPLER,
+    Node,
+    artifact_facts,
+    find_artifacts,
+    find_not_measured,
+    link_lineage,
+    variant_label,
+    variant_rows,
+)
 from .measure import EPS_RUNS, EPS_STEPS, estimate_devices, measure_lineages, psnr, rel_err
 from ..limits import check_seed, check_threads
 
@@ -293,6 +302,7 @@ def report(run_dir: str | Path, cfg: ReportConfig, out: str | Path, *, replace: 
             "eps_inputs": {"runs": EPS_RUNS, "ddim_steps": EPS_STEPS, "n": EPS_RUNS * EPS_STEPS, "seed": cfg.seed + 1},
             "pareto": pareto_front(rows), "variants": rows,
             "artifacts": [_artifact_record(n) for n in _tree_order(everything)], "skipped": skipped,
+            "not_measured": find_not_measured(run_dir),
         }
         render.write_all(result, tmp)
     result["out"] = str(out)
