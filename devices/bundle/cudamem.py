@@ -111,11 +111,16 @@ class Torch:
             import torch
         except ImportError:
             raise Unavailable("not installed")
+        except OSError as exc:  # a wheel whose CUDA libraries do not load
+            raise Unavailable("does not import (%s)" % exc)
         if device == "cuda" and not torch.cuda.is_available():
             raise Unavailable("torch %s sees no CUDA device" % torch.__version__)
         self.torch, self.device, self.version = torch, device, torch.__version__
         # A CPU device (tests only: no GPU there) has no stream; copies are then synchronous.
-        self.stream = torch.cuda.Stream() if device == "cuda" else None
+        try:
+            self.stream = torch.cuda.Stream() if device == "cuda" else None
+        except RuntimeError as exc:
+            raise Unavailable("torch could not make a CUDA stream (%s)" % exc)
         self.tensors = {}  # address -> the tensor that owns it
 
     def describe(self):
@@ -133,7 +138,9 @@ class Torch:
         self.tensors.pop(ptr, None)
 
     def _bytes(self, arr):
-        return self.torch.from_numpy(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+        if not arr.flags.c_contiguous:  # a copy would be filled instead of arr
+            raise ValueError("the torch binding copies C-contiguous arrays only")
+        return self.torch.from_numpy(arr.reshape(-1).view(np.uint8))
 
     def to_device(self, ptr, arr):
         if arr.nbytes:

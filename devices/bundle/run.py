@@ -153,8 +153,13 @@ class TensorRTBackend:
         self.buffers = {}
         self.context = self.engine = None
         if self.cuda is not None:
-            self.cuda.close()  # frees every buffer it handed out, then its stream
-            self.cuda = None
+            import cudamem
+
+            cuda, self.cuda = self.cuda, None
+            try:
+                cuda.close()  # frees every buffer it handed out, then its stream
+            except cudamem.CudaError as exc:
+                raise BundleError(f"{cuda.name}: {exc}")
 
 
 def _check_engine_info(version):
