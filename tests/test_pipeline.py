@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trt_surface
 from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess
 from conftest import TINY
 
@@ -117,23 +118,19 @@ def test_distill_stage_makes_a_checkpoint_the_next_stage_takes(tiny_checkpoint, 
     assert Artifact.load(tmp_path / "run" / "u").manifest["parent"]["id"] == d4.manifest["id"]
 
 
-@pytest.mark.parametrize("trt", ["missing", "no-gpu"])
-def test_tensorrt_stage_is_not_run_without_tensorrt_or_a_gpu_and_the_report_says_why(trt, tiny_unrolled, tmp_path,
-                                                                                      monkeypatch):
-    """Where TensorRT does not import, or imports (the fake made from 10.3's real API surface) but no CUDA GPU is
-    visible, the stage is recorded as not run with its reason; a stage taking its engine is not run either; the
-    rest of the run goes on, and the report's table says "not measured here"."""
+def _no_gpu_here():
     import torch
-    import trt_surface
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the stage would build an engine")
-    if trt == "no-gpu":
-        monkeypatch.setitem(sys.modules, "tensorrt", trt_surface.FakeTensorRT("10.3.0"))
-        why = "TensorRT needs a CUDA GPU, and PyTorch sees none on this machine"
-    else:
-        monkeypatch.setitem(sys.modules, "tensorrt", None)
-        why = "tensorrt is not installed"
+
+
+def test_tensorrt_stage_is_not_run_without_tensorrt_and_the_report_says_why(tiny_unrolled, tmp_path, monkeypatch):
+    """Where TensorRT does not import the stage is recorded as not run, with its reason; a stage taking its engine
+    is not run either; the rest of the run goes on, and the report's table says "not measured here"."""
+    _no_gpu_here()
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as where it is not installed
+    why = "tensorrt is not installed"
     recipe, out = tmp_path / "r.toml", tmp_path / "run"
     recipe.write_text(_stage("load", "model", path=str(tiny_unrolled)) + _stage("export", "onnx", verify_n=2)
                       + _stage("tensorrt", "trt", n=8, steps=2, sampler_steps=2)
@@ -143,21 +140,29 @@ def test_tensorrt_stage_is_not_run_without_tensorrt_or_a_gpu_and_the_report_says
     assert res.returncode == 0, res.stderr
     assert f"[3/5] trt (tensorrt): not run here: {why}" in res.stdout
     assert "[4/5] bench-trt (bench): not run here: its input trt was not run here (" + why in res.stdout
+    assert "5 stages (3 run, 2 not run here, 0 skipped)" in res.stdout
     record = json.loads((out / "trt" / "result.json").read_text())
     assert record["stage"] == "tensorrt" and record["inputs"] == ["onnx"] and record["not_measured"].startswith(why)
     assert sorted(p.name for p in (out / "trt").iterdir()) == ["result.json"]  # no half-built engine
     summary = json.loads((out / ".pipeline" / "summary.json").read_text())
-    assert [s.get("not_run", "")[:len(why)] for s in summary["stages"]][2] == why
+    assert summary["stages"][2]["not_run"].startswith(why) and "not_run" not in summary["stages"][1]
     report = json.loads((out / "report" / "report.json").read_text())
     rows = {r["artifact"]: r for r in report["not_measured"]}
     assert rows["trt"]["stage"] == "tensorrt" and rows["trt"]["not_measured"].startswith(why)
     md = (out / "report" / "report.md").read_text()
     assert "## Stages not measured here" in md and f"| trt | tensorrt | onnx | not measured here: {why}" in md
     assert "not measured here: " + why in (out / "report" / "report.html").read_text()
-    # Run again: what ran is done; the stage not run here is tried again (this machine may have gained a GPU).
+    # Run again where TensorRT imports (the fake made from 10.3's real API surface) but no CUDA GPU is visible:
+    # what ran is done; the stage not run is tried again, and now says why with the new reason.
+    monkeypatch.setitem(sys.modules, "tensorrt", trt_surface.FakeTensorRT("10.3.0"))
+    recipe.write_text(recipe.read_text().split("[[stage]]\nstage = \"bench\"")[0])  # load, export, tensorrt
     again = _pipeline(recipe, out)
     assert again.returncode == 0, again.stderr
-    assert _skipped(again) == {"model", "onnx"} and f"trt (tensorrt): not run here: {why}" in again.stdout
+    assert _skipped(again) == {"model", "onnx"}
+    assert "trt (tensorrt): not run here: TensorRT needs a CUDA GPU, and PyTorch sees none on this machine" in \
+        again.stdout
+    record = json.loads((out / "trt" / "result.json").read_text())
+    assert record["not_measured"] == "TensorRT needs a CUDA GPU, and PyTorch sees none on this machine"
 
 
 BAD = [

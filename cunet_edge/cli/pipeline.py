@@ -26,7 +26,8 @@ def pipeline(recipe, out, dry_run, search, progress, json_path):
                                            "makes": s.makes} for s in r.stages]})
         return
     result = run_pipeline(recipe, out, search=search, progress=progress, echo=click.echo)
-    ran = sum(not s["skipped"] for s in result["stages"])
-    click.echo(f"{out}  {len(result['stages'])} stages ({ran} run, {len(result['stages']) - ran} skipped) "
-               f"in {result['seconds']:.1f} s")
+    stages = result["stages"]
+    skipped, not_run = sum(s["skipped"] for s in stages), sum("not_run" in s for s in stages)
+    click.echo(f"{out}  {len(stages)} stages ({len(stages) - skipped - not_run} run, "
+               + (f"{not_run} not run here, " if not_run else "") + f"{skipped} skipped) in {result['seconds']:.1f} s")
     write_json(json_path, result)
