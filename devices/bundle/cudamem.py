@@ -35,7 +35,24 @@ class Unavailable(Exception):
     """This binding cannot be used here; the message says why (it goes into the list of what was tried)."""
 
 
-class CudaPython:
+class _RuntimeAPI:
+    """What cuda-python and ctypes share: both call the CUDA runtime API (self.api) and check each call (_ck)."""
+
+    def _call(self, name, *args):
+        return self._ck(name, getattr(self.api, name)(*args))
+
+    def synchronize(self):
+        self._call("cudaStreamSynchronize", self.stream)
+
+    def close(self):
+        for ptr in list(self.live):
+            self.free(ptr)
+        if self.stream is not None:
+            self._call("cudaStreamDestroy", self.stream)
+            self.stream = None
+
+
+class CudaPython(_RuntimeAPI):
     """cuda-python: every call returns (cudaError_t, values...)."""
 
     name = "cuda-python"
@@ -48,7 +65,7 @@ class CudaPython:
                 from cuda import cudart as rt  # older cuda-python (removed in 13)
             except ImportError:
                 raise Unavailable("not installed (pip3 install cuda-python)")
-        self.rt = rt
+        self.rt = self.api = rt
         self.stream = self._ck("cudaStreamCreate", rt.cudaStreamCreate())
         self.live = set()
 
@@ -89,16 +106,6 @@ class CudaPython:
 
     def stream_handle(self):
         return int(self.stream)
-
-    def synchronize(self):
-        self._ck("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(self.stream))
-
-    def close(self):
-        for ptr in list(self.live):
-            self.free(ptr)
-        if self.stream is not None:
-            self._ck("cudaStreamDestroy", self.rt.cudaStreamDestroy(self.stream))
-            self.stream = None
 
 
 class Torch:
@@ -172,7 +179,7 @@ class _NoStream:
         return False
 
 
-class Ctypes:
+class Ctypes(_RuntimeAPI):
     """libcudart.so through ctypes: the runtime API's own C signatures (cuda_runtime_api.h), each call checked.
 
     Written by hand: no maintained package binds the CUDA runtime without either cuda-python or a framework, and
@@ -182,6 +189,7 @@ class Ctypes:
 
     def __init__(self, path=None):
         self.lib, self.path = _load_cudart(path)
+        self.api = self.lib
         vp, size_t, c_int = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
         sigs = {  # cudaError_t (an enum: int) name(args)
             "cudaMalloc": [ctypes.POINTER(vp), size_t],
@@ -232,16 +240,6 @@ class Ctypes:
 
     def stream_handle(self):
         return self.stream.value or 0
-
-    def synchronize(self):
-        self._ck("cudaStreamSynchronize", self.lib.cudaStreamSynchronize(self.stream))
-
-    def close(self):
-        for ptr in list(self.live):
-            self.free(ptr)
-        if self.stream is not None:
-            self._ck("cudaStreamDestroy", self.lib.cudaStreamDestroy(self.stream))
-            self.stream = None
 
 
 def _load_cudart(path):
