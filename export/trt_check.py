@@ -109,8 +109,8 @@ def compare(reference, test, feeds, tol, outputs=None):
 
 def first_divergence(reference, test, feed, order, tol):
     """The first tensor of `order` [(tensor, node name, op type)] (topological) that both sides produce on `feed`
-    and that differs beyond `tol`: {tensor, node, op_type, max_abs_err, max_rel_err, compared}; None if none does
-    (`compared` counts the tensors both sides had)."""
+    and that differs beyond `tol`: {tensor, node, op_type, max_abs_err, max_rel_err, compared}; tensor None if none
+    does (`compared` counts the tensors both sides had)."""
     ref, got = reference(feed), test(feed)
     compared = 0
     for tensor, node, op_type in order:
@@ -124,16 +124,23 @@ def first_divergence(reference, test, feed, order, tol):
     return {"tensor": None, "compared": compared}
 
 
-def check(reference, test, feeds, tol, *, outputs=None, reference_all=None, test_all=None, order=None):
-    """`compare`, and on a mismatch `first_divergence` on the worst timestep's feed when both all-tensor sides
-    (`reference_all`, `test_all`) and the ONNX `order` are given. The record export and bundles write."""
+def check(reference, test, feeds, tol, *, outputs=None, divergence=None):
+    """`compare`, and on a mismatch `divergence(feed)` (a `first_divergence` over both sides' every tensor, which
+    may need a debug build: it runs only then) on the worst timestep's feed. The record export and bundles write."""
     result = compare(reference, test, feeds, tol, outputs)
     result["first_divergence"] = None
-    if not result["ok"] and reference_all is not None and test_all is not None and order:
+    if not result["ok"] and divergence is not None:
         worst = max(range(len(feeds)), key=lambda i: result["per_timestep"][i]["max_rel_err"])
-        result["first_divergence"] = first_divergence(reference_all, test_all, feeds[worst][1], order, tol)
-        result["first_divergence"]["t"] = int(feeds[worst][0])
+        result["first_divergence"] = dict(divergence(feeds[worst][1]), t=int(feeds[worst][0]))
     return result
+
+
+def onnx_divergence(model, test_all, tol):
+    """divergence(feed) for `check`: ONNX Runtime with every tensor of onnx `model` marked, against `test_all`
+    (feed -> every tensor the other side marked), in the model's topological order."""
+    order = onnx_tensor_order(model)
+    reference_all = ort_outputs(mark_all_outputs(model))
+    return lambda feed: first_divergence(reference_all, test_all, feed, order, tol)
 
 
 def summary_line(result, what="engine"):

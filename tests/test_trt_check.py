@@ -64,7 +64,7 @@ def test_an_identical_model_passes_with_no_divergence(exported):
     marked = trt_check.ort_outputs(trt_check.mark_all_outputs(model))
     order = trt_check.onnx_tensor_order(model)
     result = trt_check.check(run, trt_check.ort_outputs(model), feeds, trt_check.tolerance("fp32"),
-                             reference_all=marked, test_all=marked, order=order)
+                             divergence=trt_check.onnx_divergence(model, marked, trt_check.tolerance("fp32")))
     assert result["ok"] and result["first_divergence"] is None
     assert [r["t"] for r in result["per_timestep"]] == [0, 333, 666, 999]
     assert all(r["max_abs_err"] == 0.0 and r["ok"] for r in result["per_timestep"])
@@ -80,10 +80,10 @@ def test_a_perturbed_weight_is_found_at_its_layer(exported):
     bad, node = _perturbed(model, index)
     feeds = trt_check.check_feeds(art.manifest["signature"], 1000)
     order = trt_check.onnx_tensor_order(model)
+    test_all = trt_check.ort_outputs(trt_check.mark_all_outputs(bad))
     result = trt_check.check(trt_check.ort_outputs(model), trt_check.ort_outputs(bad), feeds,
                              trt_check.tolerance("fp16"),
-                             reference_all=trt_check.ort_outputs(trt_check.mark_all_outputs(model)),
-                             test_all=trt_check.ort_outputs(trt_check.mark_all_outputs(bad)), order=order)
+                             divergence=trt_check.onnx_divergence(model, test_all, trt_check.tolerance("fp16")))
     assert not result["ok"]
     div = result["first_divergence"]
     assert (div["node"], div["op_type"], div["tensor"]) == (node.name, "Conv", node.output[0])

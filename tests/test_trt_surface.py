@@ -10,6 +10,7 @@ from each surface, which refuses what that version lacks.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -189,6 +190,27 @@ def _network_behaviours(fake):
     fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})
 
 
+LAYERS = [("x_to_fp16", "Reformat", "FP16", None), ("conv_in + PWN(silu)", "CaskConvolution", "FP16",
+           "sm80_xmma_fprop_implicit_gemm_f16f16_f16f32_nhwc"), ("relu", "PointWise", "FP32", None)]
+
+
+def engine_stand_in(fake):
+    """plan_runner(plan, signature, where) for export's engine check: no GPU here, so the engine's outputs come from
+    ONNX Runtime on the ONNX the fake parser was given (every tensor marked), or on `fake.engine_model` when a
+    test gives one (an engine that diverges)."""
+    import contextlib
+
+    import onnx
+
+    from cunet_edge.export import trt_check
+
+    def runner(plan, signature, where):
+        (path,) = fake.calls("OnnxParser.parse_from_file")[-1]
+        model = getattr(fake, "engine_model", None) or onnx.load(str(path))
+        return contextlib.nullcontext(trt_check.ort_outputs(trt_check.mark_all_outputs(model)))
+    return runner
+
+
 @pytest.fixture
 def fake_trt(monkeypatch):
     """fake_trt(version) -> a surface-derived tensorrt in sys.modules, on a pretend GPU (no CUDA here)."""
@@ -197,9 +219,11 @@ def fake_trt(monkeypatch):
     def make(version):
         fake = ts.FakeTensorRT(version, BUILD)
         _network_behaviours(fake)
+        ts.inspector_behaviours(fake, LAYERS)
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
         monkeypatch.setattr(export_trt, "current_platform", lambda: {
             "gpu_name": "Orin", "compute_capability": "8.7", "tensorrt_version": fake.__version__})
+        monkeypatch.setattr(export_trt, "plan_runner", engine_stand_in(fake))
         return fake
     return make
 
@@ -339,3 +363,173 @@ def test_cli_refuses_a_profile_tensorrt_cannot_build_in_one_line(tmp_path, args,
     proc = cli_in_process("export", src.path, "--format", "tensorrt", "--out", tmp_path / "engine", *args)
     assert_one_line_error(proc, match)
     assert not (tmp_path / "engine").exists()
+
+
+# ---------------------------------------------------------------- what the engine runs, and does it match ONNX Runtime
+
+# The start of a real IEngineInspector JSON (LayerInformationFormat.JSON at ProfilingVerbosity.DETAILED), from
+# NVIDIA/TensorRT tools/experimental/trt-engine-explorer/tests/inputs/mobilenet.qat.onnx.engine.graph.json
+# (commit 8fe05393fed8488631b6d5b54458c4c3492a17dc): its first two layers and one whose INT8 convolution writes
+# FP16, shortened (some convolution parameters dropped), and its closing NoOp layer and Bindings.
+NVIDIA_SAMPLE = """{"Layers": [{
+  "Name": "QuantizeLinear_2",
+  "LayerType": "Reformat",
+  "Inputs": [{"Name": "input1", "Location": "Device", "Dimensions": [1,3,224,224],
+              "Format/Datatype": "Row major linear FP32"}],
+  "Outputs": [{"Name": "317", "Location": "Device", "Dimensions": [1,3,224,224],
+               "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+  "ParameterType": "Reformat",
+  "Origin": "QDQ",
+  "TacticValue": "0x0000000000000000"
+},{
+  "Name": "features.0.0.weight + QuantizeLinear_8 + Conv_12 + PWN(Clip_16)",
+  "LayerType": "CaskConvolution",
+  "Inputs": [{"Name": "317", "Location": "Device", "Dimensions": [1,3,224,224],
+              "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+  "Outputs": [{"Name": "334", "Location": "Device", "Dimensions": [1,32,112,112],
+               "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
+  "ParameterType": "Convolution",
+  "Kernel": [3,3],
+  "Weights": {"Type": "Int8", "Count": 864},
+  "Bias": {"Type": "Float", "Count": 32},
+  "TacticName": "volta_int8x4_icudnn_int8x4_128x32_relu_xregs_medium_c32_nn_v1",
+  "TacticValue": "0x10d7116a3fad9b7a"
+},{
+  "Name": "features.2.conv.2.weight + QuantizeLinear_90 + Conv_94",
+  "LayerType": "CaskConvolution",
+  "Inputs": [{"Name": "399", "Location": "Device", "Dimensions": [1,96,56,56],
+              "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
+  "Outputs": [{"Name": "410", "Location": "Device", "Dimensions": [1,24,56,56],
+               "Format/Datatype": "Thirty-two wide channel vectorized row major FP16 format"}],
+  "ParameterType": "Convolution",
+  "Weights": {"Type": "Int8", "Count": 2304},
+  "TacticName": "turing_fp16_i8816cudnn_int8_128x128_ldg16_relu_small_nt_v1",
+  "TacticValue": "0x4e4e6b8f37d71713"
+},{
+  "Name": "copied_squeeze_after_(Unnamed Layer* 850) [ElementWise]",
+  "LayerType": "NoOp",
+  "Inputs": [{"Name": "(Unnamed Layer* 850) [ElementWise]_out_tensor", "Location": "Device",
+              "Dimensions": [1,1000,1,1], "Format/Datatype": "Row major linear FP32"}],
+  "Outputs": [{"Name": "1179", "Location": "Device", "Dimensions": [1,1000],
+               "Format/Datatype": "Row major linear FP32"}],
+  "TacticValue": "0x0000000000000000"
+}],
+"Bindings": ["input1"
+,"1179"
+]}
+"""
+
+
+def test_inspector_json_in_nvidias_real_format_parses():
+    from cunet_edge.export import trt_build
+
+    layers = trt_build.parse_engine_information(NVIDIA_SAMPLE)
+    assert [(r["type"], r["precision"], r["compute"]) for r in layers] == [
+        ("Reformat", "FP32", False), ("CaskConvolution", "INT8", True), ("CaskConvolution", "INT8", True),
+        ("NoOp", "FP32", False)]
+    assert layers[1]["tactic"] == "volta_int8x4_icudnn_int8x4_128x32_relu_xregs_medium_c32_nn_v1"
+    assert layers[0]["tactic"] == "0x0000000000000000"  # no TacticName: the tactic's value
+    assert layers[0]["inputs"] == ["FP32"] and layers[0]["outputs"] == ["INT8"] and layers[2]["outputs"] == ["FP16"]
+    summary = trt_build.layer_summary(layers, "int8")
+    assert summary == {"layers": 4, "by_precision": {"FP32": 2, "INT8": 2}, "compute_layers": 2, "detailed": True,
+                       "compute_int8": 2, "fell_back": []}
+    # Below DETAILED verbosity TensorRT lists names only; garbage is a one-line BuildError.
+    names = trt_build.parse_engine_information('{"Layers": ["conv1", "relu1"], "Bindings": ["x"]}')
+    assert [r["name"] for r in names] == ["conv1", "relu1"] and not trt_build.layer_summary(names, "fp16")["detailed"]
+    for bad, match in (("not json", "not JSON"), ('{"Bindings": []}', "no Layers list"), ("[1]", "no Layers list")):
+        with pytest.raises(trt_build.BuildError, match=match):
+            trt_build.parse_engine_information(bad)
+    assert [trt_build.tensor_precision(t) for t in ("Half", "uint8", "BF16 format", "Row major linear FP8", None)] == [
+        "FP16", "UINT8", "BF16", "FP8", None]
+
+
+@pytest.mark.parametrize("version", ts.VERSIONS)
+def test_export_saves_the_engines_layers_and_its_check(fake_trt, tmp_path, version):
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.inspection import engine_lines, inspect_engine
+
+    fake = fake_trt(version)
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "fp16").path, EngineConfig(max_batch=8), tmp_path / "e")
+    assert [str(v) for (v,) in fake.calls("IBuilderConfig.profiling_verbosity=")] == ["ProfilingVerbosity.DETAILED"]
+    assert fake.calls("EngineInspector.get_engine_information") == [(fake.LayerInformationFormat.JSON,)]
+    layers = json.loads(art.file("layers.json").read_text())["layers"]
+    assert [(r["name"], r["type"], r["precision"]) for r in layers] == [(n, k, p) for n, k, p, _ in LAYERS]
+    assert layers[1]["tactic"] == LAYERS[1][3] and "layers.json" in art.manifest["files"]
+    assert art.manifest["engine_layers"] == {"layers": 3, "by_precision": {"FP16": 2, "FP32": 1},
+                                             "compute_layers": 1, "detailed": True, "file": "layers.json"}
+    check = art.manifest["engine_check"]
+    assert check["ok"] and check["first_divergence"] is None and check["tolerance"] == {"atol": 1e-3, "rtol": 2e-2}
+    assert [r["t"] for r in check["per_timestep"]] == [0, 333, 666, 999]
+    info = inspect_engine(art.path)
+    assert engine_lines(info) == [
+        f"tensorrt-engine fp16, TensorRT {version} on Orin (sm 8.7)",
+        "3 layers (FP16 2, FP32 1); 1 convolution/matmul",
+        "check vs ONNX Runtime: passed, max rel error 0 over t=0,333,666,999 (rtol 0.02)"]
+
+
+def test_an_int8_engine_names_the_convolutions_that_fell_back(fake_trt, tmp_path):
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.inspection import engine_lines, inspect_engine
+
+    fake = fake_trt("10.3.0")
+    ts.inspector_behaviours(fake, [("conv_in", "CaskConvolution", "INT8", "sm87_xmma_fprop_i8i8"),
+                                   ("attn.qk", "CaskGemmMatrixMultiply", "FP16", "sm87_xmma_gemm_f16f16"),
+                                   ("conv_out", "CaskConvolution", "FP32", None), ("add", "PointWise", "FP16", None)])
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "int8").path, EngineConfig(max_batch=8), tmp_path / "e")
+    summary = art.manifest["engine_layers"]
+    assert summary["compute_int8"] == 1 and summary["fell_back"] == [
+        {"name": "attn.qk", "precision": "FP16"}, {"name": "conv_out", "precision": "FP32"}]
+    assert engine_lines(inspect_engine(art.path))[1] == (
+        "4 layers (FP16 2, FP32 1, INT8 1); 3 convolution/matmul, 1 of them INT8; fell back: attn.qk (FP16), "
+        "conv_out (FP32)")
+
+
+def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tmp_path):
+    """The real exported tiny model; the engine (no GPU here: ONNX Runtime stands in for it) has one convolution's
+    weights shifted. The check fails, the debug build marks the parsed network's tensors that carry ONNX names, and
+    the first diverging layer is that convolution's node."""
+    import onnx
+    from onnx import numpy_helper
+
+    from cli_helpers import cli_in_process
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    fake = fake_trt("10.16.1.11")
+    src = Artifact.load(tiny_onnx)
+    model = onnx.load(str(src.file("model.onnx")))
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    node = convs[3]
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    (w,) = [t for t in bad.graph.initializer if t.name == node.input[1]]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(0.5), w.name))
+    fake.engine_model = bad
+    # The parsed network: one layer per ONNX node, its outputs named as the ONNX tensors (as the parser names them).
+    outputs = [list(n.output) for n in model.graph.node]
+
+    def get_layer(st, i):
+        layer = fake.new("ILayer")
+        layer._state.update(name=model.graph.node[i].name, num_outputs=len(outputs[i]))
+        layer._state["outs"] = outputs[i]
+        return layer
+
+    def get_output(st, j):
+        tensor = fake.new("ITensor")
+        tensor._state.update(name=st["outs"][j], is_network_output=st["outs"][j] == "eps")
+        return tensor
+    fake._behaviours.update({"INetworkDefinition.get_layer": get_layer, "ILayer.get_output": get_output,
+                             "INetworkDefinition.num_layers": len(outputs)})
+    art = build_engine(src.path, EngineConfig(max_batch=8), tmp_path / "engine")
+    check = art.manifest["engine_check"]
+    assert not check["ok"]
+    div = check["first_divergence"]
+    assert (div["node"], div["op_type"], div["tensor"]) == (node.name, "Conv", node.output[0])
+    marked = [t.name for (t,) in fake.calls("INetworkDefinition.mark_output")]
+    assert marked == [t for outs in outputs for t in outs if t != "eps"] and div["marked"] == len(marked)
+    assert len(fake.calls("Builder.build_serialized_network")) == 2  # the engine, then the debug build
+    proc = cli_in_process("inspect", art.path)
+    assert proc.returncode == 0, proc.stderr
+    assert "check vs ONNX Runtime: FAILED" in proc.stdout
+    assert f"first diverging layer: Conv node '{node.name}' (tensor '{node.output[0]}')" in proc.stdout

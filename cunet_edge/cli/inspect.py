@@ -2,8 +2,9 @@
 
 import click
 
+from ..artifact import Artifact
 from ..errors import ConfigError
-from ..inspection import inspect_artifact, inspect_preset
+from ..inspection import ENGINE_KIND, engine_lines, inspect_artifact, inspect_engine, inspect_preset
 from ..models.presets import PRESETS
 from ._common import JSON_OPTION, write_json
 
@@ -16,7 +17,10 @@ from ._common import JSON_OPTION, write_json
 @click.option("--in-channels", type=int, help="With --preset: image channels (default 3).")
 @JSON_OPTION
 def inspect(artifact, preset, image_size, in_channels, json_path):
-    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT (or of --preset NAME)."""
+    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT (or of --preset NAME).
+
+    A TensorRT engine: its layers per precision, the convolution/matmul layers that did not run INT8, and its
+    check against ONNX Runtime."""
     if (artifact is None) == (preset is None):
         raise ConfigError("give an ARTIFACT or --preset NAME (one of them)")
     if preset is None and (image_size is not None or in_channels is not None):
@@ -25,6 +29,11 @@ def inspect(artifact, preset, image_size, in_channels, json_path):
         info = inspect_preset(preset, image_size, in_channels)
         for row in info.get("presets", [info]):
             click.echo(_preset_line(row))
+        write_json(json_path, info)
+        return
+    if Artifact.load(artifact, verify=False).kind == ENGINE_KIND:
+        info = inspect_engine(artifact)
+        click.echo("\n".join(engine_lines(info)))
         write_json(json_path, info)
         return
     info = inspect_artifact(artifact)
