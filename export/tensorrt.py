@@ -33,8 +33,8 @@ from . import trt_build, trt_check
 from .trt_build import BUILDER_PRECISIONS, BuildError
 from .trt_compat import check_tensorrt_compat
 
-__all__ = ["LAYERS_FILE", "TRTEXEC_FILE", "EngineConfig", "check_plan", "build_engine", "builder_flags", "check_int8_target", "trtexec_command",
-           "uses_strong_typing"]
+__all__ = ["LAYERS_FILE", "TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "check_int8_target",
+           "check_plan", "plan_runner", "trtexec_command", "uses_strong_typing"]
 
 TRTEXEC_FILE = "trtexec.sh"
 LAYERS_FILE = "layers.json"  # the engine's layers as its IEngineInspector reports them (trt_build.engine_layers)

@@ -506,21 +506,8 @@ def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tm
     (w,) = [t for t in bad.graph.initializer if t.name == node.input[1]]
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(0.5), w.name))
     fake.engine_model = bad
-    # The parsed network: one layer per ONNX node, its outputs named as the ONNX tensors (as the parser names them).
+    ts.onnx_network_behaviours(fake, model)
     outputs = [list(n.output) for n in model.graph.node]
-
-    def get_layer(st, i):
-        layer = fake.new("ILayer")
-        layer._state.update(name=model.graph.node[i].name, num_outputs=len(outputs[i]))
-        layer._state["outs"] = outputs[i]
-        return layer
-
-    def get_output(st, j):
-        tensor = fake.new("ITensor")
-        tensor._state.update(name=st["outs"][j], is_network_output=st["outs"][j] == "eps")
-        return tensor
-    fake._behaviours.update({"INetworkDefinition.get_layer": get_layer, "ILayer.get_output": get_output,
-                             "INetworkDefinition.num_layers": len(outputs)})
     art = build_engine(src.path, EngineConfig(max_batch=8), tmp_path / "engine")
     check = art.manifest["engine_check"]
     assert not check["ok"]
@@ -533,3 +520,18 @@ def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tm
     assert proc.returncode == 0, proc.stderr
     assert "check vs ONNX Runtime: FAILED" in proc.stdout
     assert f"first diverging layer: Conv node '{node.name}' (tensor '{node.output[0]}')" in proc.stdout
+
+
+def test_the_report_shows_an_engines_layers_and_check(fake_trt, tmp_path):
+    from cli_helpers import cli_in_process
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    fake_trt("8.6.1")
+    run_dir = tmp_path / "run"
+    build_engine(_onnx_artifact(run_dir / "onnx", "fp16").path, EngineConfig(max_batch=8), run_dir / "engine")
+    proc = cli_in_process("report", run_dir, "--out", tmp_path / "r", "--no-measure")
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "TensorRT engines: what runs, and against ONNX Runtime" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| engine ")]
+    assert "FP16 2, FP32 1" in row and "passed, max rel" in row

@@ -383,3 +383,31 @@ def inspector_behaviours(fake: FakeTensorRT, layers) -> None:
         return engine_information(layers, detailed=bool(levels) and levels[-1][0] == fake.ProfilingVerbosity.DETAILED)
     fake._behaviours.update({"ICudaEngine.create_engine_inspector": lambda st: fake.new("EngineInspector"),
                              "EngineInspector.get_engine_information": info})
+
+
+def onnx_network_behaviours(fake: FakeTensorRT, model) -> None:
+    """Make the fake parser's network look like onnx `model` parsed: its inputs (dynamic dims -1), and one layer per
+    ONNX node whose outputs carry the node's output tensor names (as TensorRT's ONNX parser names them); the graph
+    outputs are the network's outputs."""
+    graph_outputs = {o.name for o in model.graph.output}
+    inputs = [(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim))
+              for i in model.graph.input]
+    nodes = [(n.name, list(n.output)) for n in model.graph.node]
+
+    def get_input(st, i):
+        tensor = fake.new("ITensor")
+        tensor._state.update(name=inputs[i][0], shape=inputs[i][1])
+        return tensor
+
+    def get_layer(st, i):
+        layer = fake.new("ILayer")
+        layer._state.update(name=nodes[i][0], num_outputs=len(nodes[i][1]), outs=nodes[i][1])
+        return layer
+
+    def get_output(st, j):
+        tensor = fake.new("ITensor")
+        tensor._state.update(name=st["outs"][j], is_network_output=st["outs"][j] in graph_outputs)
+        return tensor
+    fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer,
+                             "ILayer.get_output": get_output, "INetworkDefinition.num_layers": len(nodes),
+                             "INetworkDefinition.num_inputs": len(inputs)})

@@ -240,7 +240,8 @@ def _artifact_record(node: Node) -> dict:
             "reference": node.reference.name if node.reference else None,
             "recorded_drift": recorded_drift(node.art.manifest), "pruning": pruning_record(node.art.manifest),
             "metrics_sections": sorted(node.metrics), "estimates": node.estimates, "notes": node.notes,
-            "engine_layers": node.art.manifest.get("engine_layers"), "engine_check": node.art.manifest.get("engine_check")}
+            "engine_layers": node.art.manifest.get("engine_layers"),
+            "engine_check": node.art.manifest.get("engine_check")}
 
 
 def _check_out(out, nodes: list[Node]) -> None:

@@ -101,16 +101,17 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, bundle):
+    def __init__(self, bundle, plan=None):  # plan: another engine file (build_engine.py's check, its debug build)
         try:
             import tensorrt as trt
         except ImportError:
             raise BundleError("tensorrt is not importable: on Jetson it comes with JetPack (python3-libnvinfer)")
-        if not os.path.exists(here(PLAN)):
+        plan = plan or here(PLAN)
+        if not os.path.exists(plan):
             raise BundleError(f"no {PLAN} yet: build it on this board with python3 build_engine.py")
         _check_engine_info(trt.__version__)
         self.cudart, self.trt, self.version = _cudart(), trt, trt.__version__
-        with open(here(PLAN), "rb") as fh:
+        with open(plan, "rb") as fh:
             self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(fh.read())
         if self.engine is None:
             raise BundleError(f"TensorRT could not load {PLAN}: rebuild it with python3 build_engine.py")
@@ -137,8 +138,11 @@ class TensorRTBackend:
         return ptr
 
     def __call__(self, x, t):
+        return np.asarray(self.run_all({"x": x, "t": t})["eps"], dtype=np.float32)
+
+    def run_all(self, feed):
+        """Every output of the engine by name (a debug build has every marked tensor as one)."""
         cu = self.cudart
-        feed = {"x": x, "t": t}
         for name in self.inputs:
             arr = np.ascontiguousarray(feed[name], dtype=self.dtypes[name])  # int64 t -> int32 on TensorRT < 10
             if not self.context.set_input_shape(name, arr.shape):
@@ -156,7 +160,7 @@ class TensorRTBackend:
         for name, arr in out.items():
             ptr = self.buffers[name][0]
             _ck(cu.cudaMemcpy(arr.ctypes.data, ptr, arr.nbytes, cu.cudaMemcpyKind.cudaMemcpyDeviceToHost))
-        return np.asarray(out["eps"], dtype=np.float32)
+        return out
 
     def close(self):
         for ptr, _ in self.buffers.values():
