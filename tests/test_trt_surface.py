@@ -535,3 +535,18 @@ def test_the_report_shows_an_engines_layers_and_check(fake_trt, tmp_path):
     assert "TensorRT engines: what runs, and against ONNX Runtime" in md
     (row,) = [line for line in md.splitlines() if line.startswith("| engine ")]
     assert "FP16 2, FP32 1" in row and "passed, max rel" in row
+
+
+def test_export_cli_prints_the_engines_layers_and_check(fake_trt, tmp_path):
+    from cli_helpers import cli_in_process
+
+    fake_trt("10.3.0")
+    src = _onnx_artifact(tmp_path / "onnx", "fp16")
+    proc = cli_in_process("export", src.path, "--format", "tensorrt", "--out", tmp_path / "e", "--max-batch", "8",
+                          "--json", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[1:] == ["3 layers (FP16 2, FP32 1); 1 convolution/matmul",
+                         "check vs ONNX Runtime: passed, max rel error 0 over t=0,333,666,999 (rtol 0.02)"]
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["engine_check"]["ok"] and record["engine_layers"]["layers"] == 3
