@@ -158,14 +158,15 @@ SETTINGS = ("precision", "workspace_mb", "min_batch", "opt_batch", "max_batch", 
             "builder_precision", "timing_cache")
 
 
-def mark_outputs(network, names) -> list:
-    """Mark every layer output tensor whose name is in `names` as a network output; returns the names marked."""
-    marked = []
+def mark_outputs(trt, network, names) -> list:
+    """Mark every FP32/FP16 layer output tensor whose name is in `names` as a network output (integer, boolean and
+    INT8 tensors are shapes, indices and quantized values: not what the comparison measures); returns those marked."""
+    marked, floats = [], (trt.DataType.FLOAT, trt.DataType.HALF)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
             tensor = layer.get_output(j)
-            if tensor.name in names and not tensor.is_network_output:
+            if tensor.name in names and not tensor.is_network_output and tensor.dtype in floats:
                 network.mark_output(tensor)
                 marked.append(tensor.name)
     return marked
@@ -186,7 +187,7 @@ def build(trt, onnx_path, s, verbose=False, mark=None) -> tuple:
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
         raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors or 'no detail'}")
-    marked = mark_outputs(network, set(mark)) if mark else None
+    marked = mark_outputs(trt, network, set(mark)) if mark else None
     config = builder.create_builder_config()
     record = configure(trt, builder, network, config, s)
     record["marked_outputs"] = marked

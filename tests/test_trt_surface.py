@@ -507,14 +507,13 @@ def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tm
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(0.5), w.name))
     fake.engine_model = bad
     ts.onnx_network_behaviours(fake, model)
-    outputs = [list(n.output) for n in model.graph.node]
     art = build_engine(src.path, EngineConfig(max_batch=8), tmp_path / "engine")
     check = art.manifest["engine_check"]
     assert not check["ok"]
     div = check["first_divergence"]
     assert (div["node"], div["op_type"], div["tensor"]) == (node.name, "Conv", node.output[0])
     marked = [t.name for (t,) in fake.calls("INetworkDefinition.mark_output")]
-    assert marked == [t for outs in outputs for t in outs if t != "eps"] and div["marked"] == len(marked)
+    assert marked == [t for t in fake.float_tensors if t != "eps"] and div["marked"] == len(marked) > 20
     assert len(fake.calls("Builder.build_serialized_network")) == 2  # the engine, then the debug build
     proc = cli_in_process("inspect", art.path)
     assert proc.returncode == 0, proc.stderr

@@ -387,9 +387,15 @@ def inspector_behaviours(fake: FakeTensorRT, layers) -> None:
 
 def onnx_network_behaviours(fake: FakeTensorRT, model) -> None:
     """Make the fake parser's network look like onnx `model` parsed: its inputs (dynamic dims -1), and one layer per
-    ONNX node whose outputs carry the node's output tensor names (as TensorRT's ONNX parser names them); the graph
-    outputs are the network's outputs."""
+    ONNX node whose outputs carry the node's output tensor names (as TensorRT's ONNX parser names them) and types
+    (shape inference); the graph outputs are the network's outputs. `fake.float_tensors`: the FP32/FP16 ones."""
+    import onnx
+
     graph_outputs = {o.name for o in model.graph.output}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in list(inferred.value_info) + list(inferred.output)}
+    # FLOAT and FLOAT16 tensors as TensorRT types them; every other type stands as INT32 (8.6 has no INT64).
+    trt_type = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF"}
     inputs = [(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim))
               for i in model.graph.input]
     nodes = [(n.name, list(n.output)) for n in model.graph.node]
@@ -406,8 +412,11 @@ def onnx_network_behaviours(fake: FakeTensorRT, model) -> None:
 
     def get_output(st, j):
         tensor = fake.new("ITensor")
-        tensor._state.update(name=st["outs"][j], is_network_output=st["outs"][j] in graph_outputs)
+        name = st["outs"][j]
+        tensor._state.update(name=name, is_network_output=name in graph_outputs,
+                             dtype=getattr(fake.DataType, trt_type.get(elem.get(name), "INT32")))
         return tensor
+    fake.float_tensors = [t for _, outs in nodes for t in outs if elem.get(t) in trt_type]
     fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer,
                              "ILayer.get_output": get_output, "INetworkDefinition.num_layers": len(nodes),
                              "INetworkDefinition.num_inputs": len(inputs)})
