@@ -516,6 +516,7 @@ def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tm
     assert marked == [t for t in fake.float_tensors if t != "eps"] and div["marked"] == len(marked) > 20
     assert len(fake.calls("Builder.build_serialized_network")) == 2  # the engine, then the debug build
     proc = cli_in_process("inspect", art.path)
+    print(proc.stdout)  # docs/tensorrt.md quotes it
     assert proc.returncode == 0, proc.stderr
     assert "check vs ONNX Runtime: FAILED" in proc.stdout
     assert f"first diverging layer: Conv node '{node.name}' (tensor '{node.output[0]}')" in proc.stdout
