@@ -116,3 +116,41 @@ def test_tolerances_by_precision_and_one_line_errors():
     one = lambda feed: {"eps": feed["x"]}  # noqa: E731
     with pytest.raises(trt_check.CheckError, match="the engine has no output 'eps'"):
         trt_check.compare(one, lambda feed: {}, [(0, {"x": np.ones(2)})], (0, 0))
+
+
+def _manifest(**extra):
+    return {"kind": "tensorrt-engine", "files": {}, **extra}
+
+
+@pytest.mark.parametrize("record, match", [
+    ({"engine_check": {"ok": "yes", "per_timestep": []}}, r"engine_check.ok must be true or false"),
+    ({"engine_check": {"ok": True, "per_timestep": [{"t": -1, "max_rel_err": 0.1}]}}, r"per_timestep\[0\].t"),
+    ({"engine_check": {"ok": False, "per_timestep": [{"t": 0, "max_rel_err": 0.1, "max_abs_err": -2}]}},
+     r"max_abs_err must be a number >= 0"),
+    ({"engine_check": {"ok": False, "per_timestep": [], "first_divergence": {"node": 3}}},
+     r"first_divergence.node must be a string"),
+    ({"engine_layers": {"layers": 2.5, "by_precision": {}}}, r"engine_layers.layers must be an integer"),
+    ({"engine_layers": {"layers": 2, "by_precision": {"FP16": "two"}}}, r"by_precision.FP16 must be an integer"),
+    ({"engine_layers": {"layers": 2, "fell_back": [{"precision": "FP16"}]}}, r"engine_layers.fell_back must be"),
+])
+def test_engine_records_in_a_manifest_are_schema_checked(record, match):
+    from cunet_edge.errors import ArtifactError
+    from cunet_edge.limits import check_manifest
+
+    with pytest.raises(ArtifactError, match=match) as exc:
+        check_manifest(_manifest(**record), "m.json")
+    assert "\n" not in str(exc.value)
+    check_manifest(_manifest(engine_check={"ok": True, "tolerance": {"atol": 1e-3, "rtol": 2e-2}, "per_timestep": [
+        {"t": 0, "max_abs_err": 0.0, "max_rel_err": "inf", "ok": False}], "first_divergence": None},
+        engine_layers={"layers": 2, "by_precision": {"FP16": 2}, "compute_layers": 1, "file": "layers.json"}), "m")
+
+
+def test_layers_file_is_schema_checked():
+    from cunet_edge.errors import ArtifactError
+    from cunet_edge.limits import check_engine_layers
+
+    assert check_engine_layers({"layers": [{"name": "conv", "type": None, "precision": "INT8"}]}, "l.json")
+    for bad, match in (({"layers": "conv"}, "layers must be a list"), ({"layers": [{"type": "Conv"}]}, r"layers\[0\]"),
+                       ({"layers": [{"name": "c", "tactic": 7}]}, r"layers\[0\].tactic must be a string or null")):
+        with pytest.raises(ArtifactError, match=match):
+            check_engine_layers(bad, "l.json")
