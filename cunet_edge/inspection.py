@@ -139,6 +139,8 @@ def _check_text(c: dict | None) -> str:
     div = c.get("first_divergence")
     if div and div.get("tensor"):
         text += f"; first diverging layer: {div.get('op_type')} node {div.get('node')!r} (tensor {div['tensor']!r})"
+    elif div and div.get("error"):
+        text += f"; no first diverging layer: {div['error']}"
     return text
 
 

@@ -200,8 +200,11 @@ def check_plan(trt, art, plan: bytes, settings: dict, record: dict) -> dict:
     order = trt_check.onnx_tensor_order(model)
 
     def divergence(feed):
-        debug, _, rec = _config_error(trt_build.build, trt, art.file(ONNX_FILE), dict(settings, timing_cache=None),
-                                      mark=[tensor for tensor, _, _ in order])
+        try:
+            debug, _, rec = trt_build.build(trt, art.file(ONNX_FILE), dict(settings, timing_cache=None),
+                                            mark=[tensor for tensor, _, _ in order])
+        except BuildError as e:  # the engine stands, its check failed: say why the search could not run
+            return {"tensor": None, "compared": 0, "error": f"the debug build failed: {e}"}
         with plan_runner(debug, m["signature"], f"{art.path} (debug build)") as test_all:
             found = trt_check.onnx_divergence(model, test_all, tol)(feed)
         return dict(found, marked=len(rec["marked_outputs"] or []))

@@ -155,6 +155,8 @@ def summary_line(result, what="engine"):
     if div and div.get("tensor"):
         line += "; first diverging layer: %s node %r (tensor %r, max rel error %.3g at t=%d)" % (
             div["op_type"], div["node"], div["tensor"], div["max_rel_err"], div["t"])
+    elif div is not None and div.get("error"):
+        line += "; no first diverging layer: %s" % div["error"]
     elif div is not None:
         line += "; no intermediate tensor differs beyond the tolerance (%d compared)" % div["compared"]
     return line

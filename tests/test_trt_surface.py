@@ -550,3 +550,31 @@ def test_export_cli_prints_the_engines_layers_and_check(fake_trt, tmp_path):
                          "check vs ONNX Runtime: passed, max rel error 0 over t=0,333,666,999 (rtol 0.02)"]
     record = json.loads((tmp_path / "e.json").read_text())
     assert record["engine_check"]["ok"] and record["engine_layers"]["layers"] == 3
+
+
+def test_a_failed_debug_build_leaves_the_failed_check_recorded_with_why(fake_trt, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.inspection import engine_lines, inspect_engine
+
+    fake = fake_trt("10.3.0")
+    plans = iter([b"PLAN", None])  # the engine builds; its debug build does not
+    fake._behaviours.update({"Builder.build_serialized_network": lambda st, net, cfg: next(plans),
+                             "ILayer.num_outputs": 0})
+    # The "engine" computes eps = -x where the ONNX computes Relu(x).
+    fake.engine_model = helper.make_model(helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["eps"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8]),
+         helper.make_tensor_value_info("t", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("eps", TensorProto.FLOAT, ["batch", 1, 8, 8])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(fake.engine_model)
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "fp32").path, EngineConfig(max_batch=8), tmp_path / "e")
+    check = art.manifest["engine_check"]
+    assert not check["ok"] and not any(r["ok"] for r in check["per_timestep"])
+    assert check["first_divergence"]["tensor"] is None
+    assert check["first_divergence"]["error"].startswith("the debug build failed: TensorRT could not build an engine")
+    line = engine_lines(inspect_engine(art.path))[2]
+    assert line.startswith("check vs ONNX Runtime: FAILED") and "; no first diverging layer: the debug build failed" in line

@@ -120,8 +120,11 @@ def engine_check(trt, bundle, plan_path, settings, record, open_engine=None):
     def divergence(feed):
         model = onnx.load(model_path)
         order = trt_check.onnx_tensor_order(model)
-        debug, _, rec = trt_build.build(trt, model_path, dict(settings, timing_cache=None),
-                                        mark=[tensor for tensor, _, _ in order])
+        try:
+            debug, _, rec = trt_build.build(trt, model_path, dict(settings, timing_cache=None),
+                                            mark=[tensor for tensor, _, _ in order])
+        except trt_build.BuildError as e:  # the engine stands, its check failed: say why the search could not run
+            return {"tensor": None, "compared": 0, "error": "the debug build failed: %s" % (e,)}
         debug_path = os.path.join(HERE, "debug.plan")
         write_atomic(debug_path, debug)
         try:
