@@ -577,4 +577,5 @@ def test_a_failed_debug_build_leaves_the_failed_check_recorded_with_why(fake_trt
     assert check["first_divergence"]["tensor"] is None
     assert check["first_divergence"]["error"].startswith("the debug build failed: TensorRT could not build an engine")
     line = engine_lines(inspect_engine(art.path))[2]
-    assert line.startswith("check vs ONNX Runtime: FAILED") and "; no first diverging layer: the debug build failed" in line
+    assert line.startswith("check vs ONNX Runtime: FAILED")
+    assert "; no first diverging layer: the debug build failed" in line

@@ -69,5 +69,5 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
         summary = f"torch-tensorrt ExportedProgram ({cfg.precision})"
     click.echo(f"{art.path}  {summary}")
     write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "kind": art.kind,
-                           **{k: art.manifest.get(k) for k in ("precision", "verification", "model_cost", "engine_layers",
-                                                                "engine_check")}})
+                           **{k: art.manifest.get(k)
+                              for k in ("precision", "verification", "model_cost", "engine_layers", "engine_check")}})
