@@ -12,7 +12,7 @@ from .kinds import STAGE_IO
 from .limits import check_engine_layers, check_member, read_json_record
 from .models import PRESETS, build_model, get_preset, model_config_from_dict, preset_model_table, profile_model
 
-__all__ = ["ENGINE_KIND", "engine_lines", "inspect_artifact", "inspect_engine", "inspect_preset"]
+__all__ = ["ENGINE_KIND", "inspect_artifact", "inspect_engine", "inspect_preset"]
 
 ENGINE_KIND = "tensorrt-engine"
 
@@ -111,41 +111,3 @@ def inspect_engine(path: str | Path | Artifact) -> dict[str, Any]:
             "gpu_name": m.get("gpu_name"), "compute_capability": m.get("compute_capability"),
             "strongly_typed": m.get("strongly_typed"), "profile": m.get("profile"), "engine_layers": summary,
             "layers": layers, "engine_check": m.get("engine_check"), "signature": m.get("signature")}
-
-
-def _layer_text(s: dict | None) -> str:
-    if not s:
-        return "layers: not recorded (an engine exported before cunet-edge read its inspector)"
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(s["by_precision"].items(), key=lambda kv: -kv[1]))
-    text = f"{s['layers']} layers ({counts}); {s['compute_layers']} convolution/matmul"
-    if not s.get("detailed", True):
-        text += " (names only: the engine was built below DETAILED profiling verbosity)"
-    if "compute_int8" in s:
-        fell = s.get("fell_back") or []
-        text += f", {s['compute_int8']} of them INT8"
-        if fell:
-            shown = ", ".join(f"{r['name']} ({r.get('precision')})" for r in fell[:8])
-            text += f"; fell back: {shown}" + (f" and {len(fell) - 8} more" if len(fell) > 8 else "")
-    return text
-
-
-def _check_text(c: dict | None) -> str:
-    if not c:
-        return "check vs ONNX Runtime: not recorded"
-    rows = c.get("per_timestep") or []
-    worst = max((r.get("max_rel_err", 0) for r in rows), default=0)
-    text = (f"check vs ONNX Runtime: {'passed' if c.get('ok') else 'FAILED'}, max rel error {worst:.3g} "
-            f"over t={','.join(str(r.get('t')) for r in rows)} (rtol {c.get('tolerance', {}).get('rtol')})")
-    div = c.get("first_divergence")
-    if div and div.get("tensor"):
-        text += f"; first diverging layer: {div.get('op_type')} node {div.get('node')!r} (tensor {div['tensor']!r})"
-    elif div and div.get("error"):
-        text += f"; no first diverging layer: {div['error']}"
-    return text
-
-
-def engine_lines(info: dict) -> list[str]:
-    """What `cunet-edge inspect ENGINE` prints: where it runs, its layers, its check."""
-    where = f"TensorRT {info['tensorrt_version']} on {info['gpu_name']} (sm {info['compute_capability']})"
-    return [f"{info['kind']} {info['precision']}, {where}", _layer_text(info["engine_layers"]),
-            _check_text(info["engine_check"])]

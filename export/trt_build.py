@@ -277,3 +277,18 @@ def layer_summary(layers, precision):
         summary["fell_back"] = [{"name": layer["name"], "precision": layer["precision"] or "unknown"}
                                 for layer in compute if layer["precision"] != "INT8"]
     return summary
+
+
+def layers_line(summary, shown=8):
+    """One line of a layer_summary: layers per precision, convolution/matmul layers, and (INT8) which fell back."""
+    counts = ", ".join("%s %d" % kv for kv in sorted(summary["by_precision"].items(), key=lambda kv: -kv[1]))
+    line = "%d layers (%s); %d convolution/matmul" % (summary["layers"], counts, summary["compute_layers"])
+    if not summary.get("detailed", True):
+        line += " (names only: the engine was built below DETAILED profiling verbosity)"
+    if "compute_int8" in summary:
+        fell = summary.get("fell_back") or []
+        line += ", %d of them INT8" % summary["compute_int8"]
+        if fell:
+            line += "; fell back: " + ", ".join("%s (%s)" % (r["name"], r.get("precision")) for r in fell[:shown])
+            line += " and %d more" % (len(fell) - shown) if len(fell) > shown else ""
+    return line

@@ -148,7 +148,8 @@ def summary_line(result, what="engine"):
     rows = result["per_timestep"]
     worst = max(rows, key=lambda r: r["max_rel_err"])
     tol = result["tolerance"]
-    line = "%s check %s: max abs error %.3g, max rel error %.3g (at t=%d) over timesteps %s (atol %g, rtol %g)" % (
+    line = ("%s check against ONNX Runtime %s: max abs error %.3g, max rel error %.3g (at t=%d) over timesteps %s "
+            "(atol %g, rtol %g)") % (
         what, "passed" if result["ok"] else "FAILED", max(r["max_abs_err"] for r in rows), worst["max_rel_err"],
         worst["t"], ",".join(str(r["t"]) for r in rows), tol["atol"], tol["rtol"])
     div = result.get("first_divergence")

@@ -695,7 +695,7 @@ def test_build_engine_saves_layers_and_skips_the_check_without_cuda_python(bundl
         ("conv", "FP32", "sm87_xmma_fprop_f32"), ("odd_op", "FP32", "0x0000000000001eef")]
     engine = json.loads((work / "engine.json").read_text())
     assert engine["engine_layers"]["by_precision"] == {"FP32": 2} and engine["engine_check"] is None
-    assert "layers: 2 (FP32 2); 1 convolution/matmul" in proc.stdout
+    assert "2 layers (FP32 2); 1 convolution/matmul" in proc.stdout
     assert "engine check skipped: the TensorRT backend needs cuda-python" in proc.stdout
 
 

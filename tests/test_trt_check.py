@@ -71,7 +71,8 @@ def test_an_identical_model_passes_with_no_divergence(exported):
     # Every intermediate tensor is compared when asked, and none differs.
     div = trt_check.first_divergence(marked, marked, feeds[0][1], order, trt_check.tolerance("fp32"))
     assert div["tensor"] is None and div["compared"] == len(order) > 20
-    assert trt_check.summary_line(result).startswith("engine check passed: max abs error 0, max rel error 0")
+    assert trt_check.summary_line(result).startswith(
+        "engine check against ONNX Runtime passed: max abs error 0, max rel error 0")
 
 
 def test_a_perturbed_weight_is_found_at_its_layer(exported):
@@ -91,7 +92,8 @@ def test_a_perturbed_weight_is_found_at_its_layer(exported):
     # Every tensor before it in topological order was compared and matched.
     assert div["compared"] == 1 + sum(1 for tensor, _, _ in order[:[o[0] for o in order].index(node.output[0])])
     line = trt_check.summary_line(result)
-    assert line.startswith("engine check FAILED: ") and f"first diverging layer: Conv node '{node.name}'" in line
+    assert line.startswith("engine check against ONNX Runtime FAILED: ")
+    assert f"first diverging layer: Conv node '{node.name}'" in line
     assert "\n" not in line
 
 

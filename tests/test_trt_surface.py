@@ -446,7 +446,8 @@ def test_inspector_json_in_nvidias_real_format_parses():
 @pytest.mark.parametrize("version", ts.VERSIONS)
 def test_export_saves_the_engines_layers_and_its_check(fake_trt, tmp_path, version):
     from cunet_edge.export.tensorrt import EngineConfig, build_engine
-    from cunet_edge.inspection import engine_lines, inspect_engine
+    from cunet_edge.cli.inspect import engine_lines
+    from cunet_edge.inspection import inspect_engine
 
     fake = fake_trt(version)
     art = build_engine(_onnx_artifact(tmp_path / "onnx", "fp16").path, EngineConfig(max_batch=8), tmp_path / "e")
@@ -464,12 +465,14 @@ def test_export_saves_the_engines_layers_and_its_check(fake_trt, tmp_path, versi
     assert engine_lines(info) == [
         f"tensorrt-engine fp16, TensorRT {version} on Orin (sm 8.7)",
         "3 layers (FP16 2, FP32 1); 1 convolution/matmul",
-        "check vs ONNX Runtime: passed, max rel error 0 over t=0,333,666,999 (rtol 0.02)"]
+        "engine check against ONNX Runtime passed: max abs error 0, max rel error 0 (at t=0) over timesteps "
+        "0,333,666,999 (atol 0.001, rtol 0.02)"]
 
 
 def test_an_int8_engine_names_the_convolutions_that_fell_back(fake_trt, tmp_path):
     from cunet_edge.export.tensorrt import EngineConfig, build_engine
-    from cunet_edge.inspection import engine_lines, inspect_engine
+    from cunet_edge.cli.inspect import engine_lines
+    from cunet_edge.inspection import inspect_engine
 
     fake = fake_trt("10.3.0")
     ts.inspector_behaviours(fake, [("conv_in", "CaskConvolution", "INT8", "sm87_xmma_fprop_i8i8"),
@@ -518,8 +521,8 @@ def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tm
     proc = cli_in_process("inspect", art.path)
     print(proc.stdout)  # docs/tensorrt.md quotes it
     assert proc.returncode == 0, proc.stderr
-    assert "check vs ONNX Runtime: FAILED" in proc.stdout
-    assert f"first diverging layer: Conv node '{node.name}' (tensor '{node.output[0]}')" in proc.stdout
+    assert "engine check against ONNX Runtime FAILED: " in proc.stdout
+    assert f"first diverging layer: Conv node '{node.name}' (tensor '{node.output[0]}', max rel error" in proc.stdout
 
 
 def test_the_report_shows_an_engines_layers_and_check(fake_trt, tmp_path):
@@ -547,7 +550,8 @@ def test_export_cli_prints_the_engines_layers_and_check(fake_trt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[1:] == ["3 layers (FP16 2, FP32 1); 1 convolution/matmul",
-                         "check vs ONNX Runtime: passed, max rel error 0 over t=0,333,666,999 (rtol 0.02)"]
+                         "engine check against ONNX Runtime passed: max abs error 0, max rel error 0 (at t=0) "
+                         "over timesteps 0,333,666,999 (atol 0.001, rtol 0.02)"]
     record = json.loads((tmp_path / "e.json").read_text())
     assert record["engine_check"]["ok"] and record["engine_layers"]["layers"] == 3
 
@@ -557,7 +561,8 @@ def test_a_failed_debug_build_leaves_the_failed_check_recorded_with_why(fake_trt
     from onnx import TensorProto, helper
 
     from cunet_edge.export.tensorrt import EngineConfig, build_engine
-    from cunet_edge.inspection import engine_lines, inspect_engine
+    from cunet_edge.cli.inspect import engine_lines
+    from cunet_edge.inspection import inspect_engine
 
     fake = fake_trt("10.3.0")
     plans = iter([b"PLAN", None])  # the engine builds; its debug build does not
@@ -577,5 +582,5 @@ def test_a_failed_debug_build_leaves_the_failed_check_recorded_with_why(fake_trt
     assert check["first_divergence"]["tensor"] is None
     assert check["first_divergence"]["error"].startswith("the debug build failed: TensorRT could not build an engine")
     line = engine_lines(inspect_engine(art.path))[2]
-    assert line.startswith("check vs ONNX Runtime: FAILED")
+    assert line.startswith("engine check against ONNX Runtime FAILED: ")
     assert "; no first diverging layer: the debug build failed" in line

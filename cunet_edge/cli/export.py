@@ -7,7 +7,8 @@ from ..config import check_choice
 from ..export.onnx import DEFAULT_TOLERANCE, OnnxExportConfig, export_onnx
 from ..export.tensorrt import EngineConfig, build_engine
 from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
-from ..inspection import engine_lines, inspect_engine
+from ..inspection import inspect_engine
+from .inspect import engine_lines
 from ._common import JSON_OPTION, config_option, write_json
 
 FORMATS = ("onnx", "tensorrt", "torch-tensorrt")

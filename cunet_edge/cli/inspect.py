@@ -4,7 +4,9 @@ import click
 
 from ..artifact import Artifact
 from ..errors import ConfigError
-from ..inspection import ENGINE_KIND, engine_lines, inspect_artifact, inspect_engine, inspect_preset
+from ..export.trt_build import layers_line
+from ..export.trt_check import summary_line
+from ..inspection import ENGINE_KIND, inspect_artifact, inspect_engine, inspect_preset
 from ..models.presets import PRESETS
 from ._common import JSON_OPTION, write_json
 
@@ -62,3 +64,12 @@ def _preset_line(r: dict) -> str:
     return (f"{r['preset']:8} {r['arch']} {r['image_size']}x{r['image_size']}x{r['in_channels']}: {params}, "
             f"{r['macs'] / 1e9:.2f} G MACs/call, {thop}; NFE/call {r['nfe_per_call']:g}, "
             f"solver {r['solver_summary']}")
+
+
+def engine_lines(info: dict) -> list[str]:
+    """What `inspect ENGINE` (and `export --format tensorrt`) print: where it runs, its layers, its check."""
+    s, c = info["engine_layers"], info["engine_check"]
+    return [f"{info['kind']} {info['precision']}, TensorRT {info['tensorrt_version']} on {info['gpu_name']} "
+            f"(sm {info['compute_capability']})",
+            layers_line(s) if s else "layers: not recorded (an engine exported before cunet-edge read its inspector)",
+            summary_line(c) if c else "engine check against ONNX Runtime: not recorded"]

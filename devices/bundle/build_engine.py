@@ -68,7 +68,7 @@ def build(args, bundle):
                                                                   "layers": layers}, indent=2) + "\n").encode())
     info = dict(record, tensorrt=trt.__version__, precision=bundle["precision"], plan=os.path.basename(args.out),
                 engine_layers=dict(summary, file="layers.json"))
-    print(layers_line(summary))
+    print(trt_build.layers_line(summary))
     checked = None if args.no_check else engine_check(trt, bundle, args.out, settings, record)
     info["engine_check"] = checked
     write_atomic(os.path.join(HERE, "engine.json"), (json.dumps(info, indent=2) + "\n").encode())
@@ -78,16 +78,6 @@ def build(args, bundle):
         print("%d layer(s) run on the GPU, not the DLA: %s" % (len(record["dla_gpu_fallback_layers"]),
                                                               ", ".join(record["dla_gpu_fallback_layers"])))
     return 1 if checked is not None and not checked["ok"] else 0
-
-
-def layers_line(summary):
-    counts = ", ".join("%s %d" % kv for kv in sorted(summary["by_precision"].items(), key=lambda kv: -kv[1]))
-    line = "layers: %d (%s); %d convolution/matmul" % (summary["layers"], counts, summary["compute_layers"])
-    if "compute_int8" in summary:
-        line += ", %d of them INT8" % summary["compute_int8"]
-        if summary["fell_back"]:
-            line += "; fell back: " + ", ".join("%s (%s)" % (r["name"], r["precision"]) for r in summary["fell_back"])
-    return line
 
 
 def _open_engine(bundle):
