@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .artifact import Artifact
 from .checkpoint import load_checkpoint
 from .config import to_dict
 from .kinds import STAGE_IO
+from .limits import check_engine_layers, check_member, read_json_record
 from .models import PRESETS, build_model, get_preset, model_config_from_dict, preset_model_table, profile_model
 
-__all__ = ["inspect_artifact", "inspect_preset"]
+__all__ = ["ENGINE_KIND", "inspect_artifact", "inspect_engine", "inspect_preset"]
+
+ENGINE_KIND = "tensorrt-engine"
 
 
 def _solver_summary(model_cfg, prof: dict) -> str:
@@ -89,3 +93,21 @@ def inspect_preset(name: str, image_size: int | None = None, in_channels: int | 
         "ode_blocks": prof.get("ode_blocks", 0), "solver_summary": _solver_summary(m, prof), "model": to_dict(m),
         "reference": ref,
     }
+
+
+def inspect_engine(path: str | Path | Artifact) -> dict[str, Any]:
+    """A TensorRT engine artifact: where it runs, its layers per precision (its IEngineInspector's report, which
+    export saved in layers.json), the convolution/matmul layers that did not run INT8, and its check against ONNX
+    Runtime."""
+    art = path if isinstance(path, Artifact) else Artifact.load(path, kinds=(ENGINE_KIND,))
+    m = art.manifest
+    summary = m.get("engine_layers")
+    layers = None
+    if summary and summary.get("file"):
+        where = f"{art.path}/{summary['file']}"
+        layers = check_engine_layers(read_json_record(check_member(art.path, summary["file"], where), where), where)
+    return {"path": str(art.path), "kind": m["kind"], "id": m.get("id"), "parent": m.get("parent"),
+            "precision": m.get("precision"), "tensorrt_version": m.get("tensorrt_version"),
+            "gpu_name": m.get("gpu_name"), "compute_capability": m.get("compute_capability"),
+            "strongly_typed": m.get("strongly_typed"), "profile": m.get("profile"), "engine_layers": summary,
+            "layers": layers, "engine_check": m.get("engine_check"), "signature": m.get("signature")}

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ArtifactError, ConfigError
 
 __all__ = ["MAX_JSON_DEPTH", "MAX_MANIFEST_BYTES", "MAX_FILES", "MAX_CONFIG_BYTES", "read_json_record",
-           "read_text_file", "json_depth", "check_manifest", "check_member",
+           "read_text_file", "json_depth", "check_manifest", "check_member", "check_engine_layers",
            "check_regular_file", "check_int", "check_number", "check_seed", "MAX_SEED", "check_threads", "MAX_THREADS",
            "machine_memory_bytes", "check_fits_memory", "MAX_HOURS_ENV", "max_hours", "check_fits_time",
            "time_one_call"]
@@ -265,6 +265,55 @@ def _check_pruning(where: str, rec: Any) -> None:
             _count(where, "pruning.finetune.steps", ft["steps"])
 
 
+def _check_engine_layers(where: str, rec: Any) -> None:
+    """What export --format tensorrt records of the engine's layers (trt_build.layer_summary, and its file)."""
+    _table(where, "engine_layers", rec)
+    for k in ("layers", "compute_layers", "compute_int8"):
+        if k in rec:
+            _count(where, f"engine_layers.{k}", rec[k])
+    for k, v in _table(where, "engine_layers.by_precision", rec.get("by_precision", {})).items():
+        _count(where, f"engine_layers.by_precision.{k}", v)
+    fell = rec.get("fell_back", [])
+    if not isinstance(fell, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in fell):
+        _fail(where, "engine_layers.fell_back", "a list of {name, precision}", fell)
+    if "file" in rec and not isinstance(rec["file"], str):
+        _fail(where, "engine_layers.file", "a file name", rec["file"])
+
+
+def _check_engine_check(where: str, rec: Any) -> None:
+    """What export --format tensorrt records of the engine against ONNX Runtime (trt_check.check)."""
+    _table(where, "engine_check", rec)
+    if not isinstance(rec.get("ok"), bool):
+        _fail(where, "engine_check.ok", "true or false", rec.get("ok"))
+    for k, v in _table(where, "engine_check.tolerance", rec.get("tolerance", {})).items():
+        _measure(where, f"engine_check.tolerance.{k}", v)
+    rows = rec.get("per_timestep", [])
+    _check_error_rows(where, "engine_check.per_timestep", rows, "max_rel_err")
+    for i, row in enumerate(rows):
+        if "max_abs_err" in row:
+            _measure(where, f"engine_check.per_timestep[{i}].max_abs_err", row["max_abs_err"])
+    div = rec.get("first_divergence")
+    if div is not None:
+        _table(where, "engine_check.first_divergence", div)
+        for k in ("tensor", "node", "op_type"):
+            if div.get(k) is not None and not isinstance(div[k], str):
+                _fail(where, f"engine_check.first_divergence.{k}", "a string", div[k])
+
+
+def check_engine_layers(data: Any, where: str) -> list:
+    """An engine artifact's layers.json: {"layers": [{name, type, precision, tactic, ...}]}; returns the layers."""
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list) or len(layers) > 1_000_000:
+        raise ArtifactError(f"{where}: layers must be a list of layer records")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
+            _fail(where, f"layers[{i}]", "a table with a name", layer)
+        for k in ("type", "precision", "tactic"):
+            if layer.get(k) is not None and not isinstance(layer[k], str):
+                _fail(where, f"layers[{i}].{k}", "a string or null", layer[k])
+    return layers
+
+
 def check_manifest(manifest: Any, where: str) -> dict:
     """The manifest's schema: types and ranges of what every reader relies on: the records every artifact has, the
     ones a runner trusts for sizes, and the ones a stage adds that commands print and reports read (`drift`,
@@ -323,6 +372,10 @@ def check_manifest(manifest: Any, where: str) -> dict:
         _check_verification(where, manifest["verification"])
     if "pruning" in manifest:
         _check_pruning(where, manifest["pruning"])
+    if "engine_layers" in manifest:
+        _check_engine_layers(where, manifest["engine_layers"])
+    if "engine_check" in manifest:
+        _check_engine_check(where, manifest["engine_check"])
     return manifest
 
 

@@ -220,6 +220,8 @@ def _copy_sources(d: Path, art: Artifact, profile) -> None:
         shutil.copy2(TEMPLATE_DIR / name, d / name)
     build_rules = resources.files("cunet_edge.export").joinpath("trt_build.py")
     (d / "trt_build.py").write_bytes(build_rules.read_bytes())  # verbatim, as sampler.py
+    check = resources.files("cunet_edge.export").joinpath("trt_check.py")
+    (d / "trt_check.py").write_bytes(check.read_bytes())  # build_engine.py checks its engine against ONNX Runtime
     jetson = resources.files("cunet_edge").joinpath("jetson.py")
     (d / "jetson.py").write_bytes(jetson.read_bytes())  # run.py bench records the power mode and clock lock
 

@@ -21,20 +21,23 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import Artifact, ArtifactWriter, check_output_path, write_atomic
+from ..artifact import Artifact, ArtifactWriter, check_output_path, json_text, write_atomic
+from ..checkpoint import read_train_config
 from ..config import check_choice, check_positive, to_dict
 from ..errors import ConfigError
 from ..kinds import STAGE_IO
 from ..records import SOLVER
 from ..runtimes.engines import ENGINE_FILE, current_platform, import_tensorrt
-from . import trt_build
+from ..runtimes.tensorrt_runner import PlanRunner
+from . import trt_build, trt_check
 from .trt_build import BUILDER_PRECISIONS, BuildError
 from .trt_compat import check_tensorrt_compat
 
-__all__ = ["TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "check_int8_target", "trtexec_command",
-           "uses_strong_typing"]
+__all__ = ["LAYERS_FILE", "TRTEXEC_FILE", "EngineConfig", "build_engine", "builder_flags", "check_int8_target",
+           "check_plan", "plan_runner", "trtexec_command", "uses_strong_typing"]
 
 TRTEXEC_FILE = "trtexec.sh"
+LAYERS_FILE = "layers.json"  # the engine's layers as its IEngineInspector reports them (trt_build.engine_layers)
 ONNX_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 
@@ -179,8 +182,48 @@ def _engine_record(m: dict, here: dict, record: dict, report: dict):
     )
 
 
+def plan_runner(plan: bytes, signature: dict, where: str):
+    """The engine side of the check: a context manager giving feed -> every output of the serialized engine."""
+    return PlanRunner(plan, signature, where)
+
+
+def check_plan(trt, art, plan: bytes, settings: dict, record: dict) -> dict:
+    """The engine against ONNX Runtime (CPU) on seeded inputs across the diffusion schedule (trt_check.py); on a
+    mismatch, a debug build with every ONNX tensor marked as an output finds the first diverging layer."""
+    import onnx
+
+    m = art.manifest
+    model = onnx.load(str(art.file(ONNX_FILE)))
+    tol = trt_check.tolerance(m["precision"], tf32=bool(record.get("tf32")))
+    batch = record["profile"]["opt"] if record.get("profile") else m.get("batch", 1)
+    feeds = trt_check.check_feeds(m["signature"], read_train_config(art).diffusion.timesteps, batch=batch)
+    order = trt_check.onnx_tensor_order(model)
+
+    def divergence(feed):
+        try:
+            debug, _, rec = trt_build.build(trt, art.file(ONNX_FILE), dict(settings, timing_cache=None),
+                                            mark=[tensor for tensor, _, _ in order])
+        except BuildError as e:  # the engine stands, its check failed: say why the search could not run
+            return {"tensor": None, "compared": 0, "error": f"the debug build failed: {e}"}
+        with plan_runner(debug, m["signature"], f"{art.path} (debug build)") as test_all:
+            found = trt_check.onnx_divergence(model, test_all, tol)(feed)
+        return dict(found, marked=len(rec["marked_outputs"] or []))
+
+    with plan_runner(plan, m["signature"], f"the engine built from {art.path}") as engine:
+        try:
+            result = trt_check.check(trt_check.ort_outputs(model), engine, feeds, tol,
+                                     outputs=list(m["signature"]["outputs"]), divergence=divergence)
+        except trt_check.CheckError as e:
+            raise ConfigError(f"the engine check of {art.path} failed to run: {e}") from None
+    result["reference"] = "ONNX Runtime CPU, graph optimizations off"
+    return result
+
+
 def build_engine(src, cfg: EngineConfig, out) -> Artifact:
-    """Stage: an ONNX artifact (fp32, fp16 or Q/DQ int8) → a `tensorrt-engine` artifact for this GPU."""
+    """Stage: an ONNX artifact (fp32, fp16 or Q/DQ int8) → a `tensorrt-engine` artifact for this GPU.
+
+    After the build: the engine's layers (IEngineInspector, layers.json) and its check against ONNX Runtime
+    (manifest `engine_check`); a failed check is recorded, printed by the CLI, and the engine still written."""
     check_output_path(out)
     art = Artifact.load(src, kinds=STAGE_IO["export-tensorrt"].accepts)
     m = art.manifest
@@ -197,8 +240,11 @@ def build_engine(src, cfg: EngineConfig, out) -> Artifact:
     here = current_platform()
     cache_file = Path(cfg.timing_cache) if cfg.timing_cache else None
     cache_in = (cache_file.read_bytes() if cache_file.is_file() else b"") if cache_file else None
-    plan, cache, record = _config_error(trt_build.build, trt, art.file(ONNX_FILE),
-                                        cfg.settings(m["precision"], batch, cache_in))
+    settings = cfg.settings(m["precision"], batch, cache_in)
+    plan, cache, record = _config_error(trt_build.build, trt, art.file(ONNX_FILE), settings)
+    layers = _config_error(trt_build.engine_layers, trt, plan)
+    summary = trt_build.layer_summary(layers, m["precision"])
+    checked = check_plan(trt, art, plan, settings, record)
     cmd = trtexec_command(art.file(ONNX_FILE).resolve(), cfg, precision=m["precision"], signature=m["signature"],
                           tensorrt_version=version, engine_file=ENGINE_FILE, batch=batch)
     kind = STAGE_IO["export-tensorrt"].produces()
@@ -206,8 +252,10 @@ def build_engine(src, cfg: EngineConfig, out) -> Artifact:
         (w.dir / ENGINE_FILE).write_bytes(plan)
         (w.dir / TRTEXEC_FILE).write_text("#!/bin/sh\n# The same build with trtexec, run in this folder.\n"
                                           + shlex.join(map(str, cmd)) + "\n")
+        (w.dir / LAYERS_FILE).write_text(json_text({"tensorrt_version": version, "layers": layers}))
         shutil.copyfile(art.file(CONFIG_FILE), w.dir / CONFIG_FILE)
-        w.manifest.update(_engine_record(m, here, record, report))
+        w.manifest.update(_engine_record(m, here, record, report), engine_layers=dict(summary, file=LAYERS_FILE),
+                          engine_check=checked)
     if cache is not None:
         write_atomic(cfg.timing_cache, cache)
     return w.artifact

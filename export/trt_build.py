@@ -16,9 +16,18 @@ tests/test_trt_surface.py):
   not, so its self-check tolerance 1e-3 holds).
 - DLA: FP16/INT8 layers only, static shapes only (min = opt = max batch); GPU fallback on unless refused;
   the layers the DLA cannot run are listed (IBuilderConfig.can_run_on_DLA).
+- Every build is made with ProfilingVerbosity.DETAILED, so that IEngineInspector reports each layer's
+  kernel (tactic) and tensor formats: `engine_layers` reads them, `layer_summary` counts layers per
+  precision and names the convolution/matmul layers that did not run INT8.
+- A debug build (`mark`) also marks as network outputs the tensors whose names are in `mark` (the ONNX
+  tensor names the parser kept), as Polygraphy's `--trt-outputs mark all` does, for the layer-by-layer
+  comparison with ONNX Runtime (trt_check.py).
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 MIN_VERSION = (8, 5)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -133,6 +142,7 @@ def configure(trt, builder, network, config, s) -> dict:
         if fallback and not s["gpu_fallback"]:
             raise BuildError("%d layer(s) cannot run on the DLA and GPU fallback is off: %s"
                              % (len(fallback), ", ".join(fallback[:5]) + (" ..." if len(fallback) > 5 else "")))
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer kernels and formats for engine_layers
     if s.get("timing_cache") is not None:  # bytes (empty: a new cache); the build adds its timings
         cache = config.create_timing_cache(s["timing_cache"])
         config.set_timing_cache(cache, ignore_mismatch=False)
@@ -148,8 +158,24 @@ SETTINGS = ("precision", "workspace_mb", "min_batch", "opt_batch", "max_batch", 
             "builder_precision", "timing_cache")
 
 
-def build(trt, onnx_path, s, verbose=False) -> tuple:
-    """Parse `onnx_path` and build: (serialized engine bytes, timing cache bytes or None, record dict)."""
+def mark_outputs(trt, network, names) -> list:
+    """Mark every FP32/FP16 layer output tensor whose name is in `names` as a network output (integer, boolean and
+    INT8 tensors are shapes, indices and quantized values: not what the comparison measures); returns those marked."""
+    marked, floats = [], (trt.DataType.FLOAT, trt.DataType.HALF)
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            tensor = layer.get_output(j)
+            if tensor.name in names and not tensor.is_network_output and tensor.dtype in floats:
+                network.mark_output(tensor)
+                marked.append(tensor.name)
+    return marked
+
+
+def build(trt, onnx_path, s, verbose=False, mark=None) -> tuple:
+    """Parse `onnx_path` and build: (serialized engine bytes, timing cache bytes or None, record dict).
+
+    `mark`: tensor names to mark as outputs too (a debug build); the record lists those marked."""
     missing = [k for k in SETTINGS if k not in s]
     if missing:
         raise BuildError("build settings lack " + ", ".join(missing))
@@ -161,10 +187,108 @@ def build(trt, onnx_path, s, verbose=False) -> tuple:
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors))
         raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors or 'no detail'}")
+    marked = mark_outputs(trt, network, set(mark)) if mark else None
     config = builder.create_builder_config()
     record = configure(trt, builder, network, config, s)
+    record["marked_outputs"] = marked
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
     cache = bytes(config.get_timing_cache().serialize()) if s.get("timing_cache") is not None else None
     return bytes(plan), cache, record
+
+
+# ---------------------------------------------------------------- what the engine runs (IEngineInspector)
+
+# A tensor's "Format/Datatype" text ("Row major linear FP32", "Thirty-two wide channel vectorized row major Int8
+# format", "Channel major FP16 format where channel % 8 == 0") or a weights "Type" ("Int8", "Half", "Float"):
+# its precision. Order matters: "FP8" before "FP16"... each pattern is whole-word.
+_PRECISIONS = (("INT8", r"int8"), ("FP8", r"fp8|e4m3"), ("FP4", r"fp4|e2m1"), ("INT4", r"int4"),
+               ("BF16", r"bf16|bfloat16"), ("FP16", r"fp16|half"), ("FP32", r"fp32|float"), ("INT32", r"int32"),
+               ("INT64", r"int64"), ("BOOL", r"bool"), ("UINT8", r"uint8"))
+# Layer types (LayerType / ParameterType of the JSON) that do the arithmetic INT8 is for.
+_COMPUTE = re.compile(r"conv|gemm|matmul|matrixmultiply|fullyconnected|deconv", re.I)
+
+
+def tensor_precision(text):
+    """The precision named in an inspector format or type string, or None."""
+    text = str(text or "")
+    for name, pattern in _PRECISIONS:
+        if re.search(r"(?<![a-z0-9])(%s)(?![a-z0-9])" % pattern, text, re.I):
+            return name
+    return None
+
+
+def _layer_record(entry):
+    """One inspector layer (a dict at DETAILED verbosity, a bare name below it) as a small flat record."""
+    if not isinstance(entry, dict):
+        return {"name": str(entry), "type": None, "precision": None, "inputs": [], "outputs": [], "tactic": None,
+                "compute": False}
+
+    def formats(key):
+        tensors = entry.get(key) if isinstance(entry.get(key), list) else []
+        return [tensor_precision(t.get("Format/Datatype") or t.get("DataType") or t.get("Format"))
+                if isinstance(t, dict) else None for t in tensors]
+
+    weights = entry.get("Weights") if isinstance(entry.get("Weights"), dict) else {}
+    inputs, outputs = formats("Inputs"), formats("Outputs")
+    kind = " ".join(str(entry.get(k) or "") for k in ("LayerType", "ParameterType"))
+    # A layer runs in the precision of its weights (convolutions, matmuls), else of its first typed input/output.
+    precision = tensor_precision(weights.get("Type")) or next((p for p in inputs + outputs if p), None)
+    tactic = entry.get("TacticName") or entry.get("Tactic") or entry.get("TacticValue")
+    return {"name": str(entry.get("Name", "")), "type": entry.get("LayerType"), "precision": precision,
+            "inputs": inputs, "outputs": outputs, "tactic": None if tactic is None else str(tactic),
+            "compute": bool(_COMPUTE.search(kind))}
+
+
+def parse_engine_information(text):
+    """The layers of IEngineInspector.get_engine_information(LayerInformationFormat.JSON): a list of records
+    (name, type, precision, input/output precisions, tactic, compute). Raises BuildError if it is not that JSON."""
+    try:
+        info = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise BuildError("the engine inspector's output is not JSON (%s)" % (str(e).splitlines()[0],))
+    layers = info.get("Layers") if isinstance(info, dict) else None
+    if not isinstance(layers, list):
+        raise BuildError("the engine inspector's JSON has no Layers list")
+    return [_layer_record(entry) for entry in layers]
+
+
+def engine_layers(trt, plan):
+    """The per-layer record of a serialized engine (needs the GPU that built it): its inspector's JSON."""
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BuildError("TensorRT could not deserialize the engine it just built")
+    inspector = engine.create_engine_inspector()
+    return parse_engine_information(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def layer_summary(layers, precision):
+    """Layers per precision, and which convolution/matmul layers run INT8 and which fell back (an int8 engine)."""
+    by_precision = {}
+    for layer in layers:
+        key = layer["precision"] or "unknown"
+        by_precision[key] = by_precision.get(key, 0) + 1
+    compute = [layer for layer in layers if layer["compute"]]
+    summary = {"layers": len(layers), "by_precision": dict(sorted(by_precision.items())),
+               "compute_layers": len(compute), "detailed": any(layer["type"] for layer in layers)}
+    if precision == "int8":
+        summary["compute_int8"] = sum(1 for layer in compute if layer["precision"] == "INT8")
+        summary["fell_back"] = [{"name": layer["name"], "precision": layer["precision"] or "unknown"}
+                                for layer in compute if layer["precision"] != "INT8"]
+    return summary
+
+
+def layers_line(summary, shown=8):
+    """One line of a layer_summary: layers per precision, convolution/matmul layers, and (INT8) which fell back."""
+    counts = ", ".join("%s %d" % kv for kv in sorted(summary["by_precision"].items(), key=lambda kv: -kv[1]))
+    line = "%d layers (%s); %d convolution/matmul" % (summary["layers"], counts, summary["compute_layers"])
+    if not summary.get("detailed", True):
+        line += " (names only: the engine was built below DETAILED profiling verbosity)"
+    if "compute_int8" in summary:
+        fell = summary.get("fell_back") or []
+        line += ", %d of them INT8" % summary["compute_int8"]
+        if fell:
+            line += "; fell back: " + ", ".join("%s (%s)" % (r["name"], r.get("precision")) for r in fell[:shown])
+            line += " and %d more" % (len(fell) - shown) if len(fell) > shown else ""
+    return line

@@ -16,7 +16,7 @@ from .base import Runner, check_feed
 from .engines import ENGINE_FILE, check_engine_location, current_platform, import_tensorrt
 from .numpy_sampler import engine_batches
 
-__all__ = ["TensorRTRunner"]
+__all__ = ["PlanRunner", "TensorRTRunner"]
 
 
 def _torch_dtype(trt, torch, trt_dtype):
@@ -38,13 +38,17 @@ class TensorRTRunner(Runner):
     def _open(self) -> None:
         trt = import_tensorrt()
         check_engine_location(self.artifact.manifest, current_platform(), path=self.artifact.path)
+        self._where, self._profile = self.artifact.path, self.artifact.manifest.get("profile")
+        self._load(trt, self.artifact.file(ENGINE_FILE).read_bytes())
+
+    def _load(self, trt, plan: bytes) -> None:
         import torch
 
         self._trt, self._torch = trt, torch
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self._runtime.deserialize_cuda_engine(self.artifact.file(ENGINE_FILE).read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise ArtifactError(f"TensorRT could not deserialize {self.artifact.file(ENGINE_FILE)}")
+            raise ArtifactError(f"TensorRT could not deserialize the engine of {self._where}")
         self.context = self.engine.create_execution_context()
         # The current stream, so that CUDA events recorded around a call (bench) time the engine's work.
         self.stream = torch.cuda.current_stream()
@@ -76,8 +80,8 @@ class TensorRTRunner(Runner):
         for name in self.inputs:
             bufs[name] = torch.from_numpy(np.ascontiguousarray(feed[name])).to("cuda", self.dtypes[name])
             if not self.context.set_input_shape(name, tuple(bufs[name].shape)):
-                raise ConfigError(f"TensorRT engine {self.artifact.path} refused input {name} of shape "
-                                  f"{tuple(bufs[name].shape)} (profile: {self.artifact.manifest.get('profile')})")
+                raise ConfigError(f"TensorRT engine {self._where} refused input {name} of shape "
+                                  f"{tuple(bufs[name].shape)} (profile: {self._profile})")
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             bufs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
@@ -87,7 +91,7 @@ class TensorRTRunner(Runner):
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise ConfigError(f"TensorRT failed to run {self.artifact.path} (its log above says why)")
+            raise ConfigError(f"TensorRT failed to run {self._where} (its log above says why)")
 
     def _infer(self, feed):
         self._stage(feed)
@@ -120,3 +124,23 @@ class TensorRTRunner(Runner):
         return super().describe() | {"tensorrt": m.get("tensorrt_version"), "gpu": m.get("gpu_name"),
                                      "dla_core": m.get("dla_core"), "strongly_typed": m.get("strongly_typed"),
                                      "profile": m.get("profile")}
+
+
+class PlanRunner(TensorRTRunner):
+    """A serialized engine held in memory, not yet an artifact (export checks the engine it built, and its debug
+    build, before writing): `runner(feed)` returns every output of the engine by name."""
+
+    def __init__(self, plan: bytes, signature: dict, where: str):  # no artifact: Runner.__init__ does not apply
+        self.artifact, self.signature, self.precision = None, signature, None
+        self._plan, self._where, self._profile = plan, where, None
+        self.engine = self.context = self.stream = None
+        self._buffers = {}
+
+    def _open(self) -> None:
+        self._load(import_tensorrt(), self._plan)
+
+    def batch_range(self) -> None:
+        return None
+
+    def __call__(self, feed) -> dict:
+        return self._infer(feed)

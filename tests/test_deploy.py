@@ -66,7 +66,7 @@ def test_bundle_holds_model_schedule_sampler_scripts_and_manifest(bundle, tiny_o
     assert set(art.manifest["files"]) == {
         "model.onnx", "source_manifest.json", "device.json", "sampler.py", "schedule.npy", "run.py",
         "build_engine.py", "trt_build.py", "build_engine.sh", "selfcheck.npz", "bundle.json", "README.txt",
-        "jetson.py", "cudamem.py"}
+        "jetson.py", "cudamem.py", "trt_check.py"}
     assert art.manifest["parent"]["id"] == src.manifest["id"] and art.manifest["device"] == DEVICE
     assert (bundle / "model.onnx").read_bytes() == src.file("model.onnx").read_bytes()
     assert json.loads((bundle / "source_manifest.json").read_text()) == src.manifest
@@ -179,8 +179,8 @@ def _vermin(*paths):
 def test_board_scripts_need_nothing_newer_than_python38(bundle):
     """Every Python file a bundle ships (its scripts and the modules copied from cunet_edge)."""
     shipped = sorted(bundle.glob("*.py"))
-    assert {"run.py", "build_engine.py", "cudamem.py", "sampler.py", "trt_build.py", "jetson.py"} <= {
-        p.name for p in shipped}
+    assert {"run.py", "build_engine.py", "cudamem.py", "sampler.py", "trt_build.py", "jetson.py",
+            "trt_check.py"} <= {p.name for p in shipped}
     proc = _vermin(*shipped)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -529,6 +529,8 @@ def get_input(st, i):
     return tensor
 
 fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})
+trt_surface.inspector_behaviours(fake, [("conv", "CaskConvolution", "FP32", "sm87_xmma_fprop_f32"),
+                                        ("odd_op", "PointWise", "FP32", None)])
 sys.modules["tensorrt"] = fake
 
 def plain(a):
@@ -669,3 +671,93 @@ def test_tensorrt_backend_stages_buffers_and_casts_inputs(bundle, tmp_path, monk
     (work / "engine.json").write_text(json.dumps({"tensorrt": "9.9.9"}))
     with pytest.raises(ns["BundleError"], match=f"built with TensorRT 9.9.9, this is {version}"):
         ns["TensorRTBackend"](info)
+
+
+# ---------------------------------------------------------------- build_engine.py's layers and its engine check
+
+def test_build_engine_saves_layers_and_skips_the_check_without_cuda_python(bundle, tmp_path):
+    work, proc, got = _fake_build(bundle, tmp_path, "10.3.0")
+    assert proc.returncode == 0, proc.stderr
+    assert got["IBuilderConfig.profiling_verbosity="] == [["ProfilingVerbosity.DETAILED"]]
+    layers = json.loads((work / "layers.json").read_text())["layers"]
+    assert [(r["name"], r["precision"], r["tactic"]) for r in layers] == [
+        ("conv", "FP32", "sm87_xmma_fprop_f32"), ("odd_op", "FP32", "0x0000000000001eef")]
+    engine = json.loads((work / "engine.json").read_text())
+    assert engine["engine_layers"]["by_precision"] == {"FP32": 2} and engine["engine_check"] is None
+    assert "2 layers (FP32 2); 1 convolution/matmul" in proc.stdout
+    assert "engine check skipped: the TensorRT backend needs cuda-python" in proc.stdout
+
+
+def _bundle_module(work, monkeypatch, version):
+    """The bundle's build_engine.py imported as the board would run it, with the surface-derived tensorrt."""
+    import runpy
+
+    import trt_surface
+
+    monkeypatch.setattr(sys, "path", sys.path[:])
+    fake = trt_surface.FakeTensorRT(version, {"Builder.build_serialized_network": lambda st, net, cfg: b"DEBUG",
+                                              "OnnxParser.num_errors": 0,
+                                              "IBuilderConfig.add_optimization_profile": lambda st, p: 0})
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    for name in ("trt_build", "trt_check", "run"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return runpy.run_path(str(work / "build_engine.py"), run_name="build_engine_py"), fake
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "11.4.0.106"])
+def test_bundle_engine_check_passes_and_traces_a_diverging_engine(bundle, tmp_path, monkeypatch, version):
+    """The bundle's check against ONNX Runtime, as on the board; the engine's outputs come from ONNX Runtime (no GPU
+    here): model.onnx as is (passes), then with one convolution's weights shifted (fails at that convolution)."""
+    import onnx
+    import trt_surface
+    from onnx import numpy_helper
+
+    from cunet_edge.export import trt_check
+
+    work = Path(shutil.copytree(bundle, tmp_path / "b"))
+    ns, fake = _bundle_module(work, monkeypatch, version)
+    info = json.loads((work / "bundle.json").read_text())
+    settings = {"precision": "fp32", "workspace_mb": 64, "min_batch": 1, "opt_batch": 2, "max_batch": 4,
+                "dla_core": None, "gpu_fallback": True, "tf32": False, "builder_precision": "auto",
+                "timing_cache": None}
+    record = {"profile": {"min": 1, "opt": 2, "max": 4}}
+    model = onnx.load(str(work / "model.onnx"))
+    trt_surface.onnx_network_behaviours(fake, model)
+    seen = []
+
+    def stand_in(engine_model):
+        def open_engine(path):
+            seen.append(os.path.basename(path))
+            return trt_check.ort_outputs(trt_check.mark_all_outputs(engine_model))
+        return open_engine
+
+    ok = ns["engine_check"](fake, info, str(work / "model.plan"), settings, record, open_engine=stand_in(model))
+    assert ok["ok"] and [r["t"] for r in ok["per_timestep"]] == trt_check.schedule_timesteps(info["timesteps"])
+    assert seen == ["model.plan"] and not fake.calls("Builder")
+    inits = {t.name: t for t in model.graph.initializer}
+    node = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits][2]
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    (w,) = [t for t in bad.graph.initializer if t.name == node.input[1]]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(-1.0), w.name))
+    failed = ns["engine_check"](fake, info, str(work / "model.plan"), settings, record, open_engine=stand_in(bad))
+    assert not failed["ok"] and seen[1:] == ["model.plan", "debug.plan"] and not (work / "debug.plan").exists()
+    div = failed["first_divergence"]
+    assert (div["node"], div["op_type"], div["tensor"]) == (node.name, "Conv", node.output[0])
+    assert len(fake.calls("Builder.build_serialized_network")) == 1  # the debug build
+    assert fake.calls("IBuilderConfig.profiling_verbosity=") == [(fake.ProfilingVerbosity.DETAILED,)]
+
+
+def test_bundle_check_opens_engines_through_run_pys_backend(bundle, tmp_path, monkeypatch):
+    """build_engine.py's default engine side is run.py's TensorRT backend on the plan it names, every output."""
+    work = Path(shutil.copytree(bundle, tmp_path / "b"))
+    (work / "other.plan").write_bytes(b"PLAN")
+    ns, _ = _bundle_module(work, monkeypatch, "10.3.0")
+    cuda = _module("cuda", "", tmp_path)
+    cuda.cudart = _module("cudart", FAKE_CUDART, tmp_path)
+    for name, mod in (("tensorrt", _fake_runtime("10.3.0")), ("cuda", cuda), ("cuda.cudart", cuda.cudart)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    run_engine = ns["_open_engine"](json.loads((work / "bundle.json").read_text()))(str(work / "other.plan"))
+    x, t = np.ones((2, 1, 8, 8), np.float32), np.array([10, 20])
+    out = run_engine({"x": x, "t": t})
+    assert set(out) == {"eps"} and np.allclose(out["eps"], x * 0.5 + t[:, None, None, None] * 1e-3)

@@ -10,6 +10,7 @@ from each surface, which refuses what that version lacks.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,27 @@ def _network_behaviours(fake):
     fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer})
 
 
+LAYERS = [("x_to_fp16", "Reformat", "FP16", None), ("conv_in + PWN(silu)", "CaskConvolution", "FP16",
+           "sm80_xmma_fprop_implicit_gemm_f16f16_f16f32_nhwc"), ("relu", "PointWise", "FP32", None)]
+
+
+def engine_stand_in(fake):
+    """plan_runner(plan, signature, where) for export's engine check: no GPU here, so the engine's outputs come from
+    ONNX Runtime on the ONNX the fake parser was given (every tensor marked), or on `fake.engine_model` when a
+    test gives one (an engine that diverges)."""
+    import contextlib
+
+    import onnx
+
+    from cunet_edge.export import trt_check
+
+    def runner(plan, signature, where):
+        (path,) = fake.calls("OnnxParser.parse_from_file")[-1]
+        model = getattr(fake, "engine_model", None) or onnx.load(str(path))
+        return contextlib.nullcontext(trt_check.ort_outputs(trt_check.mark_all_outputs(model)))
+    return runner
+
+
 @pytest.fixture
 def fake_trt(monkeypatch):
     """fake_trt(version) -> a surface-derived tensorrt in sys.modules, on a pretend GPU (no CUDA here)."""
@@ -193,9 +215,11 @@ def fake_trt(monkeypatch):
     def make(version):
         fake = ts.FakeTensorRT(version, BUILD)
         _network_behaviours(fake)
+        ts.inspector_behaviours(fake, LAYERS)
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
         monkeypatch.setattr(export_trt, "current_platform", lambda: {
             "gpu_name": "Orin", "compute_capability": "8.7", "tensorrt_version": fake.__version__})
+        monkeypatch.setattr(export_trt, "plan_runner", engine_stand_in(fake))
         return fake
     return make
 
@@ -355,3 +379,224 @@ def test_the_tensorrt_names_table_in_the_docs_is_current(tmp_path):
     stale.write_text(mod.DOC.read_text().replace(rows["Builder"] + "\n", ""))
     mod.DOC = stale
     assert mod.main(["--check"]) == 1
+
+
+# ---------------------------------------------------------------- what the engine runs, and does it match ONNX Runtime
+
+# The start of a real IEngineInspector JSON (LayerInformationFormat.JSON at ProfilingVerbosity.DETAILED), from
+# NVIDIA/TensorRT tools/experimental/trt-engine-explorer/tests/inputs/mobilenet.qat.onnx.engine.graph.json
+# (commit 8fe05393fed8488631b6d5b54458c4c3492a17dc): its first two layers and one whose INT8 convolution writes
+# FP16, shortened (some convolution parameters dropped), and its closing NoOp layer and Bindings.
+NVIDIA_SAMPLE = """{"Layers": [{
+  "Name": "QuantizeLinear_2",
+  "LayerType": "Reformat",
+  "Inputs": [{"Name": "input1", "Location": "Device", "Dimensions": [1,3,224,224],
+              "Format/Datatype": "Row major linear FP32"}],
+  "Outputs": [{"Name": "317", "Location": "Device", "Dimensions": [1,3,224,224],
+               "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+  "ParameterType": "Reformat",
+  "Origin": "QDQ",
+  "TacticValue": "0x0000000000000000"
+},{
+  "Name": "features.0.0.weight + QuantizeLinear_8 + Conv_12 + PWN(Clip_16)",
+  "LayerType": "CaskConvolution",
+  "Inputs": [{"Name": "317", "Location": "Device", "Dimensions": [1,3,224,224],
+              "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+  "Outputs": [{"Name": "334", "Location": "Device", "Dimensions": [1,32,112,112],
+               "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
+  "ParameterType": "Convolution",
+  "Kernel": [3,3],
+  "Weights": {"Type": "Int8", "Count": 864},
+  "Bias": {"Type": "Float", "Count": 32},
+  "TacticName": "volta_int8x4_icudnn_int8x4_128x32_relu_xregs_medium_c32_nn_v1",
+  "TacticValue": "0x10d7116a3fad9b7a"
+},{
+  "Name": "features.2.conv.2.weight + QuantizeLinear_90 + Conv_94",
+  "LayerType": "CaskConvolution",
+  "Inputs": [{"Name": "399", "Location": "Device", "Dimensions": [1,96,56,56],
+              "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
+  "Outputs": [{"Name": "410", "Location": "Device", "Dimensions": [1,24,56,56],
+               "Format/Datatype": "Thirty-two wide channel vectorized row major FP16 format"}],
+  "ParameterType": "Convolution",
+  "Weights": {"Type": "Int8", "Count": 2304},
+  "TacticName": "turing_fp16_i8816cudnn_int8_128x128_ldg16_relu_small_nt_v1",
+  "TacticValue": "0x4e4e6b8f37d71713"
+},{
+  "Name": "copied_squeeze_after_(Unnamed Layer* 850) [ElementWise]",
+  "LayerType": "NoOp",
+  "Inputs": [{"Name": "(Unnamed Layer* 850) [ElementWise]_out_tensor", "Location": "Device",
+              "Dimensions": [1,1000,1,1], "Format/Datatype": "Row major linear FP32"}],
+  "Outputs": [{"Name": "1179", "Location": "Device", "Dimensions": [1,1000],
+               "Format/Datatype": "Row major linear FP32"}],
+  "TacticValue": "0x0000000000000000"
+}],
+"Bindings": ["input1"
+,"1179"
+]}
+"""
+
+
+def test_inspector_json_in_nvidias_real_format_parses():
+    from cunet_edge.export import trt_build
+
+    layers = trt_build.parse_engine_information(NVIDIA_SAMPLE)
+    assert [(r["type"], r["precision"], r["compute"]) for r in layers] == [
+        ("Reformat", "FP32", False), ("CaskConvolution", "INT8", True), ("CaskConvolution", "INT8", True),
+        ("NoOp", "FP32", False)]
+    assert layers[1]["tactic"] == "volta_int8x4_icudnn_int8x4_128x32_relu_xregs_medium_c32_nn_v1"
+    assert layers[0]["tactic"] == "0x0000000000000000"  # no TacticName: the tactic's value
+    assert layers[0]["inputs"] == ["FP32"] and layers[0]["outputs"] == ["INT8"] and layers[2]["outputs"] == ["FP16"]
+    summary = trt_build.layer_summary(layers, "int8")
+    assert summary == {"layers": 4, "by_precision": {"FP32": 2, "INT8": 2}, "compute_layers": 2, "detailed": True,
+                       "compute_int8": 2, "fell_back": []}
+    # Below DETAILED verbosity TensorRT lists names only; garbage is a one-line BuildError.
+    names = trt_build.parse_engine_information('{"Layers": ["conv1", "relu1"], "Bindings": ["x"]}')
+    assert [r["name"] for r in names] == ["conv1", "relu1"] and not trt_build.layer_summary(names, "fp16")["detailed"]
+    for bad, match in (("not json", "not JSON"), ('{"Bindings": []}', "no Layers list"), ("[1]", "no Layers list")):
+        with pytest.raises(trt_build.BuildError, match=match):
+            trt_build.parse_engine_information(bad)
+    assert [trt_build.tensor_precision(t) for t in ("Half", "uint8", "BF16 format", "Row major linear FP8", None)] == [
+        "FP16", "UINT8", "BF16", "FP8", None]
+
+
+@pytest.mark.parametrize("version", ts.VERSIONS)
+def test_export_saves_the_engines_layers_and_its_check(fake_trt, tmp_path, version):
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.cli.inspect import engine_lines
+    from cunet_edge.inspection import inspect_engine
+
+    fake = fake_trt(version)
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "fp16").path, EngineConfig(max_batch=8), tmp_path / "e")
+    assert [str(v) for (v,) in fake.calls("IBuilderConfig.profiling_verbosity=")] == ["ProfilingVerbosity.DETAILED"]
+    assert fake.calls("EngineInspector.get_engine_information") == [(fake.LayerInformationFormat.JSON,)]
+    layers = json.loads(art.file("layers.json").read_text())["layers"]
+    assert [(r["name"], r["type"], r["precision"]) for r in layers] == [(n, k, p) for n, k, p, _ in LAYERS]
+    assert layers[1]["tactic"] == LAYERS[1][3] and "layers.json" in art.manifest["files"]
+    assert art.manifest["engine_layers"] == {"layers": 3, "by_precision": {"FP16": 2, "FP32": 1},
+                                             "compute_layers": 1, "detailed": True, "file": "layers.json"}
+    check = art.manifest["engine_check"]
+    assert check["ok"] and check["first_divergence"] is None and check["tolerance"] == {"atol": 1e-3, "rtol": 2e-2}
+    assert [r["t"] for r in check["per_timestep"]] == [0, 333, 666, 999]
+    info = inspect_engine(art.path)
+    assert engine_lines(info) == [
+        f"tensorrt-engine fp16, TensorRT {version} on Orin (sm 8.7)",
+        "3 layers (FP16 2, FP32 1); 1 convolution/matmul",
+        "engine check against ONNX Runtime passed: max abs error 0, max rel error 0 (at t=0) over timesteps "
+        "0,333,666,999 (atol 0.001, rtol 0.02)"]
+
+
+def test_an_int8_engine_names_the_convolutions_that_fell_back(fake_trt, tmp_path):
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.cli.inspect import engine_lines
+    from cunet_edge.inspection import inspect_engine
+
+    fake = fake_trt("10.3.0")
+    ts.inspector_behaviours(fake, [("conv_in", "CaskConvolution", "INT8", "sm87_xmma_fprop_i8i8"),
+                                   ("attn.qk", "CaskGemmMatrixMultiply", "FP16", "sm87_xmma_gemm_f16f16"),
+                                   ("conv_out", "CaskConvolution", "FP32", None), ("add", "PointWise", "FP16", None)])
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "int8").path, EngineConfig(max_batch=8), tmp_path / "e")
+    summary = art.manifest["engine_layers"]
+    assert summary["compute_int8"] == 1 and summary["fell_back"] == [
+        {"name": "attn.qk", "precision": "FP16"}, {"name": "conv_out", "precision": "FP32"}]
+    assert engine_lines(inspect_engine(art.path))[1] == (
+        "4 layers (FP16 2, FP32 1, INT8 1); 3 convolution/matmul, 1 of them INT8; fell back: attn.qk (FP16), "
+        "conv_out (FP32)")
+
+
+def test_a_diverging_engine_is_traced_to_its_first_layer(fake_trt, tiny_onnx, tmp_path):
+    """The real exported tiny model; the engine (no GPU here: ONNX Runtime stands in for it) has one convolution's
+    weights shifted. The check fails, the debug build marks the parsed network's tensors that carry ONNX names, and
+    the first diverging layer is that convolution's node."""
+    import onnx
+    from onnx import numpy_helper
+
+    from cli_helpers import cli_in_process
+    from cunet_edge.artifact import Artifact
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    fake = fake_trt("10.16.1.11")
+    src = Artifact.load(tiny_onnx)
+    model = onnx.load(str(src.file("model.onnx")))
+    inits = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    node = convs[3]
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    (w,) = [t for t in bad.graph.initializer if t.name == node.input[1]]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(0.5), w.name))
+    fake.engine_model = bad
+    ts.onnx_network_behaviours(fake, model)
+    art = build_engine(src.path, EngineConfig(max_batch=8), tmp_path / "engine")
+    check = art.manifest["engine_check"]
+    assert not check["ok"]
+    div = check["first_divergence"]
+    assert (div["node"], div["op_type"], div["tensor"]) == (node.name, "Conv", node.output[0])
+    marked = [t.name for (t,) in fake.calls("INetworkDefinition.mark_output")]
+    assert marked == [t for t in fake.float_tensors if t != "eps"] and div["marked"] == len(marked) > 20
+    assert len(fake.calls("Builder.build_serialized_network")) == 2  # the engine, then the debug build
+    proc = cli_in_process("inspect", art.path)
+    print(proc.stdout)  # docs/tensorrt.md quotes it
+    assert proc.returncode == 0, proc.stderr
+    assert "engine check against ONNX Runtime FAILED: " in proc.stdout
+    assert f"first diverging layer: Conv node '{node.name}' (tensor '{node.output[0]}', max rel error" in proc.stdout
+
+
+def test_the_report_shows_an_engines_layers_and_check(fake_trt, tmp_path):
+    from cli_helpers import cli_in_process
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+
+    fake_trt("8.6.1")
+    run_dir = tmp_path / "run"
+    build_engine(_onnx_artifact(run_dir / "onnx", "fp16").path, EngineConfig(max_batch=8), run_dir / "engine")
+    proc = cli_in_process("report", run_dir, "--out", tmp_path / "r", "--no-measure")
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "TensorRT engines: what runs, and against ONNX Runtime" in md
+    (row,) = [line for line in md.splitlines() if line.startswith("| engine ")]
+    assert "FP16 2, FP32 1" in row and "passed, max rel" in row
+
+
+def test_export_cli_prints_the_engines_layers_and_check(fake_trt, tmp_path):
+    from cli_helpers import cli_in_process
+
+    fake_trt("10.3.0")
+    src = _onnx_artifact(tmp_path / "onnx", "fp16")
+    proc = cli_in_process("export", src.path, "--format", "tensorrt", "--out", tmp_path / "e", "--max-batch", "8",
+                          "--json", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[1:] == ["3 layers (FP16 2, FP32 1); 1 convolution/matmul",
+                         "engine check against ONNX Runtime passed: max abs error 0, max rel error 0 (at t=0) "
+                         "over timesteps 0,333,666,999 (atol 0.001, rtol 0.02)"]
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["engine_check"]["ok"] and record["engine_layers"]["layers"] == 3
+
+
+def test_a_failed_debug_build_leaves_the_failed_check_recorded_with_why(fake_trt, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cunet_edge.export.tensorrt import EngineConfig, build_engine
+    from cunet_edge.cli.inspect import engine_lines
+    from cunet_edge.inspection import inspect_engine
+
+    fake = fake_trt("10.3.0")
+    plans = iter([b"PLAN", None])  # the engine builds; its debug build does not
+    fake._behaviours.update({"Builder.build_serialized_network": lambda st, net, cfg: next(plans),
+                             "ILayer.num_outputs": 0})
+    # The "engine" computes eps = -x where the ONNX computes Relu(x).
+    fake.engine_model = helper.make_model(helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["eps"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8]),
+         helper.make_tensor_value_info("t", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("eps", TensorProto.FLOAT, ["batch", 1, 8, 8])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(fake.engine_model)
+    art = build_engine(_onnx_artifact(tmp_path / "onnx", "fp32").path, EngineConfig(max_batch=8), tmp_path / "e")
+    check = art.manifest["engine_check"]
+    assert not check["ok"] and not any(r["ok"] for r in check["per_timestep"])
+    assert check["first_divergence"]["tensor"] is None
+    assert check["first_divergence"]["error"].startswith("the debug build failed: TensorRT could not build an engine")
+    line = engine_lines(inspect_engine(art.path))[2]
+    assert line.startswith("engine check against ONNX Runtime FAILED: ")
+    assert "; no first diverging layer: the debug build failed" in line

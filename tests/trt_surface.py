@@ -110,7 +110,8 @@ def project_trt_names(files=None) -> dict[str, list[str]]:
 # not seen here: the fake-based build tests run those lines.)
 HOLDERS = {"builder": "Builder", "config": "IBuilderConfig", "network": "INetworkDefinition", "parser": "OnnxParser",
            "profile": "IOptimizationProfile", "engine": "ICudaEngine", "context": "IExecutionContext",
-           "_runtime": "Runtime", "inp": "ITensor", "layer": "ILayer", "cache": "ITimingCache"}
+           "_runtime": "Runtime", "inp": "ITensor", "layer": "ILayer", "cache": "ITimingCache",
+           "tensor": "ITensor", "inspector": "EngineInspector"}
 
 
 def project_member_uses(files=None) -> dict[str, list[str]]:
@@ -378,3 +379,89 @@ def engine_runtime(version: str) -> FakeTensorRT:
         "IExecutionContext.execute_async_v3": execute,
     })
     return fake
+
+
+# ---------------------------------------------------------------- what an engine's inspector says
+
+# Tensor "Format/Datatype" strings as TensorRT's inspector writes them (the NVIDIA/TensorRT repository's
+# tools/experimental/trt-engine-explorer/tests/inputs/mobilenet.qat.onnx.engine.graph.json).
+FORMATS = {"FP32": "Row major linear FP32", "FP16": "Channel major FP16 format where channel % 8 == 0",
+           "INT8": "Thirty-two wide channel vectorized row major Int8 format"}
+WEIGHT_TYPES = {"FP32": "Float", "FP16": "Half", "INT8": "Int8"}
+INSPECTOR_NAMES = ("ICudaEngine.create_engine_inspector", "EngineInspector.get_engine_information",
+                   "LayerInformationFormat.JSON", "ProfilingVerbosity.DETAILED", "IBuilderConfig.profiling_verbosity")
+
+
+def engine_information(layers, detailed=True) -> str:
+    """The JSON IEngineInspector.get_engine_information(JSON) returns for `layers` [(name, LayerType, precision,
+    tactic)]: at DETAILED verbosity one object per layer (Name, LayerType, Inputs/Outputs with Format/Datatype,
+    Weights for convolutions, TacticName, TacticValue); below it only the names, as TensorRT does."""
+    if not detailed:
+        return json.dumps({"Layers": [name for name, *_ in layers], "Bindings": ["x", "t", "eps"]})
+    out = []
+    for i, (name, kind, precision, tactic) in enumerate(layers):
+        entry = {"Name": name, "LayerType": kind,
+                 "Inputs": [{"Name": f"in{i}", "Location": "Device", "Dimensions": [4, 8, 8, 8],
+                             "Format/Datatype": FORMATS[precision]}],
+                 "Outputs": [{"Name": f"out{i}", "Location": "Device", "Dimensions": [4, 8, 8, 8],
+                              "Format/Datatype": FORMATS[precision]}]}
+        if "Convolution" in kind:
+            entry.update(ParameterType="Convolution", Weights={"Type": WEIGHT_TYPES[precision], "Count": 576})
+        if tactic:
+            entry["TacticName"] = tactic
+        entry["TacticValue"] = "0x%016x" % (i * 7919)
+        out.append(entry)
+    return json.dumps({"Layers": out, "Bindings": ["x", "t", "eps"]})
+
+
+def inspector_behaviours(fake: FakeTensorRT, layers) -> None:
+    """Give `fake` an engine whose inspector reports `layers` (see engine_information), in detail only if the
+    build set IBuilderConfig.profiling_verbosity = ProfilingVerbosity.DETAILED. Only where the version's surface
+    has every name involved: a version without them fails the test."""
+    missing = [n for n in INSPECTOR_NAMES if not has(fake._surface, n)]
+    assert not missing, f"TensorRT {fake.__version__} lacks {missing}"
+
+    def info(st, fmt):
+        if fmt != fake.LayerInformationFormat.JSON:
+            return "\n".join(name for name, *_ in layers)  # ONELINE
+        levels = fake.calls("IBuilderConfig.profiling_verbosity=")
+        return engine_information(layers, detailed=bool(levels) and levels[-1][0] == fake.ProfilingVerbosity.DETAILED)
+    fake._behaviours.update({"ICudaEngine.create_engine_inspector": lambda st: fake.new("EngineInspector"),
+                             "EngineInspector.get_engine_information": info})
+
+
+def onnx_network_behaviours(fake: FakeTensorRT, model) -> None:
+    """Make the fake parser's network look like onnx `model` parsed: its inputs (dynamic dims -1), and one layer per
+    ONNX node whose outputs carry the node's output tensor names (as TensorRT's ONNX parser names them) and types
+    (shape inference); the graph outputs are the network's outputs. `fake.float_tensors`: the FP32/FP16 ones."""
+    import onnx
+
+    graph_outputs = {o.name for o in model.graph.output}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in list(inferred.value_info) + list(inferred.output)}
+    # FLOAT and FLOAT16 tensors as TensorRT types them; every other type stands as INT32 (8.6 has no INT64).
+    trt_type = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF"}
+    inputs = [(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim))
+              for i in model.graph.input]
+    nodes = [(n.name, list(n.output)) for n in model.graph.node]
+
+    def get_input(st, i):
+        tensor = fake.new("ITensor")
+        tensor._state.update(name=inputs[i][0], shape=inputs[i][1])
+        return tensor
+
+    def get_layer(st, i):
+        layer = fake.new("ILayer")
+        layer._state.update(name=nodes[i][0], num_outputs=len(nodes[i][1]), outs=nodes[i][1])
+        return layer
+
+    def get_output(st, j):
+        tensor = fake.new("ITensor")
+        name = st["outs"][j]
+        tensor._state.update(name=name, is_network_output=name in graph_outputs,
+                             dtype=getattr(fake.DataType, trt_type.get(elem.get(name), "INT32")))
+        return tensor
+    fake.float_tensors = [t for _, outs in nodes for t in outs if elem.get(t) in trt_type]
+    fake._behaviours.update({"INetworkDefinition.get_input": get_input, "INetworkDefinition.get_layer": get_layer,
+                             "ILayer.get_output": get_output, "INetworkDefinition.num_layers": len(nodes),
+                             "INetworkDefinition.num_inputs": len(inputs)})

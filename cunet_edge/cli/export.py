@@ -7,6 +7,8 @@ from ..config import check_choice
 from ..export.onnx import DEFAULT_TOLERANCE, OnnxExportConfig, export_onnx
 from ..export.tensorrt import EngineConfig, build_engine
 from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
+from ..inspection import inspect_engine
+from .inspect import engine_lines
 from ._common import JSON_OPTION, config_option, write_json
 
 FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
@@ -60,6 +62,7 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
         batches = f", batch {prof['min']}..{prof['max']} (opt {prof['opt']})" if prof else ""
         summary = (f"TensorRT {art.manifest['tensorrt_version']} engine for {art.manifest['gpu_name']} "
                    f"(sm {art.manifest['compute_capability']}){batches}; trtexec equivalent in {art.path}/trtexec.sh")
+        summary += "\n" + "\n".join(engine_lines(inspect_engine(art))[1:])  # its layers, its check vs ONNX Runtime
     else:
 
         cfg = TorchTensorRTConfig(**given)
@@ -67,4 +70,5 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
         summary = f"torch-tensorrt ExportedProgram ({cfg.precision})"
     click.echo(f"{art.path}  {summary}")
     write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "kind": art.kind,
-                           **{k: art.manifest.get(k) for k in ("precision", "verification", "model_cost")}})
+                           **{k: art.manifest.get(k)
+                              for k in ("precision", "verification", "model_cost", "engine_layers", "engine_check")}})

@@ -2,8 +2,11 @@
 
 import click
 
+from ..artifact import Artifact
 from ..errors import ConfigError
-from ..inspection import inspect_artifact, inspect_preset
+from ..export.trt_build import layers_line
+from ..export.trt_check import summary_line
+from ..inspection import ENGINE_KIND, inspect_artifact, inspect_engine, inspect_preset
 from ..models.presets import PRESETS
 from ._common import JSON_OPTION, write_json
 
@@ -16,7 +19,10 @@ from ._common import JSON_OPTION, write_json
 @click.option("--in-channels", type=int, help="With --preset: image channels (default 3).")
 @JSON_OPTION
 def inspect(artifact, preset, image_size, in_channels, json_path):
-    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT (or of --preset NAME)."""
+    """Print kind, parameters, MACs and solver NFE per network call of ARTIFACT (or of --preset NAME).
+
+    A TensorRT engine: its layers per precision, the convolution/matmul layers that did not run INT8, and its
+    check against ONNX Runtime."""
     if (artifact is None) == (preset is None):
         raise ConfigError("give an ARTIFACT or --preset NAME (one of them)")
     if preset is None and (image_size is not None or in_channels is not None):
@@ -25,6 +31,11 @@ def inspect(artifact, preset, image_size, in_channels, json_path):
         info = inspect_preset(preset, image_size, in_channels)
         for row in info.get("presets", [info]):
             click.echo(_preset_line(row))
+        write_json(json_path, info)
+        return
+    if Artifact.load(artifact, verify=False).kind == ENGINE_KIND:
+        info = inspect_engine(artifact)
+        click.echo("\n".join(engine_lines(info)))
         write_json(json_path, info)
         return
     info = inspect_artifact(artifact)
@@ -53,3 +64,12 @@ def _preset_line(r: dict) -> str:
     return (f"{r['preset']:8} {r['arch']} {r['image_size']}x{r['image_size']}x{r['in_channels']}: {params}, "
             f"{r['macs'] / 1e9:.2f} G MACs/call, {thop}; NFE/call {r['nfe_per_call']:g}, "
             f"solver {r['solver_summary']}")
+
+
+def engine_lines(info: dict) -> list[str]:
+    """What `inspect ENGINE` (and `export --format tensorrt`) print: where it runs, its layers, its check."""
+    s, c = info["engine_layers"], info["engine_check"]
+    return [f"{info['kind']} {info['precision']}, TensorRT {info['tensorrt_version']} on {info['gpu_name']} "
+            f"(sm {info['compute_capability']})",
+            layers_line(s) if s else "layers: not recorded (an engine exported before cunet-edge read its inspector)",
+            summary_line(c) if c else "engine check against ONNX Runtime: not recorded"]

@@ -118,6 +118,35 @@ def _star(r) -> str:
     return "★" if r.get("pareto") else ""
 
 
+def _engine_layers(a: dict) -> str:
+    s = a.get("engine_layers")
+    if not s:
+        return _DASH
+    return ", ".join(f"{k} {v}" for k, v in sorted(s["by_precision"].items(), key=lambda kv: -kv[1]))
+
+
+def _engine_int8(a: dict) -> str:
+    s = a.get("engine_layers") or {}
+    if "compute_int8" not in s:
+        return _DASH
+    fell = s.get("fell_back") or []
+    return f"{s['compute_int8']} of {s['compute_layers']}" + (
+        "; fell back: " + ", ".join(f"{r['name']} ({r.get('precision')})" for r in fell[:5])
+        + (f" +{len(fell) - 5}" if len(fell) > 5 else "") if fell else "")
+
+
+def _engine_check(a: dict) -> str:
+    c = a.get("engine_check")
+    if not c:
+        return _DASH
+    worst = max((r["max_rel_err"] for r in c.get("per_timestep", []) if _num(r.get("max_rel_err"))), default=None)
+    text = ("passed" if c.get("ok") else "FAILED") + (f", max rel {_err(worst)}" if worst is not None else "")
+    div = c.get("first_divergence")
+    if div and div.get("tensor"):
+        text += f"; first diverging: {div.get('op_type')} {div.get('node')}"
+    return text
+
+
 def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[dict], str]]], list[dict]]]:
     """(id, title, explanation, [(header, cell(row))], rows) for each table of the report."""
     cost = [
@@ -166,6 +195,15 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
                     [("artifact", lambda r: r["artifact"]), ("stage", lambda r: r["stage"]),
                      ("from", lambda r: ", ".join(r["inputs"]) or _DASH),
                      ("result", lambda r: f"not measured here: {r['not_measured']}")], result["not_measured"]))
+    engines = [a for a in result["artifacts"] if a.get("engine_layers") or a.get("engine_check")]
+    if engines:
+        out.append(("engines", "TensorRT engines: what runs, and against ONNX Runtime",
+                    "Layers per precision as each engine's IEngineInspector reports them (export saved them in "
+                    "layers.json); for an INT8 engine, how many convolution/matmul layers run INT8 and which fell "
+                    "back; the engine against ONNX Runtime on seeded inputs across the schedule at export, with the "
+                    "first diverging ONNX node when it failed.",
+                    [("artifact", lambda a: a["artifact"]), ("layers per precision", _engine_layers),
+                     ("conv/matmul INT8", _engine_int8), ("check vs ONNX Runtime", _engine_check)], engines))
     if result["devices"]:
         out.append(("devices", "Estimated latency on device profiles",
                     "Roofline estimates at batch 1 from the ONNX graph (a lower bound; see devices/README.md); "

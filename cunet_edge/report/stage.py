@@ -248,7 +248,9 @@ def _artifact_record(node: Node) -> dict:
             "parent": node.parent.name if node.parent else None, "parent_note": node.parent_note,
             "reference": node.reference.name if node.reference else None,
             "recorded_drift": recorded_drift(node.art.manifest), "pruning": pruning_record(node.art.manifest),
-            "metrics_sections": sorted(node.metrics), "estimates": node.estimates, "notes": node.notes}
+            "metrics_sections": sorted(node.metrics), "estimates": node.estimates, "notes": node.notes,
+            "engine_layers": node.art.manifest.get("engine_layers"),
+            "engine_check": node.art.manifest.get("engine_check")}
 
 
 def _check_out(out, nodes: list[Node]) -> None:

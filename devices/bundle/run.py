@@ -81,12 +81,14 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, bundle, cuda="auto", cudart=None):
+    def __init__(self, bundle, cuda="auto", cudart=None, plan=None):
+        # plan: another engine file (build_engine.py's check, its debug build)
         try:
             import tensorrt as trt
         except ImportError:
             raise BundleError("tensorrt is not importable: on Jetson it comes with JetPack (python3-libnvinfer)")
-        if not os.path.exists(here(PLAN)):
+        plan = plan or here(PLAN)
+        if not os.path.exists(plan):
             raise BundleError(f"no {PLAN} yet: build it on this board with python3 build_engine.py")
         _check_engine_info(trt.__version__)
         import cudamem
@@ -97,7 +99,7 @@ class TensorRTBackend:
             raise BundleError(str(exc))
         self.cuda_binding = self.cuda.describe()
         self.trt, self.version = trt, trt.__version__
-        with open(here(PLAN), "rb") as fh:
+        with open(plan, "rb") as fh:
             self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(fh.read())
         if self.engine is None:
             self.cuda.close()
@@ -124,10 +126,14 @@ class TensorRTBackend:
         return ptr
 
     def __call__(self, x, t):
+        return np.asarray(self.run_all({"x": x, "t": t})["eps"], dtype=np.float32)
+
+    def run_all(self, feed):
+        """Every output of the engine by name (a debug build has every marked tensor as one)."""
         import cudamem
 
         try:
-            return self._run({"x": x, "t": t})
+            return self._run(feed)
         except cudamem.CudaError as exc:
             raise BundleError(f"{self.cuda.name}: {exc}")
 
@@ -147,7 +153,7 @@ class TensorRTBackend:
         for name, arr in out.items():
             self.cuda.to_host(arr, self.buffers[name][0])
         self.cuda.synchronize()
-        return np.asarray(out["eps"], dtype=np.float32)
+        return out
 
     def close(self):
         self.buffers = {}
