@@ -4,12 +4,19 @@ The paper's recipe samples with DDIM 256 steps through the torchdiffeq model in 
 Ours: the unrolled model exported to ONNX and run by ONNX Runtime, with the fewest sampler steps
 whose FID stays within --fid-tolerance (default 10%) of the 256-step DDIM FID: DDIM at
 --steps-list, and any other sampler at its own list (--sampler-steps dpmpp2m=16,12,10,8,6, at
---spacing). Both are timed in this run, side by side, and the speed-up is split into its factors
-(sampler steps, solver, runtime) so a reader sees where it comes from.
+--spacing), and a distilled student (--student, `cunet-edge distill`) at the DDIM steps it was
+distilled for (trailing spacing). Every sampler's fewest steps within the tolerance is timed per image
+in this run, side by side with the paper's recipe, and the speed-up is split into its factors (sampler
+steps; solver: rk4 vs the trained one, both through torchdiffeq, with --paper-solver; unrolled vs
+torchdiffeq; runtime; precision, FP32 on both sides here) so a reader sees where it comes from.
+--seed draws other starting noise for every FID (the verdict should not depend on it); --fids-from
+reuses the FIDs of an earlier result JSON measured at the same --n and --seed.
 
     python benchmarks/end_to_end.py runs/digits --work runs/e2e --json runs/e2e.json [--threads 1]
     python benchmarks/end_to_end.py runs/digits --steps-list 256,64 --sampler-steps dpmpp2m=16,12,10,8,6 \
         --sampler-steps unipc=16,12,10,8,6 --n 500 --json runs/e2e-samplers.json
+    python benchmarks/end_to_end.py runs/digits --student runs/digits-d4 --paper-solver rk4 --steps-list 256,48 \
+        --sampler-steps unipc=10,9,8 --n 500 --seed 1 --json runs/e2e-seed1.json
 """
 
 from __future__ import annotations
@@ -40,38 +47,72 @@ def _parse(argv):
                    help="another sampler and the steps to evaluate it at, e.g. unipc=16,12,10,8 (repeatable)")
     p.add_argument("--spacing", default="uniform", help="timestep spacing of those samplers (DDIM keeps uniform)")
     p.add_argument("--fids-only", action="store_true", help="write the FIDs and the fewest steps; time nothing")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples' starting noise for every FID")
+    p.add_argument("--student", help="a checkpoint distilled from CHECKPOINT (cunet-edge distill): evaluated and "
+                                     "timed at its DDIM steps, trailing spacing")
+    p.add_argument("--paper-solver", help="time the paper's recipe with CHECKPOINT's weights through this torchdiffeq "
+                                          "solver (rk4: the paper's; 1 step), not the trained one")
     return p.parse_args(argv)
 
 
-def _artifacts(args) -> tuple[Path, Path]:
+def _artifacts(args, checkpoint: str, prefix: str = "") -> tuple[Path, Path]:
     """Unroll (trained solver settings unless told otherwise) and export to ONNX fp32; reused if present."""
     from cunet_edge.checkpoint import load_checkpoint
     from cunet_edge.export.onnx import OnnxExportConfig, export_onnx
     from cunet_edge.unrolling import UnrollConfig, unroll
 
-    solver = load_checkpoint(args.checkpoint).config.model.solver
+    solver = load_checkpoint(checkpoint).config.model.solver
     cfg = UnrollConfig(method=args.method, steps=args.solver_steps).resolve(solver)
     work = Path(args.work)
-    unrolled, onnx = work / f"unrolled-{cfg.method}x{cfg.steps}", work / f"onnx-{cfg.method}x{cfg.steps}"
+    tag = f"{cfg.method}x{cfg.steps}"
+    unrolled, onnx = work / f"{prefix}unrolled-{tag}", work / f"{prefix}onnx-{tag}"
     if not (unrolled / "manifest.json").is_file():
-        unroll(args.checkpoint, cfg, unrolled)
+        unroll(checkpoint, cfg, unrolled)
     if not (onnx / "manifest.json").is_file():
         export_onnx(unrolled, OnnxExportConfig(), onnx)
     return unrolled, onnx
 
 
-def _fids(onnx: Path, steps_list: list[int], args, sampler: str = "ddim", spacing: str = "uniform") -> dict[int, dict]:
-    """FID per step count of one sampler, sampled through ONNX Runtime (same starting noise for every count)."""
+KEYS = ("fid", "fid_ratio", "kid_mean", "frac_confident", "fid_real_reference")
+
+
+def _fids(onnx: Path, steps_list: list[int], args, sampler: str = "ddim", spacing: str = "uniform",
+          cached: dict | None = None, label: str | None = None) -> dict[int, dict]:
+    """FID per step count of one sampler, sampled through ONNX Runtime (same starting noise for every count);
+    step counts in `cached` (measured with the same sampler, spacing, n and seed) are not sampled again."""
     from cunet_edge.evaluation import evaluate_checkpoint
     from cunet_edge.sampling import SampleConfig
 
     out = {}
     for s in steps_list:
-        m = evaluate_checkpoint(onnx, SampleConfig(n=args.n, sampler=sampler, steps=s, spacing=spacing), progress=True,
-                                runtime="onnxruntime", threads=args.threads)
-        out[s] = {k: m[k] for k in ("fid", "fid_ratio", "kid_mean", "frac_confident", "fid_real_reference")}
-        print(f"  {sampler} {s:4d} ({spacing}): FID {m['fid']:.3f}  confident {100 * m['frac_confident']:.1f}%",
-              flush=True)
+        if cached and s in cached:
+            out[s] = cached[s]
+            continue
+        m = evaluate_checkpoint(onnx, SampleConfig(n=args.n, sampler=sampler, steps=s, spacing=spacing, seed=args.seed),
+                                progress=True, runtime="onnxruntime", threads=args.threads)
+        out[s] = {k: m[k] for k in KEYS} | {"sampler": sampler, "spacing": spacing, "n": args.n, "seed": args.seed}
+        print(f"  {label or sampler} {s:4d} ({spacing}): FID {m['fid']:.3f}  confident "
+              f"{100 * m['frac_confident']:.1f}%", flush=True)
+    return out
+
+
+def _cache(args) -> dict[str, dict[int, dict]]:
+    """The FIDs of --fids-from that match this run: same sampler and spacing per name, same n and seed."""
+    if not args.fids_from:
+        return {}
+    data = json.loads(Path(args.fids_from).read_text())
+    n, seed = data.get("n"), data.get("seed", 0)  # results from before --seed sampled with seed 0
+    if n is not None and (n != args.n or seed != args.seed):
+        sys.exit(f"--fids-from {args.fids_from} was measured at n {n}, seed {seed}; this run asks for n {args.n}, "
+                 f"seed {args.seed}")
+    by = data.get("fid_by_sampler") or {"ddim": data["fid_by_steps"]}
+    spacing = data.get("spacing", "uniform")
+    out: dict[str, dict[int, dict]] = {}
+    for name, rows in by.items():
+        for s, e in rows.items():
+            e = {"sampler": name if name != "student" else "ddim", "n": n, "seed": seed,
+                 "spacing": "uniform" if name == "ddim" else "trailing" if name == "student" else spacing} | e
+            out.setdefault(name, {})[int(s)] = e
     return out
 
 
@@ -83,7 +124,7 @@ def _other_samplers(args) -> dict[str, list[int]]:
     return out
 
 
-def _timings(args, targets: dict, steps_fast: int, sampler_fast: str = "ddim", spacing: str = "uniform") -> dict:
+def _timings(args, targets: dict, recipes: dict) -> dict:
     """Per-call latency (batch 1) of each model and per-image latency of each recipe, interleaved."""
     from contextlib import ExitStack
 
@@ -92,16 +133,12 @@ def _timings(args, targets: dict, steps_fast: int, sampler_fast: str = "ddim", s
     from cunet_edge.timing import time_side_by_side, wall_clock_ms
 
     with ExitStack() as stack:
-        runners = {name: stack.enter_context(open_runner(path, rt, threads=args.threads))
-                   for name, (path, rt) in targets.items()}
+        runners = {name: stack.enter_context(open_runner(path, rt, threads=args.threads, **opts))
+                   for name, (path, rt, opts) in targets.items()}
         calls = {name: r.bind(example_feed(r, 1)) for name, r in runners.items()}
         per_call = time_side_by_side(calls, rounds=5, warmup=5, min_iters=30, min_seconds=1.0)
         diffusion = runners["onnxruntime"].train_config().diffusion
         shape = tuple(runners["onnxruntime"].signature["inputs"]["x"]["shape"][1:])
-        recipes = {"paper": ("torchdiffeq", args.reference_steps, "ddim", "uniform"),
-                   "ours": ("onnxruntime", steps_fast, sampler_fast, spacing)}
-        if "paper_model" in runners:
-            recipes["paper_model"] = ("paper_model", args.reference_steps, "ddim", "uniform")
         images = {k: image_call(runners[r], BenchConfig(sampler_steps=s, sampler=sm, spacing=sp), diffusion, shape)[0]
                   for k, (r, s, sm, sp) in recipes.items()}
         per_image = {k: [] for k in images}
@@ -116,56 +153,90 @@ def main(argv=None) -> int:
 
     args = _parse(argv)
     torch.set_num_threads(args.threads)
-    unrolled, onnx = _artifacts(args)
+    unrolled, onnx = _artifacts(args, args.checkpoint)
+    cache = _cache(args)
     steps_list = sorted({int(s) for s in args.steps_list.split(",")} | {args.reference_steps}, reverse=True)
-    if args.fids_from:
-        fids = {int(k): v for k, v in json.loads(Path(args.fids_from).read_text())["fid_by_steps"].items()}
-    else:
-        fids = _fids(onnx, steps_list, args)
-    ref = fids[args.reference_steps]["fid"]
-    ok = [s for s in steps_list if fids[s]["fid"] <= (1 + args.fid_tolerance) * ref]
-    fast, fast_sampler = min(ok), "ddim"
-    by_sampler = {"ddim": fids}
-    fewest = {"ddim": fast}
+    # name -> (ONNX model, sampler, spacing, steps): DDIM at uniform spacing, the others at --spacing
+    plan = {"ddim": (onnx, "ddim", "uniform", steps_list)}
     for name, steps in _other_samplers(args).items():
-        by_sampler[name] = _fids(onnx, steps, args, name, args.spacing)
-        within = [s for s in steps if by_sampler[name][s]["fid"] <= (1 + args.fid_tolerance) * ref]
+        plan[name] = (onnx, name, args.spacing, steps)
+    student_steps = None
+    if args.student:
+        from cunet_edge.artifact import Artifact
+
+        d = Artifact.load(args.student).manifest.get("distillation") or {}
+        if not isinstance(d.get("steps"), int) or d.get("in_progress") is not None:
+            sys.exit(f"--student {args.student} is not a finished `cunet-edge distill` output")
+        student_steps = d["steps"]
+        s_unrolled, s_onnx = _artifacts(args, args.student, "student-")
+        plan["student"] = (s_onnx, "ddim", "trailing", [student_steps])
+    by_sampler = {name: _fids(path, steps, args, sampler, spacing, cache.get(name), label=name)
+                  for name, (path, sampler, spacing, steps) in plan.items()}
+    ref = by_sampler["ddim"][args.reference_steps]["fid"]
+    limit = (1 + args.fid_tolerance) * ref
+    fewest = {}
+    for name, fids in by_sampler.items():
+        within = [s for s in fids if fids[s]["fid"] <= limit]
         fewest[name] = min(within) if within else None
-        if within and min(within) < fast:
-            fast, fast_sampler = min(within), name
+    # fewest steps first; at equal steps the lower FID
+    ranked = sorted((s, by_sampler[name][s]["fid"], name) for name, s in fewest.items() if s is not None)
+    fast, _, fast_sampler = ranked[0]
+    result = {"checkpoint": str(args.checkpoint), "student": args.student, "onnx": str(onnx), "n": args.n,
+              "seed": args.seed, "fid_by_steps": by_sampler["ddim"], "fid_by_sampler": by_sampler,
+              "spacing": args.spacing, "fewest_steps_by_sampler": fewest, "fast_sampler": fast_sampler,
+              "reference_steps": args.reference_steps, "reference_fid": ref, "fid_limit": limit,
+              "fewest_steps_within_tolerance": fast, "fid_tolerance": args.fid_tolerance, "threads": args.threads}
+    print(f"fewest steps within {100 * args.fid_tolerance:.0f}% of DDIM {args.reference_steps} (FID {ref:.3f}, "
+          f"limit {limit:.3f}): " + ", ".join(f"{k} {v}" for k, v in fewest.items()))
     if args.fids_only:
-        result = {"checkpoint": str(args.checkpoint), "onnx": str(onnx), "n": args.n, "fid_by_steps": fids,
-                  "fid_by_sampler": by_sampler, "spacing": args.spacing, "fewest_steps_by_sampler": fewest,
-                  "fast_sampler": fast_sampler, "reference_steps": args.reference_steps,
-                  "fewest_steps_within_tolerance": fast, "fid_tolerance": args.fid_tolerance}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"fewest steps within {100 * args.fid_tolerance:.0f}% of DDIM {args.reference_steps} (FID {ref:.3f}): "
-              + ", ".join(f"{k} {v}" for k, v in fewest.items()))
         return 0
-    targets = {"torchdiffeq": (args.checkpoint, "torch"), "unrolled": (unrolled, "torch"),
-               "onnxruntime": (onnx, "onnxruntime")}
+    targets = {"torchdiffeq": (args.checkpoint, "torch", {}), "unrolled": (unrolled, "torch", {}),
+               "onnxruntime": (onnx, "onnxruntime", {})}
+    if args.paper_solver:
+        targets["paper_solver"] = (args.checkpoint, "torch", {"solver": args.paper_solver, "solver_steps": 1})
     if args.paper_checkpoint:
-        targets["paper_model"] = (args.paper_checkpoint, "torch")
-    t = _timings(args, targets, fast, fast_sampler, args.spacing if fast_sampler != "ddim" else "uniform")
-    c = t["per_call_ms"]
-    factors = {"sampler_steps": args.reference_steps / fast, "solver_unrolled_vs_torchdiffeq": c["torchdiffeq"] / c["unrolled"],
-               "runtime_onnxruntime_vs_torch": c["unrolled"] / c["onnxruntime"]}
-    factors["product"] = factors["sampler_steps"] * factors["solver_unrolled_vs_torchdiffeq"] * factors["runtime_onnxruntime_vs_torch"]
-    result = {"checkpoint": str(args.checkpoint), "onnx": str(onnx), "fid_by_steps": fids,
-              "fid_by_sampler": by_sampler, "spacing": args.spacing, "fewest_steps_by_sampler": fewest,
-              "fast_sampler": fast_sampler,
-              "reference_steps": args.reference_steps, "fewest_steps_within_tolerance": fast,
-              "fid_tolerance": args.fid_tolerance, **t, "factors": factors,
-              "end_to_end_speedup": t["per_image_ms"]["paper"] / t["per_image_ms"]["ours"], "threads": args.threads}
+        targets["paper_model"] = (args.paper_checkpoint, "torch", {})
+    if args.student:
+        targets["student_onnxruntime"] = (s_onnx, "onnxruntime", {})
+    paper = "paper_solver" if args.paper_solver else "torchdiffeq"
+    recipes = {"paper": (paper, args.reference_steps, "ddim", "uniform")}
+    if args.paper_solver:
+        recipes["trained_solver_paper_recipe"] = ("torchdiffeq", args.reference_steps, "ddim", "uniform")
     if args.paper_checkpoint:
-        result["end_to_end_speedup_vs_paper_model"] = t["per_image_ms"]["paper_model"] / t["per_image_ms"]["ours"]
+        recipes["paper_model"] = ("paper_model", args.reference_steps, "ddim", "uniform")
+    for name, s in fewest.items():
+        if s is not None:
+            _, sampler, spacing, _ = plan[name]
+            recipes[f"ours_{name}"] = ("student_onnxruntime" if name == "student" else "onnxruntime", s, sampler,
+                                       spacing)
+    t = _timings(args, targets, recipes)
+    c, img = t["per_call_ms"], t["per_image_ms"]
+    factors = {"sampler_steps": args.reference_steps / fast}
+    if args.paper_solver:
+        factors[f"solver_{args.paper_solver}_vs_trained"] = c["paper_solver"] / c["torchdiffeq"]
+    factors |= {"solver_unrolled_vs_torchdiffeq": c["torchdiffeq"] / c["unrolled"],
+                "runtime_onnxruntime_vs_torch": c["unrolled"] / c["onnxruntime"],
+                "precision_fp32_vs_fp32": 1.0}  # both sides FP32 here: INT8/FP16 are measured by bench, not here
+    product = 1.0
+    for v in factors.values():
+        product *= v
+    factors["product"] = product
+    speedups = {name: img["paper"] / img[f"ours_{name}"] for name, s in fewest.items() if s is not None}
+    result |= {**t, "factors": factors, "speedup_by_sampler": speedups, "paper_recipe": {
+        "runner": paper, "solver": args.paper_solver or "trained", "steps": args.reference_steps},
+        "end_to_end_speedup": speedups[fast_sampler]}
+    if args.paper_checkpoint:
+        result["end_to_end_speedup_vs_paper_model"] = img["paper_model"] / img[f"ours_{fast_sampler}"]
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"paper recipe (torchdiffeq, eager, DDIM {args.reference_steps}): {t['per_image_ms']['paper']:.0f} ms/image; "
-          f"ours (unrolled, ONNX Runtime, {fast_sampler} {fast}): {t['per_image_ms']['ours']:.0f} ms/image; "
-          f"{result['end_to_end_speedup']:.1f}x")
+    print(f"paper recipe (torchdiffeq {args.paper_solver or 'trained solver'}, eager, DDIM {args.reference_steps}): "
+          f"{img['paper']:.0f} ms/image")
+    for name, sp in speedups.items():
+        print(f"  ours (unrolled, ONNX Runtime) {name} {fewest[name]} steps: {img[f'ours_{name}']:.1f} ms/image, "
+              f"{sp:.1f}x")
     if args.paper_checkpoint:
         print(f"the paper's model ({args.paper_checkpoint}, torchdiffeq, DDIM {args.reference_steps}): "
-              f"{t['per_image_ms']['paper_model']:.0f} ms/image; {result['end_to_end_speedup_vs_paper_model']:.1f}x")
+              f"{img['paper_model']:.0f} ms/image; {result['end_to_end_speedup_vs_paper_model']:.1f}x")
     print("per call, batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in c.items()))
     print("factors: " + ", ".join(f"{k} {v:.2f}x" for k, v in factors.items()))
     return 0

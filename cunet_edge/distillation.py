@@ -11,12 +11,15 @@ The target: with z_t = α_t x + σ_t ε for a training image x, the teacher's tw
 which one DDIM step t → t'' gives z_t'' is x̃ = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t)
 (= z_t'' when t'' is the clean image). The teacher's steps clip x̂ as the sampler does.
 
-The loss depends on what the network predicts (DiffusionConfig.prediction):
-- v or x0 (sample): the paper's truncated-SNR weighting, max(SNR_t, 1) · ‖x̃ − x̂_θ‖².
-- ε: the plain MSE to the implied ε̃ = (z_t − α_t x̃) / σ_t, which is SNR_t · ‖x̃ − x̂_θ‖² in x space. The
-  truncated-SNR weight would put max(1, 1/SNR) on the ε error, 2.5·10⁴ at t = 999 of the linear schedule: the
-  first step would take all the gradient (the instability the paper reports for ε at low SNR). The sampler's
-  x̂ clipping bounds what an ε error at low SNR does to the step.
+The loss (`weighting`; "auto" picks by what the network predicts, DiffusionConfig.prediction):
+- "snr-trunc" (auto for v or x0): the paper's truncated-SNR weighting, max(SNR_t, 1) · ‖x̃ − x̂_θ‖².
+- "epsilon" (auto for ε): the plain MSE to the implied ε̃ = (z_t − α_t x̃) / σ_t, which is SNR_t · ‖x̃ − x̂_θ‖² in
+  x space. The truncated-SNR weight would put max(1, 1/SNR) on the ε error, 2.5·10⁴ at t = 999 of the linear
+  schedule: the first step would take all the gradient (the instability the paper reports for ε at low SNR).
+- "landing": the squared distance between where the student's one step lands and where the teacher's two steps
+  land, ‖c (x̂_θ − x̃)‖² with c = α_t'' − (σ_t''/σ_t) α_t: the error the sampler actually carries on. For an
+  ε-model on few steps this weighs the high-noise steps, whose ε errors the step amplifies (by 8 in the first of
+  4 trailing steps of the linear schedule), far more than the plain ε MSE does.
 
 The training loop, EMA and progress bar are `training.fit`'s. The output is an ordinary `checkpoint` (the
 teacher's TrainConfig, architecture and solver unchanged, sample_steps set to the final step count); its
@@ -33,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifact import Artifact, check_output_path
-from .checkpoint import STATE_DIR, load_checkpoint, load_train_state, save_checkpoint
-from .config import check_positive, to_dict
+from .checkpoint import LR_SCHEDULES, STATE_DIR, load_checkpoint, load_train_state, save_checkpoint
+from .config import check_choice, check_positive, to_dict
 from .data import load_images
 from .diffusion import sample, sampling_schedule
 from .errors import ArtifactError, ConfigError
@@ -47,6 +50,7 @@ __all__ = ["DistillConfig", "distill", "round_steps", "SECTION"]
 
 SECTION = "distillation"
 TEACHER = "teacher.safetensors"
+WEIGHTINGS = ("auto", "epsilon", "snr-trunc", "landing")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class DistillConfig:
     to_steps: int = 4
     train_steps: int = 500  # optimizer steps per round
     lr: float = 2e-4
+    lr_schedule: str = "constant"  # per round, after the warm-up: constant, or cosine down to 10% of lr
+    weighting: str = "auto"  # the loss: auto (by prediction), epsilon, snr-trunc, landing (see the module doc)
     batch_size: int = 64
     warmup_steps: int = 20
     ema_decay: float = 0.995
@@ -71,6 +77,8 @@ class DistillConfig:
         check_positive("fid_n", self.fid_n, allow_zero=True)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
         round_steps(self.from_steps, self.to_steps)
 
 
@@ -125,9 +133,12 @@ def _ddim_step(model, z, t, a_t, a_s, prediction: str, clip):
     return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
 
 
-def _loss_fn(teacher, grid, prediction: str, clip):
+def _loss_fn(teacher, grid, prediction: str, clip, weighting: str = "auto"):
     """The distillation loss on a batch of training images, as `fit` calls it: loss_fn(net, x0, abar, generator)."""
     import torch
+
+    if weighting == "auto":
+        weighting = "epsilon" if prediction == "epsilon" else "snr-trunc"
 
     table = torch.tensor(grid, dtype=torch.float64)  # rows: t, ᾱ_t, t', ᾱ_t', ᾱ_t''
 
@@ -144,10 +155,12 @@ def _loss_fn(teacher, grid, prediction: str, clip):
             z2 = _ddim_step(teacher, z1, t1, a_1, a_2, prediction, clip)
             s2, s = (1 - a_2).sqrt(), (1 - a_t).sqrt()
             x_target = (z2 - (s2 / s) * z) / (a_2.sqrt() - (s2 / s) * a_t.sqrt())
-        out = net(z, t)
-        if prediction == "epsilon":
-            return torch.nn.functional.mse_loss(out, (z - a_t.sqrt() * x_target) / s)
-        _, x_hat = _eps_x0(out, z, a_t, prediction)
+            c = a_2.sqrt() - (s2 / s) * a_t.sqrt()  # one step t → t'' lands at (σ_t''/σ_t) z + c x̂
+        eps_hat, x_hat = _eps_x0(net(z, t), z, a_t, prediction)
+        if weighting == "epsilon":
+            return torch.nn.functional.mse_loss(eps_hat, (z - a_t.sqrt() * x_target) / s)
+        if weighting == "landing":
+            return ((c * (x_hat - x_target)) ** 2).mean()
         w = torch.clamp(a_t / (1 - a_t), min=1.0)  # max(SNR, 1)
         return (w * (x_hat - x_target) ** 2).mean()
 
@@ -247,11 +260,11 @@ def distill(src, cfg: DistillConfig, out: str | Path, *, progress: bool = True, 
             opt.load_state_dict(resume_state["optimizer"])
             ema = {k: v.to(device) for k, v in resume_state["ema"].items()}
             step0, resume_state = start_step, None
-        fit_cfg = dataclasses.replace(tcfg, steps=cfg.train_steps, lr=cfg.lr, lr_schedule="constant",
+        fit_cfg = dataclasses.replace(tcfg, steps=cfg.train_steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
                                       batch_size=cfg.batch_size, warmup_steps=min(cfg.warmup_steps, cfg.train_steps),
                                       ema_decay=cfg.ema_decay, seed=cfg.seed + r, weight_decay=0.0)
         losses: list[float] = []
-        loss_fn = _loss_fn(teacher_net, grids[r], tcfg.diffusion.prediction, clip)
+        loss_fn = _loss_fn(teacher_net, grids[r], tcfg.diffusion.prediction, clip, cfg.weighting)
 
         def recording(net, x, abar, generator=None, _f=loss_fn):
             loss = _f(net, x, abar, generator=generator)

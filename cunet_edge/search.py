@@ -1,8 +1,12 @@
-"""`pipeline --search`: explore sampler steps × solver steps × prune ratio × precision.
+"""`pipeline --search`: explore sampler steps × solver steps × prune ratio × precision × distillation.
 
 The recipe's `[search]` table is expanded into ordinary stages (prune → unroll → export →
 quantize for every variant, then evaluate at every sampler step count and one side-by-side
-bench), so the search resumes and skips like any recipe. A final `pareto` stage reads the
+bench), so the search resumes and skips like any recipe. The `distill` axis adds, per step count
+N > 0, a student distilled from the model for N DDIM steps (`distill` stage) and its solver ×
+precision variants (not pruned: prune's fine-tuning uses the many-step loss), each evaluated at
+its own setting, DDIM N steps at trailing spacing, the grid it was distilled for; 0 stands for
+the model's own prune × solver × precision grid at the search's sampler steps. A final `pareto` stage reads the
 measurements back, marks the Pareto front (quality vs latency per image) and names the fastest
 variant whose FID stays within `quality_tolerance` of the reference: the trained model run
 as trained (torchdiffeq, PyTorch eager) at the most sampler steps.
@@ -36,19 +40,25 @@ class SearchConfig:
     solver_steps: tuple[int, ...] = (1,)
     prune: tuple[float, ...] = (1.0,)  # fraction of the MACs kept; 1.0 = not pruned
     precision: tuple[str, ...] = ("fp32", "int8")
+    distill: tuple[int, ...] = (0,)  # 0: the model's own grid; N: a student for N DDIM steps (trailing), its variants
     quality_tolerance: float = 0.10
     n: int = 500
     prune_config: dict = field(default_factory=dict)
     quantize_config: dict = field(default_factory=dict)
+    distill_config: dict = field(default_factory=dict)  # DistillConfig keys of the distill stages (from_steps, ...)
     bench_config: dict = field(default_factory=dict)
     evaluate_config: dict = field(default_factory=dict)  # e.g. {features = "inception"}
 
     def __post_init__(self):
-        for name in ("sampler_steps", "solver_steps", "prune", "precision"):
+        for name in ("sampler_steps", "solver_steps", "prune", "precision", "distill"):
             if not getattr(self, name):
                 raise ConfigError(f"search.{name} must list at least one value")
         for s in self.sampler_steps + self.solver_steps:
             check_positive("search steps", s)
+        for d in self.distill:
+            check_positive("search.distill values (0: no distillation)", d, allow_zero=True)
+        if "to_steps" in self.distill_config:
+            raise ConfigError("search.distill_config cannot set to_steps: the distill axis gives it")
         for p in self.prune:
             if not 0 < p <= 1:
                 raise ConfigError(f"search.prune values are fractions of the MACs kept, in (0, 1]; got {p}")
@@ -64,38 +74,56 @@ def _tag(p: float) -> str:
     return "full" if p >= 1 else f"prune{p:g}"
 
 
+def _solver_precision(cfg: SearchConfig, src: str, tag: str, specs: list[dict]) -> list[str]:
+    """Unroll `src` at each solver step count, export, quantize: appends the stages, returns the final variants."""
+    finals = []
+    for s in cfg.solver_steps:
+        base = f"search-{tag}-solver{s}"
+        specs.append({"stage": "unroll", "name": base, "input": src, "steps": s})
+        specs.append({"stage": "export", "name": f"{base}-fp32", "input": base})
+        if "fp32" in cfg.precision:
+            finals.append(f"{base}-fp32")
+        if "fp16" in cfg.precision:
+            specs.append({"stage": "export", "name": f"{base}-fp16", "input": base, "precision": "fp16"})
+            finals.append(f"{base}-fp16")
+        if "int8" in cfg.precision:
+            specs.append({"stage": "quantize", "name": f"{base}-int8", "input": f"{base}-fp32", "target": "cpu",
+                          **cfg.quantize_config})
+            finals.append(f"{base}-int8")
+    return finals
+
+
 def expand_search(cfg: SearchConfig) -> list[dict]:
     """The [[stage]] tables that carry out the search (checked by the recipe's own rules after)."""
     specs: list[dict] = []
     finals: list[str] = []
-    for p in cfg.prune:
-        src = cfg.model
-        if p < 1:
-            src = f"search-{_tag(p)}"
-            specs.append({"stage": "prune", "name": src, "input": cfg.model, "target_macs": p, **cfg.prune_config})
-        for s in cfg.solver_steps:
-            base = f"search-{_tag(p)}-solver{s}"
-            specs.append({"stage": "unroll", "name": base, "input": src, "steps": s})
-            specs.append({"stage": "export", "name": f"{base}-fp32", "input": base})
-            if "fp32" in cfg.precision:
-                finals.append(f"{base}-fp32")
-            if "fp16" in cfg.precision:
-                specs.append({"stage": "export", "name": f"{base}-fp16", "input": base, "precision": "fp16"})
-                finals.append(f"{base}-fp16")
-            if "int8" in cfg.precision:
-                specs.append({"stage": "quantize", "name": f"{base}-int8", "input": f"{base}-fp32", "target": "cpu",
-                              **cfg.quantize_config})
-                finals.append(f"{base}-int8")
+    if 0 in cfg.distill:
+        for p in cfg.prune:
+            src = cfg.model
+            if p < 1:
+                src = f"search-{_tag(p)}"
+                specs.append({"stage": "prune", "name": src, "input": cfg.model, "target_macs": p, **cfg.prune_config})
+            finals += _solver_precision(cfg, src, _tag(p), specs)
+    students: dict[int, list[str]] = {}  # student steps -> the student and its variants
+    for n in sorted({d for d in cfg.distill if d > 0}, reverse=True):
+        src = f"search-distill{n}"
+        specs.append({"stage": "distill", "name": src, "input": cfg.model, **cfg.distill_config, "to_steps": n})
+        students[n] = [src] + _solver_precision(cfg, src, f"distill{n}", specs)
     variants = [cfg.model] + finals
     sampler = cfg.sampler if cfg.spacing == "uniform" else f"{cfg.sampler}-{cfg.spacing}"
     for st in cfg.sampler_steps:
         specs.append({"stage": "evaluate", "name": f"search-eval-{sampler}{st}", "inputs": variants,
                       "n": cfg.n, "sampler": cfg.sampler, "steps": st, "spacing": cfg.spacing, **cfg.evaluate_config})
-    specs.append({"stage": "bench", "name": "search-bench", "inputs": variants, "batch": 1, "sampler": cfg.sampler,
+    for n, names in students.items():  # each student at the grid it was distilled for
+        specs.append({"stage": "evaluate", "name": f"search-eval-distill{n}", "inputs": names, "n": cfg.n,
+                      "sampler": "ddim", "steps": n, "spacing": "trailing", **cfg.evaluate_config})
+    every = variants + [v for names in students.values() for v in names]
+    specs.append({"stage": "bench", "name": "search-bench", "inputs": every, "batch": 1, "sampler": cfg.sampler,
                   "sampler_steps": max(cfg.sampler_steps), "spacing": cfg.spacing, **cfg.bench_config})
-    specs.append({"stage": "pareto", "name": "search-pareto", "inputs": variants, "bench": "search-bench",
+    specs.append({"stage": "pareto", "name": "search-pareto", "inputs": every, "bench": "search-bench",
                   "sampler": cfg.sampler, "sampler_steps": list(cfg.sampler_steps), "spacing": cfg.spacing,
-                  "quality_tolerance": cfg.quality_tolerance})
+                  "quality_tolerance": cfg.quality_tolerance,
+                  "distilled": {v: n for n, names in students.items() for v in names}})
     return specs
 
 
@@ -108,9 +136,14 @@ class ParetoConfig:
     sampler_steps: tuple[int, ...] = (50,)
     spacing: str = "uniform"
     quality_tolerance: float = 0.10
+    # Inputs (by stage name) distilled for N DDIM steps: ranked at DDIM N steps, trailing, not at sampler_steps.
+    distilled: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_positive("quality_tolerance", self.quality_tolerance)
+        for name, n in self.distilled.items():
+            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                raise ConfigError(f"pareto.distilled.{name} must be a positive step count, got {n!r}")
 
 
 def pareto_front(rows: list[dict], quality: str = "fid", cost: str = "image_ms") -> list[dict]:
@@ -147,17 +180,21 @@ def _variant_rows(cfg: ParetoConfig, ctx) -> list[dict]:
     for art in ctx.inputs:
         metrics = read_metrics(art.path)
         timing = p50.get(art.path.resolve())
-        spaced = "" if cfg.spacing == "uniform" else f" {cfg.spacing}"
-        for st in cfg.sampler_steps:
+        student = cfg.distilled.get(art.path.name)
+        sampler, spacing, steps = ("ddim", "trailing", [student]) if student else \
+            (cfg.sampler, cfg.spacing, cfg.sampler_steps)
+        spaced = "" if spacing == "uniform" else f" {spacing}"
+        for st in steps:
             # This run's own evaluation first: a linked model's metrics.json may hold another run's (other n, seed).
-            ev = (in_run.get((art.path.resolve(), cfg.sampler, st, cfg.spacing))
-                  or metrics.get(evaluate_section(cfg.sampler, st, cfg.spacing)))
+            ev = (in_run.get((art.path.resolve(), sampler, st, spacing))
+                  or metrics.get(evaluate_section(sampler, st, spacing)))
             if ev is None or timing is None:
                 raise ConfigError(f"pareto: {art.path.name} has no {'evaluation' if ev is None else 'bench'} at "
-                                  f"{cfg.sampler} {st}{spaced}; run the evaluate and bench stages first")
-            rows.append({"variant": f"{art.path.name} · {cfg.sampler} {st}{spaced}", "artifact": str(art.path),
+                                  f"{sampler} {st}{spaced}; run the evaluate and bench stages first")
+            rows.append({"variant": f"{art.path.name} · {sampler} {st}{spaced}", "artifact": str(art.path),
                          "kind": art.kind, "runtime": timing["runtime"], "precision": timing["precision"],
-                         "solver": art.manifest.get(SOLVER), "sampler_steps": st, "fid": ev["fid"],
+                         "solver": art.manifest.get(SOLVER), "distilled_steps": student, "sampler_steps": st,
+                         "fid": ev["fid"],
                          "kid_mean": ev["kid_mean"], "features": evaluation_features(ev), "call_ms": timing["p50_ms"],
                          "image_ms": timing["p50_ms"] * st})  # network time per image at batch 1
     spaces = sorted({r["features"] for r in rows})

@@ -98,3 +98,54 @@ def test_sizes_are_checked_before_any_work(tiny_checkpoint, tmp_path):
         distill(tiny_checkpoint, DistillConfig(), tiny_checkpoint, progress=False)
     assert not (tmp_path / "a").exists()
     assert json.loads((tiny_checkpoint / "manifest.json").read_text())["stage"] == "train"
+
+
+def test_landing_weighting_is_the_distance_between_the_landing_points(tiny_checkpoint):
+    """weighting="landing": the mean squared distance between where ONE student DDIM step lands and where TWO
+    teacher steps land, computed here from the sampler's own step (no clipping on either side)."""
+    teacher = load_checkpoint(tiny_checkpoint)
+    cfg = teacher.config
+    student = load_checkpoint(tiny_checkpoint).model
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    grid = distillation._round_grid(cfg.diffusion, 2)
+    x = to_model_range(load_images(cfg.data, "train")[0][:16], cfg.diffusion.data_range)
+    loss_fn = distillation._loss_fn(teacher.model, grid, cfg.diffusion.prediction, None, "landing")
+    with torch.no_grad():
+        got = loss_fn(student, x, None, generator=torch.Generator().manual_seed(5)).item()
+        g = torch.Generator().manual_seed(5)  # the draws the loss makes, in its order
+        i = torch.randint(0, len(grid), (x.shape[0],), generator=g)
+        noise = torch.randn(x.shape, generator=g)
+        rows = torch.tensor(grid, dtype=torch.float64)[i]
+        col = lambda k: rows[:, k].float().view(-1, 1, 1, 1)  # noqa: E731
+        t, t1 = rows[:, 0].long(), rows[:, 2].long()
+        z = col(1).sqrt() * x + (1 - col(1)).sqrt() * noise
+        step = distillation._ddim_step
+        two = step(teacher.model, step(teacher.model, z, t, col(1), col(3), cfg.diffusion.prediction, None), t1,
+                   col(3), col(4), cfg.diffusion.prediction, None)
+        one = step(student, z, t, col(1), col(4), cfg.diffusion.prediction, None)
+    want = ((one - two) ** 2).mean().item()
+    assert got == pytest.approx(want, rel=1e-3) and want > 0
+
+
+def test_cosine_schedule_reaches_the_optimizer_and_landing_trains(tiny_checkpoint, tmp_path, monkeypatch):
+    lrs, real_fit = [], distillation.fit
+
+    def spy(cfg, model, opt, ema, images, **kw):  # the lr the optimizer held at each step
+        after = kw["after_step"]
+        kw["after_step"] = lambda k: (lrs.append(opt.param_groups[0]["lr"]), after(k))
+        return real_fit(cfg, model, opt, ema, images, **kw)
+
+    monkeypatch.setattr(distillation, "fit", spy)
+    cfg = DistillConfig(from_steps=4, to_steps=2, lr_schedule="cosine", weighting="landing",
+                        **(FAST | {"train_steps": 30, "batch_size": 16, "warmup_steps": 5}))
+    art = distill(tiny_checkpoint, cfg, tmp_path / "s", progress=False)
+    assert lrs[4] == pytest.approx(1e-3) and lrs[-1] < 0.15e-3 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    settings = art.manifest["distillation"]["settings"]
+    assert (settings["lr_schedule"], settings["weighting"]) == ("cosine", "landing")
+    teacher, student = load_checkpoint(tiny_checkpoint), load_checkpoint(art.path)
+    assert _fixed_loss(student, teacher, 2) < 0.8 * _fixed_loss(teacher, teacher, 2)
+    for kw, msg in [({"lr_schedule": "step"}, "lr_schedule"), ({"weighting": "snr"}, "weighting")]:
+        with pytest.raises(ConfigError, match=msg):
+            DistillConfig(**kw)

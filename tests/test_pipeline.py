@@ -16,6 +16,7 @@ from cli_helpers import assert_one_line_error, cli_in_process, cli_subprocess
 from conftest import TINY
 
 from cunet_edge.artifact import Artifact
+from cunet_edge.errors import ConfigError
 
 pytest.importorskip("onnxruntime")
 
@@ -261,6 +262,39 @@ def test_search_names_the_pareto_front_and_the_fastest_variant(tiny_checkpoint, 
     assert {"search-full-solver1-int8", "search-eval-ddim4", "search-bench"} <= _skipped(again)
 
 
+def test_search_distill_axis_ranks_students_at_their_own_steps(tiny_checkpoint, tmp_path):
+    """distill = [0, 2]: a student for 2 DDIM steps and its ONNX variant join the grid, evaluated (and ranked) at
+    DDIM 2 trailing, the grid they were distilled for, beside the model's own variants at the search's steps."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_stage("load", "checkpoint", path=str(tiny_checkpoint))
+                      + "[search]\nsampler_steps = [4]\nprecision = [\"fp32\"]\ndistill = [0, 2]\nn = 20\n"
+                      + "quality_tolerance = 0.5\nbench_config = {min_iters = 3, min_seconds = 0.05, rounds = 1, "
+                      + "image_reps = 1}\ndistill_config = {from_steps = 8, train_steps = 6, batch_size = 8, "
+                      + "warmup_steps = 0, save_every = 3}\n")
+    res = _pipeline(recipe, tmp_path / "run", "--search")
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "run"
+    student = json.loads((run / "search-distill2" / "manifest.json").read_text())
+    assert student["distillation"]["steps"] == 2 and student["distillation"]["settings"]["from_steps"] == 8
+    result = json.loads((run / "search-pareto" / "result.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {f"{tiny_checkpoint.name} · ddim 4", "search-full-solver1-fp32 · ddim 4",
+                         "search-distill2 · ddim 2 trailing", "search-distill2-solver1-fp32 · ddim 2 trailing"}
+    evaluated = json.loads((run / "search-eval-distill2" / "result.json").read_text())["results"]
+    assert [(m["sampler"], m["sampler_steps"], m["spacing"]) for m in evaluated] == [("ddim", 2, "trailing")] * 2
+    for m in evaluated:
+        r = rows[f"{Path(m['artifact']).name} · ddim 2 trailing"]
+        assert r["fid"] == m["fid"] and r["distilled_steps"] == 2 and r["image_ms"] == pytest.approx(2 * r["call_ms"])
+    assert result["reference"]["variant"] == f"{tiny_checkpoint.name} · ddim 4"
+    # Without 0 only the model (the reference) and the students; to_steps belongs to the axis.
+    from cunet_edge.search import SearchConfig, expand_search
+
+    names = [s["name"] for s in expand_search(SearchConfig(distill=(4,), precision=("fp32",)))]
+    assert "search-full-solver1" not in names and {"search-distill4", "search-eval-distill4"} <= set(names)
+    with pytest.raises(ConfigError, match="to_steps"):
+        SearchConfig(distill=(4,), distill_config={"to_steps": 2})
+
+
 @pytest.mark.parametrize("search,message", [
     ("[search]\nprune = [1.5]\n", "search.prune values are fractions of the MACs kept, in (0, 1]; got 1.5"),
     ("[search]\nprecision = [\"int4\"]\n", "search.precision 'int4' is not one of: fp32, fp16, int8"),
@@ -268,6 +302,8 @@ def test_search_names_the_pareto_front_and_the_fastest_variant(tiny_checkpoint, 
     ("[search]\nspacing = \"leading\"\n", "search.spacing 'leading' is not one of: uniform, trailing, karras"),
     ("[search]\nsampler = \"euler\"\n", "search.sampler 'euler' is not one of: ddpm, ddim, dpmpp2m, unipc"),
     ("", "has no [search] table to search over"),
+    ("[search]\ndistill = [-4]\n", "search.distill values (0: no distillation) must be >= 0, got -4"),
+    ("[search]\ndistill = [3]\n", "does not halve down to to_steps 3"),
 ])
 def test_bad_search_tables(search, message, tiny_checkpoint, tmp_path):
     recipe = tmp_path / "r.toml"

@@ -16,7 +16,10 @@ option = partial(config_option, DistillConfig)
 @option("--from-steps", help="DDIM steps the input checkpoint is taken at (the first round's teacher).")
 @option("--to-steps", help="DDIM steps of the student; from-steps halves down to it, one round per halving.")
 @option("--train-steps", help="Optimizer steps per round.")
-@option("--lr", help="Learning rate (constant after warm-up).")
+@option("--lr", help="Peak learning rate of each round.")
+@option("--lr-schedule", help="After each round's warm-up: constant, or cosine down to 10% of --lr.")
+@option("--weighting", help="The loss: auto (epsilon for ε-models, snr-trunc for v/x0), epsilon, snr-trunc, or "
+                            "landing (the distance between the student's and the teacher's landing points).")
 @option("--batch-size", help="Training images per step.")
 @option("--warmup-steps", help="Linear warm-up steps at the start of each round.")
 @option("--ema-decay", help="EMA decay of the student's weights.")
@@ -27,12 +30,13 @@ option = partial(config_option, DistillConfig)
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--out", required=True, type=click.Path(), help="Student checkpoint directory (re-run to resume).")
 @JSON_OPTION
-def distill(checkpoint, from_steps, to_steps, train_steps, lr, batch_size, warmup_steps, ema_decay, seed, save_every,
-            fid_n, threads, progress, out, json_path):
+def distill(checkpoint, from_steps, to_steps, train_steps, lr, lr_schedule, weighting, batch_size, warmup_steps,
+            ema_decay, seed, save_every, fid_n, threads, progress, out, json_path):
     """Distill CHECKPOINT into a checkpoint for --to-steps DDIM steps (trailing spacing); re-run to resume.
 
     Sample the result with --sampler ddim --steps TO_STEPS --spacing trailing."""
     cfg = DistillConfig(from_steps=from_steps, to_steps=to_steps, train_steps=train_steps, lr=lr,
+                        lr_schedule=lr_schedule, weighting=weighting,
                         batch_size=batch_size, warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
                         save_every=save_every, fid_n=fid_n)
     art = run_distill(checkpoint, cfg, out, progress=progress, threads=threads)
