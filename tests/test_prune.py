@@ -52,7 +52,8 @@ def test_channels_are_removed_to_the_target(pruned, tiny_checkpoint):
     # The chosen ratio meets the target and is the closest to the parent's eps among those that do.
     step = p["iterative_steps"][0]
     meeting = [c for c in step["candidates"] if c["macs"] <= 0.6]
-    assert step["macs"] <= 0.6 and step["eps_rel_err"] == min(c["eps_rel_err"] for c in meeting)
+    full = [c for c in meeting if c["eps_inputs"] == QUICK["val_n"]]  # the head of the screening, re-measured
+    assert step["macs"] <= 0.6 and step["eps_rel_err"] == min(c["eps_rel_err"] for c in full)
     assert all("eps_rel_err" not in c for c in step["candidates"] if c["macs"] > 0.6)
 
 
@@ -299,3 +300,22 @@ def test_the_pruning_and_drift_records_are_checked_when_the_artifact_is_opened(p
         (art / "manifest.json").write_text(json.dumps(manifest))
         assert_one_line_error(cli_in_process("inspect", art), message)
     assert Artifact.load(pruned.path).manifest["pruning"]["macs_ratio"] < 1
+
+
+def test_ratio_scan_screens_then_measures_the_head_on_all_inputs(tiny_checkpoint, tmp_path):
+    """Candidates meeting the target are screened on screen_n held-out inputs and only the best few measured on all
+    of them: fewer full evaluations than candidates, and the same ratio as measuring every candidate on all."""
+    from cunet_edge.pruning import SCREEN_HEAD
+
+    quick = dict(QUICK, ratio_step=0.05, finetune_steps=0, drift_samples=2)
+    steps = {}
+    for n in (0, 4):
+        art = prune(tiny_checkpoint, PruneConfig(target_macs=0.6, screen_n=n, **quick), tmp_path / f"s{n}",
+                    progress=False)
+        steps[n] = art.manifest["pruning"]["iterative_steps"][0]
+    every, screened = steps[0]["evaluations"], steps[4]["evaluations"]
+    meeting = sum("eps_rel_err" in c for c in steps[0]["candidates"])
+    assert meeting > SCREEN_HEAD and every == {"screened": 0, "screen_inputs": 0, "full": meeting, "full_inputs": 16}
+    assert screened == {"screened": meeting, "screen_inputs": 4, "full": SCREEN_HEAD, "full_inputs": 16}
+    assert sum(c.get("eps_inputs") == 16 for c in steps[4]["candidates"]) == SCREEN_HEAD
+    assert steps[4]["ratio"] == steps[0]["ratio"] and steps[4]["eps_rel_err"] == pytest.approx(steps[0]["eps_rel_err"])
