@@ -50,7 +50,8 @@ def main() -> None:
             first = ranges
         else:
             rel = [abs(a - b) / max(abs(b), 1e-8) for k in first for a, b in zip(ranges[k], first[k])]
-            print(f"  ranges vs the first setting: median rel. diff {np.median(rel):.3f}, p90 {np.quantile(rel, 0.9):.3f}")
+            print(f"  ranges vs the first setting: median rel. diff {np.median(rel):.3f}, "
+                  f"p90 {np.quantile(rel, 0.9):.3f}")
         if args.no_search:
             continue
         validator = validator or _Validator(fp32, val)
