@@ -196,10 +196,21 @@ def _pruner(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | Non
                                     in_channel_groups={}, out_channel_groups=groups, round_to=None)
 
 
-def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> None:
-    """Sum ∂L/∂w of the diffusion loss over batches, each with one timestep per stratum of the schedule."""
-    import torch
+IMPORTANCE_PIXELS = 64 * 16 * 16  # images x pixels per backward pass of the importance (a 16-px batch of 64)
 
+
+def _micro_batch(image_size: int, n: int) -> int:
+    """Images per backward pass of the Taylor importance: the whole batch at 16 px, fewer as the image grows (the
+    activations a backward pass keeps grow with images x pixels: 64 images at 64 px took the stage past 7 GiB)."""
+    return max(1, min(n, IMPORTANCE_PIXELS // (image_size * image_size)))
+
+
+def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int, micro: int | None = None) -> None:
+    """Sum ∂L/∂w of the diffusion loss over batches, each with one timestep per stratum of the schedule.
+
+    Each batch's loss is backpropagated in micro-batches of `micro` images (default: _micro_batch), each weighted
+    by its share of the batch, so the gradient is the batch's own and the memory one micro-batch's."""
+    import torch
 
     device = next(model.parameters()).device
     diffusion = train_cfg.diffusion
@@ -213,8 +224,12 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> 
         t = ((torch.arange(n) + torch.rand(n, generator=g)) * T / n).long().clamp(max=T - 1).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         x_t = q_sample(x0, t, noise, abar)
-        loss = torch.nn.functional.mse_loss(model(x_t, t), training_target(diffusion.prediction, x0, noise, abar[t]))
-        loss.backward()
+        target = training_target(diffusion.prediction, x0, noise, abar[t])
+        step_n = micro or _micro_batch(x0.shape[-1], n)
+        for i in range(0, n, step_n):
+            part = slice(i, i + step_n)
+            loss = torch.nn.functional.mse_loss(model(x_t[part], t[part]), target[part])
+            (loss * (len(t[part]) / n)).backward()
     for p in model.parameters():  # unreached by the loss (one Euler step never reads the ODE function): no importance
         if p.grad is None:
             p.grad = torch.zeros_like(p)

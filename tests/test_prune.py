@@ -162,6 +162,27 @@ def test_taylor_gradients_cover_the_whole_schedule(tiny_checkpoint, monkeypatch)
     assert model.conv_in.weight.grad.abs().sum() > 0 and model.head[-1].weight.grad.abs().sum() > 0
 
 
+def test_taylor_gradients_in_micro_batches_are_the_batch_gradients(tiny_checkpoint, monkeypatch):
+    """Larger images are backpropagated a few at a time (bounded memory): same gradient sum, smaller passes."""
+    from cunet_edge.data import load_images
+    from cunet_edge.pruning import _micro_batch, _taylor_gradients
+
+    assert [_micro_batch(s, 64) for s in (8, 16, 32, 64, 128)] == [64, 64, 16, 4, 1]
+    parent = load_checkpoint(tiny_checkpoint)
+    images = load_images(parent.config.data, "train")[0]
+    cfg = PruneConfig(target_macs=0.5, importance_batches=2, batch_size=10)
+    grads, sizes = {}, {}
+    for micro in (None, 4):
+        torch.manual_seed(0)
+        model, sizes[micro] = build_model(parent.config.model), []
+        forward = model.forward
+        monkeypatch.setattr(model, "forward", lambda x, t, f=forward, s=sizes[micro]: s.append(len(t)) or f(x, t))
+        _taylor_gradients(model, images, parent.config, cfg, 1, micro=micro)
+        grads[micro] = [p.grad.clone() for p in model.parameters()]
+    assert sizes[None] == [10, 10] and sizes[4] == [4, 4, 2, 4, 4, 2]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads[None], grads[4]))
+
+
 def test_distillation_adds_the_teacher_term():
     from cunet_edge.diffusion import DiffusionConfig, alphas_cumprod, diffusion_loss
 
