@@ -7,7 +7,8 @@ phase wall times come from the output artifact's manifest (`timings_s`) where th
     python benchmarks/scale_plot.py --run 16:before:/tmp/scale/quant16.before.log:/tmp/scale/d16t-onnx \\
         --run 16:after:/tmp/scale/quant16.after.log:/tmp/scale/d16t-onnx ... --out docs/results/2026-12-02-scale.png
 
-Each --run is SIZE:LABEL:TIME_LOG:INPUT_ARTIFACT[:OUTPUT_ARTIFACT].
+Each --run is SIZE:LABEL:TIME_LOG:INPUT_ARTIFACT[:OUTPUT_ARTIFACT]. One line is drawn per LABEL: before/after,
+or a stage name per line (docs/results/2026-12-02-stage-costs.md: INPUT is that size's ONNX export, for the MACs).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for label, marker in (("before", "o"), ("after", "s")):
+    labels = list(dict.fromkeys(r["label"] for r in rows))  # before/after, or one line per stage
+    for label, marker in zip(labels, "osD^v<>ph*x+"):
         pts = sorted((r for r in rows if r["label"] == label and r["exit"] == 0), key=lambda r: r["macs"])
         if not pts:
             continue

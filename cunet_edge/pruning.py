@@ -77,6 +77,7 @@ class PruneConfig:
     distill_weight: float = 20.0  # best FID of 1, 10, 20, 100 on digits (docs/results/2026-11-27-pruning.md)
     seed: int = 0
     val_n: int = 64
+    screen_n: int = 8  # held-out inputs each candidate ratio is first measured on (0: all); see _prune_step
     drift_samples: int = 16
     drift_sampler_steps: int = 20
     keep: tuple[str, ...] = ()  # modules of an imported network to leave whole (paths inside the network)
@@ -95,7 +96,7 @@ class PruneConfig:
         for name in ("iterative_steps", "importance_batches", "batch_size", "lr", "val_n", "drift_samples",
                      "drift_sampler_steps"):
             check_positive(name, getattr(self, name))
-        for name in ("finetune_steps", "warmup_steps", "distill_weight"):
+        for name in ("finetune_steps", "warmup_steps", "distill_weight", "screen_n"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0 < self.ratio_step < 1:
             raise ConfigError(f"ratio_step must be in (0, 1), got {self.ratio_step}")
@@ -195,10 +196,21 @@ def _pruner(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | Non
                                     in_channel_groups={}, out_channel_groups=groups, round_to=None)
 
 
-def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> None:
-    """Sum ∂L/∂w of the diffusion loss over batches, each with one timestep per stratum of the schedule."""
-    import torch
+IMPORTANCE_PIXELS = 64 * 16 * 16  # images x pixels per backward pass of the importance (a 16-px batch of 64)
 
+
+def _micro_batch(image_size: int, n: int) -> int:
+    """Images per backward pass of the Taylor importance: the whole batch at 16 px, fewer as the image grows (the
+    activations a backward pass keeps grow with images x pixels: 64 images at 64 px took the stage past 7 GiB)."""
+    return max(1, min(n, IMPORTANCE_PIXELS // (image_size * image_size)))
+
+
+def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int, micro: int | None = None) -> None:
+    """Sum ∂L/∂w of the diffusion loss over batches, each with one timestep per stratum of the schedule.
+
+    Each batch's loss is backpropagated in micro-batches of `micro` images (default: _micro_batch), each weighted
+    by its share of the batch, so the gradient is the batch's own and the memory one micro-batch's."""
+    import torch
 
     device = next(model.parameters()).device
     diffusion = train_cfg.diffusion
@@ -212,8 +224,12 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int) -> 
         t = ((torch.arange(n) + torch.rand(n, generator=g)) * T / n).long().clamp(max=T - 1).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         x_t = q_sample(x0, t, noise, abar)
-        loss = torch.nn.functional.mse_loss(model(x_t, t), training_target(diffusion.prediction, x0, noise, abar[t]))
-        loss.backward()
+        target = training_target(diffusion.prediction, x0, noise, abar[t])
+        step_n = micro or _micro_batch(x0.shape[-1], n)
+        for i in range(0, n, step_n):
+            part = slice(i, i + step_n)
+            loss = torch.nn.functional.mse_loss(model(x_t[part], t[part]), target[part])
+            (loss * (len(t[part]) / n)).backward()
     for p in model.parameters():  # unreached by the loss (one Euler step never reads the ODE function): no importance
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -236,32 +252,64 @@ def _candidate(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | 
     return cand
 
 
-def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, plan: depgraph.Plan | None = None):
-    """Scan the ratio grid; of the candidates meeting `goal` (fraction of base) keep the one `cfg.select` says."""
+SCREEN_HEAD = 4  # screened candidates re-measured on all held-out inputs (the best by the screening figure)
+
+
+def _subset(val, ref, n: int):
+    """n of the held-out inputs spread evenly over them (so over the timesteps), and the parent's ε on them."""
     import torch
 
+    idx = torch.unique(torch.linspace(0, len(ref) - 1, n).round().long())
+    return tuple(v[idx] for v in val), ref[idx]
+
+
+def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, plan: depgraph.Plan | None = None):
+    """Scan the ratio grid; of the candidates meeting `goal` (fraction of base) keep the one `cfg.select` says.
+
+    Every candidate meeting the goal is first measured on `cfg.screen_n` of the held-out inputs; the SCREEN_HEAD
+    best by that figure are pruned again and measured on all of them, and the choice is made among those (the
+    scan's cost was candidates × held-out inputs × the model's cost: most of the stage at 64 px). With
+    screen_n = 0, or as many as the held-out inputs, every candidate is measured on all of them.
+    """
+    import torch
 
     ratios = [round(cfg.ratio_step * i, 6) for i in range(1, round(1 / cfg.ratio_step))]
-    rows, best = [], None
+    screening = 0 < cfg.screen_n < len(ref)
+    sval, sref = _subset(val, ref, cfg.screen_n) if screening else (val, ref)
+
+    def key(row):
+        return (-row["eps_rel_err"], row[cfg.metric]) if cfg.select == "least-error" else \
+            (row[cfg.metric], -row["eps_rel_err"])
+
+    rows, kept = [], {}  # kept: the candidates measured on all inputs and still in the running (ratio -> model)
     for r in ratios:
         cand = _candidate(tp, model, r, cfg, plan)
         cost = profile_model(cand, model.cfg)
         row = {"ratio": r, "macs": cost["macs"] / base["macs"], "params": cost["params"] / base["params"]}
         if row[cfg.metric] <= goal:
             with torch.no_grad():
-                row["eps_rel_err"] = rel_err(cand(*val), ref)
-            key = (-row["eps_rel_err"], row[cfg.metric]) if cfg.select == "least-error" else \
-                (row[cfg.metric], -row["eps_rel_err"])
-            if best is None or key > best[2]:
-                best = (cand, row, key)
+                row["eps_rel_err"] = rel_err(cand(*sval), sref)
+            row["eps_inputs"] = len(sref)
+            if not screening and (not kept or key(row) > key(next(x for x in rows if x["ratio"] in kept))):
+                kept = {r: cand}  # one model held at a time, as before
         rows.append(row)
-    if best is None:
+    meeting = [row for row in rows if "eps_rel_err" in row]
+    if not meeting:
         closest = min(r[cfg.metric] for r in rows)
         other = "local" if cfg.scope == "global" else "global"
         raise ConfigError(f"no pruning ratio on the grid brings the {cfg.metric} to {goal:.3f}x of the parent's "
                           f"(the least reached: {closest:.3f}x); try --scope {other}, a finer --ratio-step, "
                           "or a larger target")
-    return best[0], {"goal": goal, **best[1], "candidates": rows}
+    if screening:  # the head by the screening figure, measured again on all inputs
+        for row in sorted(meeting, key=key, reverse=True)[:SCREEN_HEAD]:
+            cand = kept[row["ratio"]] = _candidate(tp, model, row["ratio"], cfg, plan)
+            with torch.no_grad():
+                row["eps_rel_err"] = rel_err(cand(*val), ref)
+            row["eps_inputs"] = len(ref)
+    best = max((row for row in meeting if row["ratio"] in kept), key=key)
+    evaluations = {"screened": len(meeting) if screening else 0, "screen_inputs": len(sref) if screening else 0,
+                   "full": min(len(meeting), SCREEN_HEAD) if screening else len(meeting), "full_inputs": len(ref)}
+    return kept[best["ratio"]], {"goal": goal, **best, "candidates": rows, "evaluations": evaluations}
 
 
 def _pruned_config(m, model):

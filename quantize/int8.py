@@ -268,7 +268,8 @@ def _validation_set(runner, cfg: QuantizeConfig) -> dict:
 
 
     c = cfg.calibration
-    held = capture_calibration_set(runner, dataclasses.replace(c, seed=c.seed + 1, n_images=max(4, c.n_images // 4)))
+    runs = max(4, c.images_for(runner.train_config().model.image_size) // 4)
+    held = capture_calibration_set(runner, dataclasses.replace(c, seed=c.seed + 1, n_images=runs))
     idx = np.linspace(0, held["x"].shape[0] - 1, min(cfg.val_n, held["x"].shape[0])).round().astype(int)
     return {"x": np.ascontiguousarray(held["x"][idx]), "t": held["t"][idx]}
 
@@ -366,13 +367,14 @@ def _check_source(src):
     return art
 
 
-def _calibrate(art, cfg: QuantizeConfig):
-    """Calibration and validation sets from the FP32 model's own sampling, and activation ranges."""
+def _calibrate(art, cfg: QuantizeConfig, stats: dict | None = None):
+    """Calibration and validation sets from the FP32 model's own sampling, and activation ranges (`stats`: how
+    the range collection was split, see activation_ranges)."""
     with open_runner(art.path, "onnxruntime", threads=1) as r:
         calib = capture_calibration_set(r, cfg.calibration)
         val = _validation_set(r, cfg)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-        ranges = activation_ranges(art.file("model.onnx"), calib, cfg.calibration, Path(tmp))
+        ranges = activation_ranges(art.file("model.onnx"), calib, cfg.calibration, Path(tmp), stats=stats)
     return calib, val, ranges
 
 
@@ -404,7 +406,8 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     clock = _PhaseClock()
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
-        calib, val, ranges = _calibrate(art, cfg)
+        collection: dict = {}
+        calib, val, ranges = _calibrate(art, cfg, collection)
         clock.lap("calibrate")
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
@@ -433,6 +436,8 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         np.save(w.dir / "calibration" / "t.npy", calib["t"])
         (w.dir / CONFIG).write_text(art.file(CONFIG).read_text())
         w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
+        w.manifest["calibration"].update(images=cfg.calibration.images_for(read_train_config(art).model.image_size),
+                                         collection=collection)
         w.manifest["precisions"] = precisions
         w.manifest["timings_s"] = clock.laps  # wall time of each phase of this run, for scale studies
     return w.artifact

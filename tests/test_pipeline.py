@@ -337,6 +337,7 @@ def test_the_digits_recipe_is_valid(tmp_path):
     assert "(report)" in plain.stdout and "int8-cpu (quantize) <- onnx -> onnx-int8" in plain.stdout
     assert "int8-trt (quantize) <- onnx -> onnx-int8" in plain.stdout
     assert "tensorrt (tensorrt) <- int8-trt -> tensorrt-engine" in plain.stdout
+    assert "pruned-int8-cpu (quantize) <- pruned-onnx -> onnx-int8" in plain.stdout  # the prune block
     search = cli_in_process("pipeline", recipe, "--out", tmp_path / "run", "--dry-run", "--search")
     assert search.returncode == 0, search.stderr
     assert "search-prune0.6 (prune) <- checkpoint -> checkpoint" in search.stdout

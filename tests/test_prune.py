@@ -52,7 +52,8 @@ def test_channels_are_removed_to_the_target(pruned, tiny_checkpoint):
     # The chosen ratio meets the target and is the closest to the parent's eps among those that do.
     step = p["iterative_steps"][0]
     meeting = [c for c in step["candidates"] if c["macs"] <= 0.6]
-    assert step["macs"] <= 0.6 and step["eps_rel_err"] == min(c["eps_rel_err"] for c in meeting)
+    full = [c for c in meeting if c["eps_inputs"] == QUICK["val_n"]]  # the head of the screening, re-measured
+    assert step["macs"] <= 0.6 and step["eps_rel_err"] == min(c["eps_rel_err"] for c in full)
     assert all("eps_rel_err" not in c for c in step["candidates"] if c["macs"] > 0.6)
 
 
@@ -159,6 +160,27 @@ def test_taylor_gradients_cover_the_whole_schedule(tiny_checkpoint, monkeypatch)
         assert (t // 100).tolist() == list(range(10))
     assert all(p.grad is not None for p in model.parameters())
     assert model.conv_in.weight.grad.abs().sum() > 0 and model.head[-1].weight.grad.abs().sum() > 0
+
+
+def test_taylor_gradients_in_micro_batches_are_the_batch_gradients(tiny_checkpoint, monkeypatch):
+    """Larger images are backpropagated a few at a time (bounded memory): same gradient sum, smaller passes."""
+    from cunet_edge.data import load_images
+    from cunet_edge.pruning import _micro_batch, _taylor_gradients
+
+    assert [_micro_batch(s, 64) for s in (8, 16, 32, 64, 128)] == [64, 64, 16, 4, 1]
+    parent = load_checkpoint(tiny_checkpoint)
+    images = load_images(parent.config.data, "train")[0]
+    cfg = PruneConfig(target_macs=0.5, importance_batches=2, batch_size=10)
+    grads, sizes = {}, {}
+    for micro in (None, 4):
+        torch.manual_seed(0)
+        model, sizes[micro] = build_model(parent.config.model), []
+        forward = model.forward
+        monkeypatch.setattr(model, "forward", lambda x, t, f=forward, s=sizes[micro]: s.append(len(t)) or f(x, t))
+        _taylor_gradients(model, images, parent.config, cfg, 1, micro=micro)
+        grads[micro] = [p.grad.clone() for p in model.parameters()]
+    assert sizes[None] == [10, 10] and sizes[4] == [4, 4, 2, 4, 4, 2]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads[None], grads[4]))
 
 
 def test_distillation_adds_the_teacher_term():
@@ -299,3 +321,22 @@ def test_the_pruning_and_drift_records_are_checked_when_the_artifact_is_opened(p
         (art / "manifest.json").write_text(json.dumps(manifest))
         assert_one_line_error(cli_in_process("inspect", art), message)
     assert Artifact.load(pruned.path).manifest["pruning"]["macs_ratio"] < 1
+
+
+def test_ratio_scan_screens_then_measures_the_head_on_all_inputs(tiny_checkpoint, tmp_path):
+    """Candidates meeting the target are screened on screen_n held-out inputs and only the best few measured on all
+    of them: fewer full evaluations than candidates, and the same ratio as measuring every candidate on all."""
+    from cunet_edge.pruning import SCREEN_HEAD
+
+    quick = dict(QUICK, ratio_step=0.05, finetune_steps=0, drift_samples=2)
+    steps = {}
+    for n in (0, 4):
+        art = prune(tiny_checkpoint, PruneConfig(target_macs=0.6, screen_n=n, **quick), tmp_path / f"s{n}",
+                    progress=False)
+        steps[n] = art.manifest["pruning"]["iterative_steps"][0]
+    every, screened = steps[0]["evaluations"], steps[4]["evaluations"]
+    meeting = sum("eps_rel_err" in c for c in steps[0]["candidates"])
+    assert meeting > SCREEN_HEAD and every == {"screened": 0, "screen_inputs": 0, "full": meeting, "full_inputs": 16}
+    assert screened == {"screened": meeting, "screen_inputs": 4, "full": SCREEN_HEAD, "full_inputs": 16}
+    assert sum(c.get("eps_inputs") == 16 for c in steps[4]["candidates"]) == SCREEN_HEAD
+    assert steps[4]["ratio"] == steps[0]["ratio"] and steps[4]["eps_rel_err"] == pytest.approx(steps[0]["eps_rel_err"])

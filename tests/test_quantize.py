@@ -242,3 +242,29 @@ def test_the_drift_record_passes_the_schema_when_reopened(tiny_int8_cpu):
 
     drift = Artifact.load(tiny_int8_cpu.path).manifest["drift"]
     assert set(drift) >= {"eps_rel_err", "eps_rel_err_by_timestep", "sample_psnr_vs_parent"}
+
+
+def test_calibration_runs_follow_the_image_size():
+    """32 sampling runs at 16 px (the measured reference), fewer as the image grows, never under 64 inputs."""
+    cal = CalibrationConfig()
+    assert [cal.images_for(s) for s in (8, 16, 32, 64, 128)] == [32, 32, 8, 4, 4]
+    assert cal.images_for(64) * cal.sampler_steps >= 64
+    assert CalibrationConfig(sampler_steps=8).images_for(64) == 8  # 8 runs x 8 steps = the 64-input floor
+    assert CalibrationConfig(n_images=32).images_for(64) == 32  # given: kept
+
+
+def test_range_collection_holds_one_bounded_chunk(tiny_onnx, tmp_path):
+    """The calibrator is fed chunks whose collected tensors fit collect_mib; the ranges do not depend on it."""
+    from cunet_edge.quantize.calibration import activation_ranges
+
+    rng = np.random.default_rng(0)
+    calib = {"x": rng.standard_normal((40, 1, 8, 8)).astype(np.float32), "t": rng.integers(0, 1000, 40)}
+    big, small = {}, {}
+    whole = activation_ranges(tiny_onnx / "model.onnx", calib, CAL, tmp_path, stats=big)
+    assert big["chunk"] == CAL.chunk and big["calls"] == 1  # a tiny model: one call of all 40, as before
+    # A budget of 8 inputs' worth (the tiny model collects bytes_per_input each): chunks of 8, 5 calls.
+    budget = 8.5 * big["bytes_per_input"] / 2 ** 20
+    parts = activation_ranges(tiny_onnx / "model.onnx", calib, dataclasses.replace(CAL, collect_mib=budget), tmp_path,
+                              stats=small)
+    assert small["chunk"] == 8 and small["calls"] == 5 and small["collected_mib_per_call"] <= budget
+    assert whole.keys() == parts.keys() and all(np.allclose(whole[k], parts[k]) for k in whole)  # min-max: exact

@@ -20,7 +20,8 @@ SELECT = {t: QuantizeConfig(target=t).selection for t in ("cpu", "tensorrt")}  #
 @click.option("--out", required=True, type=click.Path(), help="Directory of the INT8 artifact.")
 @option("--method", field="calibration.method", help="Calibration: minmax, percentile or entropy.")
 @option("--percentile", field="calibration.percentile", help="Percentile for --method percentile.")
-@option("--calibration-images", field="calibration.n_images", help="Seeded sampling runs captured.")
+@option("--calibration-images", field="calibration.n_images", type=int,
+        help="Seeded sampling runs captured (default: 32 at 16 px, fewer as the image grows; at least 64 inputs).")
 @option("--calibration-steps", field="calibration.sampler_steps", help="Sampler steps per run (inputs per image).")
 @option("--seed", field="calibration.seed", help="Seed of the calibration runs.")
 @click.option("--tolerance", default=str(TOLERANCE), show_default=True,
