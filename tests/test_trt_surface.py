@@ -572,6 +572,29 @@ def test_export_cli_prints_the_engines_layers_and_check(fake_trt, tmp_path):
     assert record["engine_check"]["ok"] and record["engine_layers"]["layers"] == 3
 
 
+def test_export_cli_fails_on_an_engine_that_does_not_match(fake_trt, tmp_path):
+    """A failed check is one line and exit 1 (as the bundle's build_engine.py), the artifact kept for inspect."""
+    from onnx import TensorProto, helper
+
+    from cli_helpers import cli_in_process
+
+    fake = fake_trt("10.3.0")
+    fake._behaviours["ILayer.num_outputs"] = 0  # nothing for the debug build to mark: this test is the exit status
+    fake.engine_model = helper.make_model(helper.make_graph(  # the "engine" computes eps = -x
+        [helper.make_node("Neg", ["x"], ["eps"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8]),
+         helper.make_tensor_value_info("t", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("eps", TensorProto.FLOAT, ["batch", 1, 8, 8])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    src = _onnx_artifact(tmp_path / "onnx", "fp32")
+    proc = cli_in_process("export", src.path, "--format", "tensorrt", "--out", tmp_path / "e", "--max-batch", "8")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("do not deploy it") and "does not match ONNX Runtime" in \
+        proc.stderr
+    assert "engine check against ONNX Runtime FAILED" in proc.stdout
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["engine_check"]["ok"] is False
+
+
 def test_a_failed_debug_build_leaves_the_failed_check_recorded_with_why(fake_trt, tmp_path):
     import onnx
     from onnx import TensorProto, helper

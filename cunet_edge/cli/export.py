@@ -4,6 +4,7 @@ import click
 
 from ..artifact import check_output_path
 from ..config import check_choice
+from ..errors import CunetEdgeError
 from ..export.onnx import DEFAULT_TOLERANCE, OnnxExportConfig, export_onnx
 from ..export.tensorrt import EngineConfig, build_engine
 from ..export.torch_tensorrt import TorchTensorRTConfig, compile_torch_tensorrt
@@ -72,3 +73,7 @@ def export(artifact, fmt, out, precision, dynamic_batch, batch, opset, tolerance
     write_json(json_path, {"path": str(art.path), "id": art.manifest["id"], "kind": art.kind,
                            **{k: art.manifest.get(k)
                               for k in ("precision", "verification", "model_cost", "engine_layers", "engine_check")}})
+    check = art.manifest.get("engine_check")
+    if check and not check.get("ok"):  # as Polygraphy and the bundle's build_engine.py: a mismatch fails the command
+        raise CunetEdgeError(f"the engine does not match ONNX Runtime (see the check above); it is kept in {art.path} "
+                             "for `cunet-edge inspect`, but do not deploy it")
