@@ -195,7 +195,7 @@ def tables(result: dict) -> list[tuple[str, str, str, list[tuple[str, Callable[[
                     [("artifact", lambda r: r["artifact"]), ("stage", lambda r: r["stage"]),
                      ("from", lambda r: ", ".join(r["inputs"]) or _DASH),
                      ("result", lambda r: f"not measured here: {r['not_measured']}")], result["not_measured"]))
-    engines = [a for a in result["artifacts"] if a.get("engine_layers") or a.get("engine_check")]
+    engines = [a for a in result.get("artifacts", []) if a.get("engine_layers") or a.get("engine_check")]
     if engines:
         out.append(("engines", "TensorRT engines: what runs, and against ONNX Runtime",
                     "Layers per precision as each engine's IEngineInspector reports them (export saved them in "
