@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+import cudamem  # the bundle's CUDA buffers (numpy and ctypes only at import: light on a CPU-only board)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 PLAN = "model.plan"
@@ -91,8 +93,6 @@ class TensorRTBackend:
         if not os.path.exists(plan):
             raise BundleError(f"no {PLAN} yet: build it on this board with python3 build_engine.py")
         _check_engine_info(trt.__version__)
-        import cudamem
-
         try:
             self.cuda = cudamem.open_cuda(cuda, cudart)
         except cudamem.Unavailable as exc:
@@ -130,8 +130,6 @@ class TensorRTBackend:
 
     def run_all(self, feed):
         """Every output of the engine by name (a debug build has every marked tensor as one)."""
-        import cudamem
-
         try:
             return self._run(feed)
         except cudamem.CudaError as exc:
@@ -159,8 +157,6 @@ class TensorRTBackend:
         self.buffers = {}
         self.context = self.engine = None
         if self.cuda is not None:
-            import cudamem
-
             cuda, self.cuda = self.cuda, None
             try:
                 cuda.close()  # frees every buffer it handed out, then its stream
