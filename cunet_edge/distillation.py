@@ -7,6 +7,10 @@ every other point of the grid of 2N steps (T/N apart, the last step going to the
 a round is used on exactly the timesteps it was distilled for, and the student is sampled with
 `--sampler ddim --steps N --spacing trailing` (the uniform grid does not nest when halved).
 
+With `factor` F > 2 a round divides the steps by F: one student step replaces F teacher steps on the trailing grid
+of F·N steps (which nests the grid of N the same way), so fewer rounds compound a previous student's errors (as in
+TRACT, Berthelot et al., 2023); the teacher then costs F forward passes per training image instead of two.
+
 The target: with z_t = α_t x + σ_t ε for a training image x, the teacher's two steps give z_t''; the x̃ with
 which one DDIM step t → t'' gives z_t'' is x̃ = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t)
 (= z_t'' when t'' is the clean image). The teacher's steps clip x̂ as the sampler does.
@@ -69,6 +73,7 @@ class DistillConfig:
     seed: int = 0
     save_every: int = 100
     fid_n: int = 0  # samples for the FID after each round (0: none)
+    factor: int = 2  # steps divided per round: the teacher takes `factor` DDIM steps per student step (2: the paper's)
 
     def __post_init__(self):
         for name in ("from_steps", "to_steps", "train_steps", "lr", "batch_size", "save_every"):
@@ -79,23 +84,26 @@ class DistillConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("weighting", self.weighting, WEIGHTINGS)
-        round_steps(self.from_steps, self.to_steps)
+        if self.factor < 2 or self.factor > MAX_FACTOR:
+            raise ConfigError(f"factor must be 2 to {MAX_FACTOR} (steps divided per round), got {self.factor}")
+        round_steps(self.from_steps, self.to_steps, self.factor)
 
 
-def round_steps(from_steps: int, to_steps: int) -> list[int]:
-    """The student step counts of the rounds: from_steps/2, from_steps/4, ..., to_steps."""
+MAX_FACTOR = 64  # teacher steps per student step: each costs one forward pass per training image
+
+
+def round_steps(from_steps: int, to_steps: int, factor: int = 2) -> list[int]:
+    """The student step counts of the rounds: from_steps/factor, from_steps/factor², ..., to_steps."""
     if to_steps >= from_steps:
         raise ConfigError(f"to_steps {to_steps} must be below from_steps {from_steps}")
     out, n = [], from_steps
-    while n > to_steps:
-        if n % 2:
-            raise ConfigError(f"from_steps {from_steps} does not halve down to to_steps {to_steps} "
-                              f"(use a power-of-two multiple, e.g. {to_steps * 16})")
-        n //= 2
+    while n > to_steps and n % factor == 0:
+        n //= factor
         out.append(n)
     if n != to_steps:
-        raise ConfigError(f"from_steps {from_steps} does not halve down to to_steps {to_steps} "
-                          f"(use a power-of-two multiple, e.g. {to_steps * 16})")
+        verb = "halve" if factor == 2 else f"divide by {factor}"
+        raise ConfigError(f"from_steps {from_steps} does not {verb} down to to_steps {to_steps} "
+                          f"(use a multiple by a power of {factor}, e.g. {to_steps * factor ** 2})")
     return out
 
 
@@ -105,14 +113,19 @@ def _grid(diffusion, steps: int):
     return [int(t) for t in ts], [float(a) for a in levels] + [1.0]
 
 
-def _round_grid(diffusion, student_steps: int):
-    """Per student step i: (t, ᾱ_t, t', ᾱ_t', ᾱ_t''), the teacher's grid of 2N steps nesting the student's N."""
+def _round_grid(diffusion, student_steps: int, factor: int = 2):
+    """Per student step i: (t, ᾱ_t, t_1, ᾱ_1, ..., t_{f-1}, ᾱ_{f-1}, ᾱ_t''), the teacher's grid of f·N steps
+    nesting the student's N (f = factor: the teacher's f steps t → t_1 → ... → t'' replace the student's one)."""
     ts, a = _grid(diffusion, student_steps)
-    tt, ta = _grid(diffusion, 2 * student_steps)
-    if tt[::2] != ts:
-        raise ConfigError(f"the trailing grids of {student_steps} and {2 * student_steps} steps do not nest at "
+    tt, ta = _grid(diffusion, factor * student_steps)
+    if tt[::factor] != ts:
+        raise ConfigError(f"the trailing grids of {student_steps} and {factor * student_steps} steps do not nest at "
                           f"diffusion.timesteps {diffusion.timesteps}; distill to a step count that divides it")
-    return [(ts[i], a[i], tt[2 * i + 1], ta[2 * i + 1], a[i + 1]) for i in range(student_steps)]
+    rows = []
+    for i in range(student_steps):
+        inner = [v for k in range(1, factor) for v in (tt[factor * i + k], ta[factor * i + k])]
+        rows.append((ts[i], a[i], *inner, a[i + 1]))
+    return rows
 
 
 def _eps_x0(out, z, a, prediction: str):
@@ -140,7 +153,8 @@ def _loss_fn(teacher, grid, prediction: str, clip, weighting: str = "auto"):
     if weighting == "auto":
         weighting = "epsilon" if prediction == "epsilon" else "snr-trunc"
 
-    table = torch.tensor(grid, dtype=torch.float64)  # rows: t, ᾱ_t, t', ᾱ_t', ᾱ_t''
+    table = torch.tensor(grid, dtype=torch.float64)  # rows: t, ᾱ_t, (t_k, ᾱ_k) per inner teacher step, ᾱ_t''
+    inner = (table.shape[1] - 3) // 2
 
     def loss_fn(net, x, abar, generator=None):
         b = x.shape[0]
@@ -148,11 +162,14 @@ def _loss_fn(teacher, grid, prediction: str, clip, weighting: str = "auto"):
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         rows = table[i].to(x.device)
         col = lambda k: rows[:, k].to(x.dtype).view(-1, 1, 1, 1)  # noqa: E731
-        t, a_t, t1, a_1, a_2 = rows[:, 0].long(), col(1), rows[:, 2].long(), col(3), col(4)
+        t, a_t, a_2 = rows[:, 0].long(), col(1), col(2 * inner + 2)
         z = a_t.sqrt() * x + (1 - a_t).sqrt() * noise
-        with torch.no_grad():
-            z1 = _ddim_step(teacher, z, t, a_t, a_1, prediction, clip)
-            z2 = _ddim_step(teacher, z1, t1, a_1, a_2, prediction, clip)
+        with torch.no_grad():  # the teacher's steps t → t_1 → ... → t'' (two in the paper's rounds)
+            z2, t_k, a_k = z, t, a_t
+            for k in range(inner):
+                t_n, a_n = rows[:, 2 + 2 * k].long(), col(3 + 2 * k)
+                z2, t_k, a_k = _ddim_step(teacher, z2, t_k, a_k, a_n, prediction, clip), t_n, a_n
+            z2 = _ddim_step(teacher, z2, t_k, a_k, a_2, prediction, clip)
             s2, s = (1 - a_2).sqrt(), (1 - a_t).sqrt()
             x_target = (z2 - (s2 / s) * z) / (a_2.sqrt() - (s2 / s) * a_t.sqrt())
             c = a_2.sqrt() - (s2 / s) * a_t.sqrt()  # one step t → t'' lands at (σ_t''/σ_t) z + c x̂
@@ -189,7 +206,10 @@ def _save(out: Path, cfg, teacher_art: Artifact, ema: dict, record: dict, *, sta
 
 
 def _settings(cfg: DistillConfig, teacher_art: Artifact) -> dict:
-    return {"teacher_id": teacher_art.manifest.get("id"), **to_dict(cfg)}
+    s = {"teacher_id": teacher_art.manifest.get("id"), **to_dict(cfg)}
+    if s.get("factor") == 2:  # the paper's halving: recorded as before `factor` existed, so those runs resume
+        del s["factor"]
+    return s
 
 
 def _resume(out: Path, cfg: DistillConfig, teacher_art: Artifact) -> tuple[Artifact, dict] | None:
@@ -216,10 +236,10 @@ def distill(src, cfg: DistillConfig, out: str | Path, *, progress: bool = True, 
     out = check_output_path(out, exist_ok=True)
     teacher = load_checkpoint(src, kinds=STAGE_IO["distill"].accepts)
     tcfg = teacher.config
-    rounds = round_steps(cfg.from_steps, cfg.to_steps)
+    rounds = round_steps(cfg.from_steps, cfg.to_steps, cfg.factor)
     if cfg.from_steps > tcfg.diffusion.timesteps:
         raise ConfigError(f"from_steps {cfg.from_steps} exceeds diffusion.timesteps {tcfg.diffusion.timesteps}")
-    grids = [_round_grid(tcfg.diffusion, n) for n in rounds]  # every refusal before any work
+    grids = [_round_grid(tcfg.diffusion, n, cfg.factor) for n in rounds]  # every refusal before any work
     resumed = _resume(out, cfg, teacher.artifact)
     if resumed is not None and resumed[1]["in_progress"] is None:
         return resumed[0]
@@ -277,10 +297,10 @@ def distill(src, cfg: DistillConfig, out: str | Path, *, progress: bool = True, 
                 state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
                 _save(out, student_cfg, teacher.artifact, ema, rec, state=state, teacher_state=teacher_state)
 
-        label = f"distill {2 * n}→{n}"
+        label = f"distill {cfg.factor * n}→{n}"
         fit(fit_cfg, model, opt, ema, images, start=step0, loss_fn=recording, progress=progress, label=label,
             after_step=save_periodically)
-        entry = {"round": r + 1, "steps": n, "teacher_steps": 2 * n, "train_steps": cfg.train_steps,
+        entry = {"round": r + 1, "steps": n, "teacher_steps": cfg.factor * n, "train_steps": cfg.train_steps,
                  "loss_first": losses[0] if losses and step0 == 0 else None,
                  "loss_last": losses[-1] if losses else None,
                  "loss_last_mean": sum(losses[-20:]) / len(losses[-20:]) if losses else None,

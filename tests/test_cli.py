@@ -211,7 +211,7 @@ def _fields():
         "prune": same(PruneConfig, "target_macs", "target_params", "importance", "scope", "iterative_steps",
                       "importance_batches", "ratio_step", "select", "finetune_steps", "distill_weight", "lr",
                       "batch_size", "seed", "keep"),
-        "distill": same(DistillConfig(), "from_steps", "to_steps", "train_steps", "lr", "lr_schedule", "weighting",
+        "distill": same(DistillConfig(), "from_steps", "factor", "to_steps", "train_steps", "lr", "lr_schedule", "weighting",
                         "batch_size", "warmup_steps", "ema_decay", "seed", "save_every", "fid_n"),
         "export": {**{n: [(OnnxExportConfig(), n), (TorchTensorRTConfig(), n)]
                       for n in ("precision", "dynamic_batch", "batch")},

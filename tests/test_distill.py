@@ -100,18 +100,20 @@ def test_sizes_are_checked_before_any_work(tiny_checkpoint, tmp_path):
     assert json.loads((tiny_checkpoint / "manifest.json").read_text())["stage"] == "train"
 
 
-def test_landing_weighting_is_the_distance_between_the_landing_points(tiny_checkpoint):
-    """weighting="landing": the mean squared distance between where ONE student DDIM step lands and where TWO
-    teacher steps land, computed here from the sampler's own step (no clipping on either side)."""
+@pytest.mark.parametrize("factor", [2, 4])
+def test_landing_weighting_is_the_distance_between_the_landing_points(tiny_checkpoint, factor):
+    """weighting="landing": the mean squared distance between where ONE student DDIM step lands and where FACTOR
+    teacher steps land (two in the paper's rounds), computed here from the sampler's own step (no clipping)."""
     teacher = load_checkpoint(tiny_checkpoint)
     cfg = teacher.config
+    pred = cfg.diffusion.prediction
     student = load_checkpoint(tiny_checkpoint).model
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-    grid = distillation._round_grid(cfg.diffusion, 2)
+    grid = distillation._round_grid(cfg.diffusion, 2, factor)
     x = to_model_range(load_images(cfg.data, "train")[0][:16], cfg.diffusion.data_range)
-    loss_fn = distillation._loss_fn(teacher.model, grid, cfg.diffusion.prediction, None, "landing")
+    loss_fn = distillation._loss_fn(teacher.model, grid, pred, None, "landing")
     with torch.no_grad():
         got = loss_fn(student, x, None, generator=torch.Generator().manual_seed(5)).item()
         g = torch.Generator().manual_seed(5)  # the draws the loss makes, in its order
@@ -119,14 +121,35 @@ def test_landing_weighting_is_the_distance_between_the_landing_points(tiny_check
         noise = torch.randn(x.shape, generator=g)
         rows = torch.tensor(grid, dtype=torch.float64)[i]
         col = lambda k: rows[:, k].float().view(-1, 1, 1, 1)  # noqa: E731
-        t, t1 = rows[:, 0].long(), rows[:, 2].long()
-        z = col(1).sqrt() * x + (1 - col(1)).sqrt() * noise
+        # the teacher's path t → t_1 → ... → t'': timesteps in columns 0, 2, ..., levels in 1, 3, ..., the last column
+        ts = [rows[:, k].long() for k in range(0, 2 * factor, 2)]
+        levels = [col(k) for k in range(1, 2 * factor, 2)] + [col(2 * factor)]
+        z = levels[0].sqrt() * x + (1 - levels[0]).sqrt() * noise
         step = distillation._ddim_step
-        two = step(teacher.model, step(teacher.model, z, t, col(1), col(3), cfg.diffusion.prediction, None), t1,
-                   col(3), col(4), cfg.diffusion.prediction, None)
-        one = step(student, z, t, col(1), col(4), cfg.diffusion.prediction, None)
-    want = ((one - two) ** 2).mean().item()
+        many = z
+        for k in range(factor):
+            many = step(teacher.model, many, ts[k], levels[k], levels[k + 1], pred, None)
+        one = step(student, z, ts[0], levels[0], levels[-1], pred, None)
+    want = ((one - many) ** 2).mean().item()
     assert got == pytest.approx(want, rel=1e-3) and want > 0
+
+
+def test_factor_divides_the_steps_per_round_with_that_many_teacher_steps(tiny_checkpoint, tmp_path):
+    assert round_steps(32, 4, 8) == [4] and round_steps(64, 4, 4) == [16, 4] and round_steps(8, 2) == [4, 2]
+    for kw, msg in [({"from_steps": 16, "to_steps": 2, "factor": 4}, "does not divide by 4"),
+                    ({"factor": 1}, "factor"), ({"factor": 128, "from_steps": 512}, "factor")]:
+        with pytest.raises(ConfigError, match=msg):
+            DistillConfig(**kw)
+    grid = distillation._round_grid(load_checkpoint(tiny_checkpoint).config.diffusion, 2, 4)
+    assert len(grid) == 2 and all(len(r) == 2 + 2 * 3 + 1 for r in grid)
+    ts = [r[0] for r in grid] + [r[k] for r in grid for k in (2, 4, 6)]
+    assert len(set(ts)) == 8  # the student's 2 timesteps and the teacher's 6 inner ones: the 8-step grid
+    art = distill(tiny_checkpoint, DistillConfig(from_steps=8, to_steps=2, factor=4, **FAST), tmp_path / "f4",
+                  progress=False)
+    d = art.manifest["distillation"]
+    assert [(r["steps"], r["teacher_steps"]) for r in d["rounds"]] == [(2, 8)] and d["settings"]["factor"] == 4
+    # the paper's halving records its settings as before the option existed, so those runs still resume
+    assert "factor" not in distillation._settings(DistillConfig(), Artifact.load(tiny_checkpoint))
 
 
 def test_cosine_schedule_reaches_the_optimizer_and_landing_trains(tiny_checkpoint, tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ option = partial(config_option, DistillConfig)
 @click.command()
 @click.argument("checkpoint", type=click.Path())
 @option("--from-steps", help="DDIM steps the input checkpoint is taken at (the first round's teacher).")
-@option("--to-steps", help="DDIM steps of the student; from-steps halves down to it, one round per halving.")
+@option("--factor", help="Steps divided per round: the teacher's FACTOR DDIM steps train one student step (2: the "
+                          "paper's halving; 8 takes 32 to 4 steps in one round, as TRACT does, at 4x the teacher cost).")
+@option("--to-steps", help="DDIM steps of the student; --from-steps is divided by --factor down to it, one round each.")
 @option("--train-steps", help="Optimizer steps per round.")
 @option("--lr", help="Peak learning rate of each round.")
 @option("--lr-schedule", help="After each round's warm-up: constant, or cosine down to 10% of --lr.")
@@ -30,12 +32,12 @@ option = partial(config_option, DistillConfig)
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @click.option("--out", required=True, type=click.Path(), help="Student checkpoint directory (re-run to resume).")
 @JSON_OPTION
-def distill(checkpoint, from_steps, to_steps, train_steps, lr, lr_schedule, weighting, batch_size, warmup_steps,
+def distill(checkpoint, from_steps, factor, to_steps, train_steps, lr, lr_schedule, weighting, batch_size, warmup_steps,
             ema_decay, seed, save_every, fid_n, threads, progress, out, json_path):
     """Distill CHECKPOINT into a checkpoint for --to-steps DDIM steps (trailing spacing); re-run to resume.
 
     Sample the result with --sampler ddim --steps TO_STEPS --spacing trailing."""
-    cfg = DistillConfig(from_steps=from_steps, to_steps=to_steps, train_steps=train_steps, lr=lr,
+    cfg = DistillConfig(from_steps=from_steps, factor=factor, to_steps=to_steps, train_steps=train_steps, lr=lr,
                         lr_schedule=lr_schedule, weighting=weighting,
                         batch_size=batch_size, warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
                         save_every=save_every, fid_n=fid_n)
