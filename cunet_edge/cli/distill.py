@@ -14,8 +14,9 @@ option = partial(config_option, DistillConfig)
 @click.command()
 @click.argument("checkpoint", type=click.Path())
 @option("--from-steps", help="DDIM steps the input checkpoint is taken at (the first round's teacher).")
-@option("--factor", help="Steps divided per round: the teacher's FACTOR DDIM steps train one student step (2: the "
-                          "paper's halving; 8 takes 32 to 4 steps in one round, as TRACT does, at 4x the teacher cost).")
+@option("--factor", help="Steps divided per round: the teacher's FACTOR DDIM steps train one student step (2: "
+                          "the paper's halving; 8 takes 32 to 4 steps in one round, as TRACT does, at 4x the teacher "
+                          "cost).")
 @option("--to-steps", help="DDIM steps of the student; --from-steps is divided by --factor down to it, one round each.")
 @option("--train-steps", help="Optimizer steps per round.")
 @option("--lr", help="Peak learning rate of each round.")
