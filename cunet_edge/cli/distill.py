@@ -20,7 +20,7 @@ option = partial(config_option, DistillConfig)
 @option("--to-steps", help="DDIM steps of the student; --from-steps is divided by --factor down to it, one round each.")
 @option("--train-steps", help="Optimizer steps per round.")
 @option("--lr", help="Peak learning rate of each round.")
-@option("--lr-schedule", help="After each round's warm-up: constant, or cosine down to 10% of --lr.")
+@option("--lr-schedule", help="After each round's warm-up: cosine down to 10% of --lr, or constant.")
 @option("--weighting", help="The loss: auto (epsilon for ε-models, snr-trunc for v/x0), epsilon, snr-trunc, or "
                             "landing (the distance between the student's and the teacher's landing points).")
 @option("--batch-size", help="Training images per step.")
