@@ -29,6 +29,7 @@ ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -74,6 +75,8 @@ __all__ = [
 ]
 
 _ARCH_VERSION = 1  # bump when Classifier changes, so old cache files are not loaded
+# The wait for another process training the same classifier (about 15 s on 2 idle cores; minutes when loaded).
+CACHE_LOCK_TIMEOUT_S = 900.0
 _BATCH = 512  # images per forward pass when extracting features or predicting
 _INCEPTION_BATCH = 32  # Inception runs at 299 x 299: tens of MB of activations per image
 
@@ -109,11 +112,33 @@ def load_or_train_classifier(
         raise DatasetError(f"dataset {data_cfg.name} has no labels to train a classifier on")
     key = _cache_key(data_cfg, settings)
     weights, meta = _cache_paths(data_cfg, key)
-    model = _load_cached(weights, meta, key)
-    if model is None:
-        model, info = _train(data_cfg, settings, k)
-        _write_cache(model, weights, meta, {"key": key, **info})
+    with _cache_lock(weights):
+        model = _load_cached(weights, meta, key)
+        if model is None:
+            model, info = _train(data_cfg, settings, k)
+            _write_cache(model, weights, meta, {"key": key, **info})
     return model.eval()
+
+
+@contextlib.contextmanager
+def _cache_lock(weights: Path):
+    """Hold `.<name>.lock` beside a cache entry while it is looked up and, if missing, trained and written: processes
+    sharing a cache (an evaluate beside a pipeline, test workers) train each classifier once, the others wait and
+    load it. A cache folder that cannot hold a lock, or a lock held longer than CACHE_LOCK_TIMEOUT_S, is not waited
+    for: this process trains its own copy, as without the lock."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(weights.parent / f".{weights.stem}.lock"), timeout=CACHE_LOCK_TIMEOUT_S)
+    try:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(poll_interval=0.05)
+    except (OSError, Timeout):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _cache_key(data_cfg: DataConfig, settings: ClassifierConfig) -> dict:

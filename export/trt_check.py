@@ -137,10 +137,17 @@ def check(reference, test, feeds, tol, *, outputs=None, divergence=None):
 
 def onnx_divergence(model, test_all, tol):
     """divergence(feed) for `check`: ONNX Runtime with every tensor of onnx `model` marked, against `test_all`
-    (feed -> every tensor the other side marked), in the model's topological order."""
+    (feed -> every tensor the other side marked), in the model's topological order. The marked session (a copy of
+    the model with shape inference, and an ONNX Runtime session with every tensor an output) is made on the first
+    call, so a check that passes never pays for it."""
     order = onnx_tensor_order(model)
-    reference_all = ort_outputs(mark_all_outputs(model))
-    return lambda feed: first_divergence(reference_all, test_all, feed, order, tol)
+    reference_all = []
+
+    def divergence(feed):
+        if not reference_all:
+            reference_all.append(ort_outputs(mark_all_outputs(model)))
+        return first_divergence(reference_all[0], test_all, feed, order, tol)
+    return divergence
 
 
 def summary_line(result, what="engine"):

@@ -24,11 +24,16 @@ TINY = {
 
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
-    """Keep the classifier cache out of the home directory."""
+    """Keep the classifier cache out of the home directory, in one folder for the whole run: pytest-xdist's workers
+    (each with its own basetemp under the run's) share it, so the digits classifier is trained once per run, by the
+    first worker that needs it, while the others wait on its lock (evaluation._cache_lock) and load it."""
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    os.environ["CUNET_EDGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent / "cache" if os.environ.get("PYTEST_XDIST_WORKER") else base / "cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["CUNET_EDGE_CACHE"] = str(shared)
 
 
 @pytest.fixture

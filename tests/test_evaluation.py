@@ -2,7 +2,7 @@
 Inception feature space (through a stand-in network: the real weights are never downloaded in tests).
 
 One digits classifier is trained per module (about 15 s on 2 idle cores) into a temporary
-cache; tests that need their own training use a 20-step config.
+cache; tests that need their own training use a 4-step config.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from cunet_edge.records import kid_text, read_metrics
 from cunet_edge.sampling import EvaluateConfig
 
 DIGITS = DataConfig()
-TINY = ClassifierConfig(steps=20)  # cheap training for the cache tests; accuracy irrelevant
+TINY = ClassifierConfig(steps=4)  # cheap training for the cache tests; accuracy irrelevant
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,25 @@ def test_corrupted_cache_is_retrained(train_calls, corrupt):
     assert len(train_calls) == 2
     load_or_train_classifier(DIGITS, TINY)  # the rewritten cache loads
     assert len(train_calls) == 2
+
+
+def test_concurrent_requests_train_once(train_calls):
+    """Two requests at once for a classifier not cached (two processes sharing a cache, as pytest-xdist's workers
+    do): the second waits on the entry's lock and loads what the first trained."""
+    import threading
+
+    weights, meta = evaluation._cache_paths(DIGITS, evaluation._cache_key(DIGITS, TINY))
+    weights.unlink(missing_ok=True)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(load_or_train_classifier(DIGITS, TINY))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(train_calls) == 1 and len(got) == 2
+    for key, value in got[0].state_dict().items():
+        assert torch.equal(got[1].state_dict()[key], value)
+    assert not list(weights.parent.glob("digits-*.lock"))  # the lock file is hidden from the cache's entries
 
 
 def test_training_is_deterministic():
