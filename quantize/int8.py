@@ -37,7 +37,7 @@ from ..records import SOLVER, precision_of
 from ..runtimes.base import open_runner
 from ..runtimes.numpy_sampler import sample
 from ..sampling import SampleConfig, generate_with_runner
-from ..timing import time_call, time_side_by_side
+from ..timing import PhaseClock, time_call, time_side_by_side
 from .calibration import CalibrationConfig, activation_ranges, capture_calibration_set
 from .lint import assert_tensorrt_qdq
 from .qdq import SCHEMES, insert_qdq, quantizable_nodes
@@ -403,7 +403,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     art = _check_source(src)
     scheme = SCHEMES[cfg.target]
     fp32 = art.file("model.onnx")
-    clock = _PhaseClock()
+    clock = PhaseClock()
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
         collection: dict = {}
@@ -440,23 +440,8 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
                                          collection=collection)
         w.manifest["precisions"] = precisions
         w.manifest["timings_s"] = clock.laps  # wall time of each phase of this run, for scale studies
+        w.manifest["cpu_timings_s"] = clock.cpu_laps  # CPU time (user + system, all threads) of each phase
     return w.artifact
-
-
-class _PhaseClock:
-    """Wall seconds of each phase, in order (time.perf_counter between laps)."""
-
-    def __init__(self):
-        import time
-
-        self._now = time.perf_counter
-        self._last = self._now()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
 
 
 def _lint(best: dict, cfg: QuantizeConfig) -> dict | None:
