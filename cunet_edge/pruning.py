@@ -42,7 +42,7 @@ from .config import check_choice, check_positive, to_dict
 from .constants import PROFILE_TIMESTEP
 from .data import load_images
 from .diffusion import alphas_cumprod, diffusion_loss, q_sample, to_model_range, training_target
-from .drift import rel_err, schedule_inputs, torch_drift
+from .drift import drift_samples_for, rel_err, schedule_inputs, torch_drift
 from .errors import ConfigError, CunetEdgeError, import_backend
 from .kinds import STAGE_IO
 from .models import build_model, profile_model
@@ -57,7 +57,6 @@ IMPORTANCES = ("taylor", "l1")
 SCOPES = ("global", "local")
 SELECTIONS = ("least-error", "largest")
 INSTALL_HINT = "pip install 'cunet-edge[prune]' (or pip install 'torch-pruning>=1.5')"
-DRIFT_SAMPLES, MIN_DRIFT_SAMPLES = 16, 4
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class PruneConfig:
     seed: int = 0
     val_n: int = 64
     screen_n: int = 8  # held-out inputs each candidate ratio is first measured on (0: all); see _prune_step
-    drift_samples: int | None = None  # sampling runs of the drift; None: by the image size (drift_samples_for)
+    drift_samples: int | None = None  # sampling runs of the drift; None: by the image size (drift.drift_samples_for)
     drift_sampler_steps: int = 20
     keep: tuple[str, ...] = ()  # modules of an imported network to leave whole (paths inside the network)
 
@@ -108,15 +107,6 @@ class PruneConfig:
             raise ConfigError(f"coarse_step must be in [0, 1) (0: every ratio of the grid), got {self.coarse_step}")
         if not isinstance(self.keep, tuple) or not all(isinstance(k, str) and k.strip() for k in self.keep):
             raise ConfigError(f"keep must be module paths of the imported network, got {self.keep!r}")
-
-    def drift_samples_for(self, image_size: int) -> int:
-        """Sampling runs of the drift: drift_samples if given, else DRIFT_SAMPLES up to 16 px and fewer as the image
-        grows (runs x pixels about constant, as calibration's runs), never fewer than MIN_DRIFT_SAMPLES. The drift
-        is a record (sample PSNR against the parent), not a decision, and 16 runs of both models at 64 px cost
-        minutes."""
-        if self.drift_samples is not None:
-            return self.drift_samples
-        return max(MIN_DRIFT_SAMPLES, min(DRIFT_SAMPLES, round(DRIFT_SAMPLES * (16 / image_size) ** 2)))
 
     @property
     def metric(self) -> str:
@@ -532,7 +522,7 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
 
 def _drift(model, parent, cfg: PruneConfig) -> dict:
     return torch_drift(model, parent.model, parent.config, n_inputs=cfg.val_n,
-                       samples=cfg.drift_samples_for(parent.config.model.image_size),
+                       samples=drift_samples_for(parent.config.model.image_size, cfg.drift_samples),
                        sampler_steps=cfg.drift_sampler_steps, seed=cfg.seed)
 
 
