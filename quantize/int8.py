@@ -50,6 +50,7 @@ from .qdq import SCHEMES, insert_qdq, quantizable_nodes
 __all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance", "format_side_by_side"]
 
 FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+SCREEN_INPUTS, MIN_SCREEN_INPUTS = 8, 4  # sensitivity screening: 8 inputs up to 16 px, 4 at 32 px and above
 TIE_BAND = 0.03  # passing layouts timed within 3% of the fastest tie (or within the timing's noise, if larger)
 TIMING_MACS = 8e9  # most MACs per timed call: the timing batch shrinks below bench_batch for larger models
 
@@ -74,7 +75,8 @@ class QuantizeConfig:
     max_float_layers: int = 32
     select: str | None = None  # default: fastest for cpu, fewest-float for tensorrt
     val_n: int = 64
-    sensitivity_n: int = 8  # validation inputs each layer is first screened on (0: all of them); see _Sensitivity
+    # validation inputs each layer is first screened on (0: all of them; None: by the image size, screen_inputs_for)
+    sensitivity_n: int | None = None
     bench_batch: int = 16
     drift_samples: int | None = None  # sampling runs of the drift; None: by the image size (drift.drift_samples_for)
     compare_fp16: bool = True  # export the parent at fp16 for the side-by-side table
@@ -86,7 +88,8 @@ class QuantizeConfig:
             check_positive("fid_tolerance", self.fid_tolerance)
         check_positive("max_float_layers", self.max_float_layers, allow_zero=True)
         check_positive("val_n", self.val_n)
-        check_positive("sensitivity_n", self.sensitivity_n, allow_zero=True)
+        if self.sensitivity_n is not None:
+            check_positive("sensitivity_n", self.sensitivity_n, allow_zero=True)
         check_positive("bench_batch", self.bench_batch)
         if self.drift_samples is not None:
             check_positive("drift_samples", self.drift_samples)
@@ -94,6 +97,14 @@ class QuantizeConfig:
             check_choice("select", self.select, ("fastest", "fewest-float"))
         if self.target == "tensorrt" and self.select == "fastest":
             raise ConfigError("select 'fastest' needs TensorRT to time the candidates; use fewest-float for tensorrt")
+
+    def screen_inputs_for(self, image_size: int) -> int:
+        """Validation inputs each layer is screened on: sensitivity_n if given, else SCREEN_INPUTS up to 16 px and
+        fewer as the image grows (at least MIN_SCREEN_INPUTS; each input holds (size / 16)² times the values).
+        Only the screening ranks; the head of the ranking is measured again on all inputs (_Sensitivity)."""
+        if self.sensitivity_n is not None:
+            return self.sensitivity_n
+        return max(MIN_SCREEN_INPUTS, min(SCREEN_INPUTS, round(SCREEN_INPUTS * (16 / image_size) ** 2)))
 
     @property
     def selection(self) -> str:
@@ -203,9 +214,9 @@ def _latency_ms(model, val: dict, batch: int) -> float:
     return time_call(lambda: sess.run(["eps"], feed), warmup=3, min_iters=10, min_seconds=0.5)["p50_ms"]
 
 
-def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, bar=None) -> dict:
+def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, image_size: int, bar=None) -> dict:
     """Try 0, 1, 2, ... most sensitive layers in float; stop two steps after the first that passes."""
-    sens = _Sensitivity(model, ranges, scheme, validator, cfg.sensitivity_n or None)
+    sens = _Sensitivity(model, ranges, scheme, validator, cfg.screen_inputs_for(image_size) or None)
     tried, passed_at = [], None
     for k in [k for k in FALLBACK_STEPS if k <= min(cfg.max_float_layers, len(sens.nodes))]:
         order = sens.order(k)
@@ -452,7 +463,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
         validator = _Validator(fp32, val)
-        search = _search(model, ranges, scheme, validator, cfg)
+        search = _search(model, ranges, scheme, validator, cfg, read_train_config(art).model.image_size)
         clock.lap("sensitivity_and_fallback")
         batch = timing_batch(cfg.bench_batch, (art.manifest.get("model_cost") or {}).get("macs"))
         best, choice = _choose(search["tried"], val, cfg, batch)

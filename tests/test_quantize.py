@@ -310,3 +310,13 @@ def test_timing_batch_and_drift_samples_follow_the_model():
 
     assert [timing_batch(16, m) for m in (24e6, 98e6, 3.03e9, 6e9, 20e9, None)] == [16, 16, 2, 1, 1, 16]
     assert drift_samples_for(64) == 4 and drift_samples_for(16) == 16 and drift_samples_for(64, 9) == 9
+
+
+def test_sensitivity_screening_inputs_follow_the_image_size():
+    """8 screening inputs up to 16 px (as measured in docs/results/2026-12-02-scale.md), 4 above; a given count stays."""
+    cfg = QuantizeConfig(target="cpu")
+    assert [cfg.screen_inputs_for(s) for s in (8, 16, 32, 64)] == [8, 8, 4, 4]
+    assert QuantizeConfig(target="cpu", sensitivity_n=0).screen_inputs_for(64) == 0
+    assert QuantizeConfig(target="cpu", sensitivity_n=6).screen_inputs_for(64) == 6
+    with pytest.raises(ConfigError, match="sensitivity_n"):
+        QuantizeConfig(target="cpu", sensitivity_n=-1)
