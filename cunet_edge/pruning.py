@@ -72,6 +72,7 @@ class PruneConfig:
     coarse_step: float = 0.1  # first pass over the grid at this spacing, refined where the target is met (0: all)
     select: str = "least-error"  # among ratios that meet the step's target: least ε error, or largest model
     importance_batches: int = 8
+    importance_batch: int | None = None  # images per importance batch; None: by the image size (see below)
     finetune_steps: int = 500
     batch_size: int = 64
     lr: float = 1e-3
@@ -99,6 +100,8 @@ class PruneConfig:
             check_positive(name, getattr(self, name))
         if self.drift_samples is not None:
             check_positive("drift_samples", self.drift_samples)
+        if self.importance_batch is not None:
+            check_positive("importance_batch", self.importance_batch)
         for name in ("finetune_steps", "warmup_steps", "distill_weight", "screen_n", "coarse_step"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0 < self.ratio_step < 1:
@@ -107,6 +110,17 @@ class PruneConfig:
             raise ConfigError(f"coarse_step must be in [0, 1) (0: every ratio of the grid), got {self.coarse_step}")
         if not isinstance(self.keep, tuple) or not all(isinstance(k, str) and k.strip() for k in self.keep):
             raise ConfigError(f"keep must be module paths of the imported network, got {self.keep!r}")
+
+    def importance_batch_for(self, image_size: int) -> int:
+        """Images per batch of the Taylor importance: importance_batch if given, else batch_size up to 16 px and
+        fewer as the image grows (images x pixels constant, at least MIN_IMPORTANCE_BATCH): at 64 px, 4 images a
+        batch instead of 64. The importance of 8 batches of 64 images at 64 px took over 7 CPU minutes, most of the
+        stage (docs/results/2026-12-02-stage-costs-64.md); every batch still draws one timestep per stratum of the
+        schedule."""
+        if self.importance_batch is not None:
+            return self.importance_batch
+        by_pixels = round(self.batch_size * (16 / image_size) ** 2)
+        return max(min(MIN_IMPORTANCE_BATCH, self.batch_size), min(self.batch_size, by_pixels))
 
     @property
     def metric(self) -> str:
@@ -201,6 +215,7 @@ def _pruner(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | Non
                                     in_channel_groups={}, out_channel_groups=groups, round_to=None)
 
 
+MIN_IMPORTANCE_BATCH = 4
 IMPORTANCE_PIXELS = 64 * 16 * 16  # images x pixels per backward pass of the importance (a 16-px batch of 64)
 
 
@@ -220,7 +235,7 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int, mic
     device = next(model.parameters()).device
     diffusion = train_cfg.diffusion
     abar = torch.tensor(alphas_cumprod(diffusion), dtype=torch.float32)
-    T, n = abar.shape[0], cfg.batch_size
+    T, n = abar.shape[0], cfg.importance_batch_for(images.shape[-1])
     g = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     model.zero_grad(set_to_none=True)
     for _ in range(cfg.importance_batches):

@@ -402,3 +402,27 @@ def test_drift_samples_follow_the_image_size():
 
     assert [drift_samples_for(s) for s in (8, 16, 32, 64)] == [16, 16, 4, 4]
     assert drift_samples_for(64, 7) == 7
+
+
+def test_importance_batch_follows_the_image_size():
+    """The Taylor importance's images per batch: the batch size up to 16 px, images x pixels constant above (at
+    least 4); a given importance_batch stays; the gradient pass uses it."""
+    cfg = PruneConfig(target_macs=0.5)
+    assert [cfg.importance_batch_for(s) for s in (8, 16, 32, 64, 128)] == [64, 64, 16, 4, 4]
+    assert PruneConfig(target_macs=0.5, importance_batch=12).importance_batch_for(64) == 12
+    assert PruneConfig(target_macs=0.5, batch_size=2).importance_batch_for(64) == 2
+    with pytest.raises(ConfigError, match="importance_batch must be"):
+        PruneConfig(target_macs=0.5, importance_batch=0)
+
+
+def test_taylor_gradients_use_the_importance_batch(tiny_checkpoint, monkeypatch):
+    from cunet_edge.data import load_images
+    from cunet_edge.pruning import _taylor_gradients
+
+    parent = load_checkpoint(tiny_checkpoint)
+    model, seen = build_model(parent.config.model), []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, t: seen.append(len(t)) or forward(x, t))
+    cfg = PruneConfig(target_macs=0.5, importance_batches=2, batch_size=10, importance_batch=5)
+    _taylor_gradients(model, load_images(parent.config.data, "train")[0], parent.config, cfg, 1)
+    assert seen == [5, 5]
