@@ -313,7 +313,8 @@ def test_timing_batch_and_drift_samples_follow_the_model():
 
 
 def test_sensitivity_screening_inputs_follow_the_image_size():
-    """8 screening inputs up to 16 px (as measured in docs/results/2026-12-02-scale.md), 4 above; a given count stays."""
+    """8 screening inputs up to 16 px (as measured in docs/results/2026-12-02-scale.md), 4 above; a given count
+    stays."""
     cfg = QuantizeConfig(target="cpu")
     assert [cfg.screen_inputs_for(s) for s in (8, 16, 32, 64)] == [8, 8, 4, 4]
     assert QuantizeConfig(target="cpu", sensitivity_n=0).screen_inputs_for(64) == 0

@@ -40,7 +40,8 @@ option = partial(config_option, PruneConfig, unset=True)
 @click.option("--out", required=True, type=click.Path(), help="Directory of the pruned artifact.")
 @JSON_OPTION
 def prune(artifact, target_macs, target_params, importance, scope, iterative_steps, importance_batches, ratio_step,
-          coarse_step, select, finetune_steps, distill_weight, lr, batch_size, seed, keep, threads, progress, out, json_path):
+          coarse_step, select, finetune_steps, distill_weight, lr, batch_size, seed, keep, threads, progress, out,
+          json_path):
     """Prune ARTIFACT (a continuous U-Net or an imported network, unrolled or not) and fine-tune it toward its
     parent."""
     options = {"target_macs": target_macs, "target_params": target_params, "importance": importance, "scope": scope,
