@@ -56,7 +56,7 @@ def main() -> None:
             continue
         validator = validator or _Validator(fp32, val)
         t0 = time.perf_counter()
-        search = _search(model, ranges, scheme, validator, cfg)
+        search = _search(model, ranges, scheme, validator, cfg, size)
         print(f"  search {time.perf_counter() - t0:.1f} s; head: {[s['node'] for s in search['sensitivity'][:8]]}")
         for c in search["tried"]:
             print(f"  float {c['float_layers']}: eps rel err {c['eps_rel_err']:.4f} passes {c['passes']} "

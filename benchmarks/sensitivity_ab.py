@@ -15,6 +15,7 @@ import time
 import onnx
 
 from cunet_edge.artifact import Artifact
+from cunet_edge.checkpoint import read_train_config
 from cunet_edge.quantize.int8 import QuantizeConfig, _calibrate, _Sensitivity, _Validator
 from cunet_edge.quantize.qdq import SCHEMES
 
@@ -23,7 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact")
     ap.add_argument("--k", default="0,1,2,3,4,6,8", help="fallback sizes whose head is compared")
-    ap.add_argument("--screen-n", type=int, default=QuantizeConfig().sensitivity_n)
+    ap.add_argument("--screen-n", type=int, help="inputs each layer is screened on (default: by the image size)")
     args = ap.parse_args()
     ks = [int(k) for k in args.k.split(",")]
 
@@ -41,7 +42,9 @@ def main() -> None:
     old_order = old.order(max(ks))
     t_old = time.perf_counter() - t0
     t0 = time.perf_counter()
-    new = _Sensitivity(model, ranges, scheme, validator, args.screen_n)
+    size = read_train_config(art).model.image_size
+    screen_n = cfg.screen_inputs_for(size) if args.screen_n is None else args.screen_n
+    new = _Sensitivity(model, ranges, scheme, validator, screen_n)
     heads = {k: new.order(k)[:k] for k in ks}
     t_new = time.perf_counter() - t0
 

@@ -67,6 +67,19 @@ def draw_samples(model, train_cfg, n: int, steps: int, seed: int):
                   sampler="ddim", steps=steps, seed=seed, device=device)
 
 
+DRIFT_SAMPLES, MIN_DRIFT_SAMPLES = 16, 4  # sampling runs of a stage's drift record up to 16 px, and the fewest above
+
+
+def drift_samples_for(image_size: int, given: int | None = None) -> int:
+    """Sampling runs of a stage's drift record (sample PSNR against the parent): `given` if set, else DRIFT_SAMPLES
+    up to 16 px and fewer as the image grows (runs x pixels about constant, as calibration's runs), never fewer than
+    MIN_DRIFT_SAMPLES. The drift is a record, not a decision, and 16 runs of two models at 64 px cost minutes
+    (docs/results/2026-12-02-stage-costs-64.md)."""
+    if given is not None:
+        return given
+    return max(MIN_DRIFT_SAMPLES, min(DRIFT_SAMPLES, round(DRIFT_SAMPLES * (16 / image_size) ** 2)))
+
+
 def torch_drift(model, parent, train_cfg, *, n_inputs: int = 64, samples: int = 16, sampler_steps: int = 20,
                 seed: int = 0) -> dict:
     """A torch model against its parent: ε relative error (overall, by timestep) and sample PSNR, same seeds."""

@@ -42,11 +42,12 @@ from .config import check_choice, check_positive, to_dict
 from .constants import PROFILE_TIMESTEP
 from .data import load_images
 from .diffusion import alphas_cumprod, diffusion_loss, q_sample, to_model_range, training_target
-from .drift import rel_err, schedule_inputs, torch_drift
+from .drift import drift_samples_for, rel_err, schedule_inputs, torch_drift
 from .errors import ConfigError, CunetEdgeError, import_backend
 from .kinds import STAGE_IO
 from .models import build_model, profile_model
 from .records import DRIFT, PRUNING, SOLVER, TRAINED_SOLVER
+from .timing import PhaseClock
 from .training import fit
 from .limits import check_seed, check_threads
 
@@ -68,8 +69,10 @@ class PruneConfig:
     scope: str = "global"  # global: one ranking across layers; local: the same ratio in every layer
     iterative_steps: int = 1  # rounds of prune + fine-tune (finetune_steps shared between them)
     ratio_step: float = 0.01  # grid of pruning ratios scanned at each step
+    coarse_step: float = 0.1  # first pass over the grid at this spacing, refined where the target is met (0: all)
     select: str = "least-error"  # among ratios that meet the step's target: least ε error, or largest model
     importance_batches: int = 8
+    importance_batch: int | None = None  # images per importance batch; None: by the image size (see below)
     finetune_steps: int = 500
     batch_size: int = 64
     lr: float = 1e-3
@@ -78,7 +81,7 @@ class PruneConfig:
     seed: int = 0
     val_n: int = 64
     screen_n: int = 8  # held-out inputs each candidate ratio is first measured on (0: all); see _prune_step
-    drift_samples: int = 16
+    drift_samples: int | None = None  # sampling runs of the drift; None: by the image size (drift.drift_samples_for)
     drift_sampler_steps: int = 20
     keep: tuple[str, ...] = ()  # modules of an imported network to leave whole (paths inside the network)
 
@@ -93,15 +96,31 @@ class PruneConfig:
         check_choice("importance", self.importance, IMPORTANCES)
         check_choice("scope", self.scope, SCOPES)
         check_choice("select", self.select, SELECTIONS)
-        for name in ("iterative_steps", "importance_batches", "batch_size", "lr", "val_n", "drift_samples",
-                     "drift_sampler_steps"):
+        for name in ("iterative_steps", "importance_batches", "batch_size", "lr", "val_n", "drift_sampler_steps"):
             check_positive(name, getattr(self, name))
-        for name in ("finetune_steps", "warmup_steps", "distill_weight", "screen_n"):
+        if self.drift_samples is not None:
+            check_positive("drift_samples", self.drift_samples)
+        if self.importance_batch is not None:
+            check_positive("importance_batch", self.importance_batch)
+        for name in ("finetune_steps", "warmup_steps", "distill_weight", "screen_n", "coarse_step"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not 0 < self.ratio_step < 1:
             raise ConfigError(f"ratio_step must be in (0, 1), got {self.ratio_step}")
+        if not self.coarse_step < 1:
+            raise ConfigError(f"coarse_step must be in [0, 1) (0: every ratio of the grid), got {self.coarse_step}")
         if not isinstance(self.keep, tuple) or not all(isinstance(k, str) and k.strip() for k in self.keep):
             raise ConfigError(f"keep must be module paths of the imported network, got {self.keep!r}")
+
+    def importance_batch_for(self, image_size: int) -> int:
+        """Images per batch of the Taylor importance: importance_batch if given, else batch_size up to 16 px and
+        fewer as the image grows (images x pixels constant, at least MIN_IMPORTANCE_BATCH): at 64 px, 4 images a
+        batch instead of 64. The importance of 8 batches of 64 images at 64 px took over 7 CPU minutes, most of the
+        stage (docs/results/2026-12-02-stage-costs-64.md); every batch still draws one timestep per stratum of the
+        schedule."""
+        if self.importance_batch is not None:
+            return self.importance_batch
+        by_pixels = round(self.batch_size * (16 / image_size) ** 2)
+        return max(min(MIN_IMPORTANCE_BATCH, self.batch_size), min(self.batch_size, by_pixels))
 
     @property
     def metric(self) -> str:
@@ -196,6 +215,7 @@ def _pruner(tp, model, ratio: float, cfg: PruneConfig, plan: depgraph.Plan | Non
                                     in_channel_groups={}, out_channel_groups=groups, round_to=None)
 
 
+MIN_IMPORTANCE_BATCH = 4
 IMPORTANCE_PIXELS = 64 * 16 * 16  # images x pixels per backward pass of the importance (a 16-px batch of 64)
 
 
@@ -215,7 +235,7 @@ def _taylor_gradients(model, images, train_cfg, cfg: PruneConfig, step: int, mic
     device = next(model.parameters()).device
     diffusion = train_cfg.diffusion
     abar = torch.tensor(alphas_cumprod(diffusion), dtype=torch.float32)
-    T, n = abar.shape[0], cfg.batch_size
+    T, n = abar.shape[0], cfg.importance_batch_for(images.shape[-1])
     g = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     model.zero_grad(set_to_none=True)
     for _ in range(cfg.importance_batches):
@@ -263,8 +283,60 @@ def _subset(val, ref, n: int):
     return tuple(v[idx] for v in val), ref[idx]
 
 
+def _grid(cfg: PruneConfig) -> tuple[list[float], int]:
+    """The fine grid of pruning ratios (ratio_step apart) and how many fine steps one coarse step spans (1: no
+    coarse pass)."""
+    fine = [round(cfg.ratio_step * i, 6) for i in range(1, round(1 / cfg.ratio_step))]
+    return fine, max(1, round(cfg.coarse_step / cfg.ratio_step)) if cfg.coarse_step else 1
+
+
+def _ratios_to_scan(fine: list[float], every: int, meets) -> list[float]:
+    """The ratios to prune and count, in the order they are needed: `meets(r)` prunes ratio r and says whether it
+    meets the goal.
+
+    every = 1: the whole grid. Otherwise a coarse pass (every `every`-th ratio of the grid, and its last) runs in
+    increasing order until a ratio meets the goal; then every fine ratio in the coarse interval below that ratio
+    and in the one above it is scanned. MACs and parameters fall as the ratio grows, in jumps and not always
+    monotonically (GroupNorm groups), so the goal is first met somewhere in the interval below, and the candidates
+    the selection prefers (the least error, or the most kept) sit near that point; the interval above holds the
+    ratios a non-monotonic jump could still favour. Each ratio costs a copy of the model, Torch-Pruning's
+    dependency trace and a MACs count: the whole grid of 99 was most of the stage at 64 px
+    (docs/results/2026-12-02-stage-costs-64.md). If no coarse ratio meets the goal, the scan ends there."""
+    if every <= 1:
+        for r in fine:
+            meets(r)
+        return fine
+    coarse = fine[every - 1::every]
+    if coarse[-1] != fine[-1]:
+        coarse.append(fine[-1])
+    done = []
+    for i, r in enumerate(coarse):
+        done.append(r)
+        if meets(r):
+            lo = coarse[i - 1] if i else 0.0
+            hi = coarse[i + 1] if i + 1 < len(coarse) else 1.0
+            refine = [f for f in fine if lo < f < hi and f != r]
+            for f in refine:
+                meets(f)
+            return done + refine
+    return done
+
+
+class _Seconds(dict):
+    """Seconds spent per part of a loop, summed over its iterations (wall time)."""
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+
+
 def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, plan: depgraph.Plan | None = None):
-    """Scan the ratio grid; of the candidates meeting `goal` (fraction of base) keep the one `cfg.select` says.
+    """Scan the ratios (see _ratios_to_scan); of the candidates meeting `goal` (fraction of base) keep the one
+    `cfg.select` says.
 
     Every candidate meeting the goal is first measured on `cfg.screen_n` of the held-out inputs; the SCREEN_HEAD
     best by that figure are pruned again and measured on all of them, and the choice is made among those (the
@@ -273,26 +345,35 @@ def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, 
     """
     import torch
 
-    ratios = [round(cfg.ratio_step * i, 6) for i in range(1, round(1 / cfg.ratio_step))]
+    fine, every = _grid(cfg)
     screening = 0 < cfg.screen_n < len(ref)
     sval, sref = _subset(val, ref, cfg.screen_n) if screening else (val, ref)
+    seconds = _Seconds()
 
     def key(row):
         return (-row["eps_rel_err"], row[cfg.metric]) if cfg.select == "least-error" else \
             (row[cfg.metric], -row["eps_rel_err"])
 
     rows, kept = [], {}  # kept: the candidates measured on all inputs and still in the running (ratio -> model)
-    for r in ratios:
-        cand = _candidate(tp, model, r, cfg, plan)
-        cost = profile_model(cand, model.cfg)
+
+    def meets(r: float) -> bool:
+        nonlocal kept
+        with seconds.part("prune"):
+            cand = _candidate(tp, model, r, cfg, plan)
+        with seconds.part("count"):
+            cost = profile_model(cand, model.cfg)
         row = {"ratio": r, "macs": cost["macs"] / base["macs"], "params": cost["params"] / base["params"]}
         if row[cfg.metric] <= goal:
-            with torch.no_grad():
+            with seconds.part("screen" if screening else "measure"), torch.no_grad():
                 row["eps_rel_err"] = rel_err(cand(*sval), sref)
             row["eps_inputs"] = len(sref)
             if not screening and (not kept or key(row) > key(next(x for x in rows if x["ratio"] in kept))):
                 kept = {r: cand}  # one model held at a time, as before
         rows.append(row)
+        return row[cfg.metric] <= goal
+
+    _ratios_to_scan(fine, every, meets)
+    rows.sort(key=lambda row: row["ratio"])
     meeting = [row for row in rows if "eps_rel_err" in row]
     if not meeting:
         closest = min(r[cfg.metric] for r in rows)
@@ -301,15 +382,18 @@ def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, 
                           f"(the least reached: {closest:.3f}x); try --scope {other}, a finer --ratio-step, "
                           "or a larger target")
     if screening:  # the head by the screening figure, measured again on all inputs
-        for row in sorted(meeting, key=key, reverse=True)[:SCREEN_HEAD]:
-            cand = kept[row["ratio"]] = _candidate(tp, model, row["ratio"], cfg, plan)
-            with torch.no_grad():
-                row["eps_rel_err"] = rel_err(cand(*val), ref)
-            row["eps_inputs"] = len(ref)
+        with seconds.part("measure"):
+            for row in sorted(meeting, key=key, reverse=True)[:SCREEN_HEAD]:
+                cand = kept[row["ratio"]] = _candidate(tp, model, row["ratio"], cfg, plan)
+                with torch.no_grad():
+                    row["eps_rel_err"] = rel_err(cand(*val), ref)
+                row["eps_inputs"] = len(ref)
     best = max((row for row in meeting if row["ratio"] in kept), key=key)
     evaluations = {"screened": len(meeting) if screening else 0, "screen_inputs": len(sref) if screening else 0,
                    "full": min(len(meeting), SCREEN_HEAD) if screening else len(meeting), "full_inputs": len(ref)}
-    return kept[best["ratio"]], {"goal": goal, **best, "candidates": rows, "evaluations": evaluations}
+    scan = {"ratio_step": cfg.ratio_step, "coarse_step": cfg.ratio_step * every if every > 1 else 0,
+            "grid": len(fine), "pruned": len(rows), "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    return kept[best["ratio"]], {"goal": goal, **best, "candidates": rows, "evaluations": evaluations, "scan": scan}
 
 
 def _pruned_config(m, model):
@@ -419,19 +503,26 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
     model, rounds = copy.deepcopy(parent.model).requires_grad_(True), []
     for k, steps in enumerate(_finetune_shares(cfg), 1):
         t0 = time.perf_counter()
+        clock = PhaseClock()
         if cfg.importance == "taylor":
             with _users_code(plan, "computing Taylor importance (the diffusion loss's gradients)"):
                 _taylor_gradients(model, images, parent.config, cfg, k)
+        clock.lap("importance")
         goal = 1 - (1 - cfg.target) * k / cfg.iterative_steps
         work, record = _prune_step(tp, model, goal, base, val, ref, cfg, plan)
+        clock.lap("scan")
         model_cfg = _pruned_config(parent.config.model, work)
         model = _rebuild(model_cfg, work.state_dict(), device)
         if plan is not None:
             _check_rebuilt(work, model, val)
+        clock.lap("rebuild")
         if k == cfg.iterative_steps:
             after_pruning = _drift(model, parent, cfg)
+            clock.lap("drift")
         t1 = time.perf_counter()
-        record.update(finetune_steps=steps, seconds={"prune": t1 - t0})
+        # prune: this round up to the fine-tuning; phases: its parts (wall and CPU seconds, for scale studies)
+        record.update(finetune_steps=steps, seconds={"prune": t1 - t0},
+                      phases={"wall_s": clock.laps, "cpu_s": clock.cpu_laps})
         if steps:
             with _users_code(plan, "fine-tuning"):
                 ema, record["finetune_last_loss"] = _finetune(model, parent.model, images, parent.config, cfg, steps,
@@ -445,7 +536,8 @@ def _prune_and_finetune(tp, parent, images, base, cfg: PruneConfig, device, prog
 
 
 def _drift(model, parent, cfg: PruneConfig) -> dict:
-    return torch_drift(model, parent.model, parent.config, n_inputs=cfg.val_n, samples=cfg.drift_samples,
+    return torch_drift(model, parent.model, parent.config, n_inputs=cfg.val_n,
+                       samples=drift_samples_for(parent.config.model.image_size, cfg.drift_samples),
                        sampler_steps=cfg.drift_sampler_steps, seed=cfg.seed)
 
 
@@ -498,7 +590,9 @@ def prune(src, cfg: PruneConfig, out: str | Path, *, progress: bool = True, thre
     t0 = time.perf_counter()
     model, model_cfg, rounds, after_pruning = _prune_and_finetune(tp, parent, images, base, cfg, device, progress,
                                                                   plan)
-    drift = _drift(model, parent, cfg) | {"after_pruning": after_pruning}
+    # Without fine-tuning after the last pruning the model is the one just measured: its drift is not run twice.
+    drift = (after_pruning if not rounds[-1]["finetune_steps"] else _drift(model, parent, cfg)) | \
+        {"after_pruning": after_pruning}
     record = _record(cfg, base, profile_model(model, model_cfg), model_cfg, rounds, floor, plan)
     record["seconds"]["total"] = time.perf_counter() - t0
     man = parent.artifact.manifest

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["time_call", "time_side_by_side", "collect_samples", "summarize_ms", "wall_clock_ms"]
+__all__ = ["PhaseClock", "time_call", "time_side_by_side", "collect_samples", "summarize_ms", "wall_clock_ms"]
 
 
 def wall_clock_ms(fn: Callable[[], object]) -> float:
@@ -56,3 +56,19 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], *, rounds: int = 5, 
         for name, fn in fns.items():
             per[name].append(time_call(fn, **kw)["p50_ms"])
     return {name: float(np.median(ts)) for name, ts in per.items()}
+
+
+class PhaseClock:
+    """Wall and CPU seconds of each phase of a stage, in order (for scale studies: on a shared machine the CPU time,
+    user + system of every thread of the process, is the figure that does not move with the load)."""
+
+    def __init__(self):
+        self._last = (time.perf_counter(), time.process_time())
+        self.laps: dict[str, float] = {}
+        self.cpu_laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.laps[name] = round(now[0] - self._last[0], 3)
+        self.cpu_laps[name] = round(now[1] - self._last[1], 3)
+        self._last = now

@@ -24,6 +24,7 @@ from ..errors import BackendMissingError, ConfigError, CunetEdgeError
 from ..kinds import STAGE_IO
 from ..models import profile_model
 from ..records import SOLVER
+from ..timing import PhaseClock
 from .graph_cost import graph_costs
 from .trt_compat import check_tensorrt_compat
 from ..limits import check_seed
@@ -322,37 +323,48 @@ def export_onnx(src, cfg: OnnxExportConfig, out: str | Path):
 
 
     _require_onnx()
+    clock = PhaseClock()
     ckpt = load_checkpoint(src, kinds=STAGE_IO["export"].accepts)
     require_static(ckpt)
     model_cfg = ckpt.config.model
+    clock.lap("load")
     cost = profile_model(ckpt.model, model_cfg)
+    clock.lap("profile")
     with ArtifactWriter(out, kind=STAGE_IO["export"].produces(), stage="export", config=to_dict(cfg),
                         parent=ckpt.artifact) as w:
         path = w.dir / ONNX_FILE
         kept_fp32 = _torch_export(copy.deepcopy(ckpt.model), model_cfg, cfg, path)
+        clock.lap("torch_export")
         onnx.checker.check_model(str(path), full_check=True)
         nodes_exported = len(onnx.load(str(path)).graph.node)
+        clock.lap("check")
         if cfg.simplify:
             _simplify(path)
+        clock.lap("simplify")
         _tidy(path)
         onnx.checker.check_model(str(path), full_check=True)
         proto = onnx.load(str(path))
+        clock.lap("tidy_and_check")
         check = verify_onnx(path, ckpt.model, model_cfg, ckpt.config.diffusion, cfg)
+        clock.lap("verify")
         if not check["rel_err"] <= cfg.rel_tolerance:
             raise ExportVerificationError(
                 f"ONNX Runtime's output differs from PyTorch's: relative error {check['rel_err']:.3g} > tolerance "
                 f"{cfg.rel_tolerance:g} ({cfg.precision}); nothing was written")
 
         compat = check_tensorrt_compat(proto)
+        graph_macs = _graph_macs(proto, 1 if cfg.dynamic_batch else cfg.batch)
+        clock.lap("costs_and_compat")
         (w.dir / CONFIG).write_text(json.dumps(to_dict(ckpt.config), indent=2) + "\n")
         w.manifest.update(
             precision=cfg.precision, kept_fp32=kept_fp32, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
             batch=cfg.batch,
             signature=_signature(model_cfg, cfg), solver=ckpt.artifact.manifest.get(SOLVER),
             model_cost={k: cost[k] for k in ("params", "macs", "flops", "nfe_per_call")}
-            | {"graph_macs": _graph_macs(proto, 1 if cfg.dynamic_batch else cfg.batch)},
+            | {"graph_macs": graph_macs},
             verification=check, nodes={"exported": nodes_exported, "simplified": len(proto.graph.node)},
             ops=_op_histogram(proto),
             tensorrt_compat={k: compat[k] for k in ("ok", "problems", "source")},
+            timings_s=clock.laps, cpu_timings_s=clock.cpu_laps,  # each phase's wall and CPU seconds (scale studies)
         )
     return w.artifact

@@ -5,13 +5,18 @@
 3. Sensitivity: the ε error each quantizable layer causes when it alone is quantized.
 4. Fallback: the most sensitive layers stay in float, more of them until the ε relative error
    against the FP32 model is within the tolerance; among the passing configurations, the
-   fastest measured one is kept (`select="fastest"`), or the one with the fewest float layers
-   (`select="fewest-float"`, deterministic, and the only choice for TensorRT, which cannot be
-   timed on a machine without it).
+   fastest measured one is kept (`select="fastest"`: layouts timed within TIE_BAND of the fastest, or
+   within the timing's own measured noise if larger, tie, and the tie goes to the fewest float layers),
+   or the one with the fewest float layers (`select="fewest-float"`, deterministic, and the only choice
+   for TensorRT, which cannot be timed on a machine without it).
 5. Drift against the parent (ε error by timestep, sample PSNR from the same seeds) recorded.
 6. FP32, FP16 and INT8 side by side (`precisions` in the manifest): ε error against FP32 on the
    held-out inputs, file size, and ONNX Runtime CPU latency at batch 1 and `bench_batch`, timed
    in turn. The FP16 model is the parent exported as `export --precision fp16` would.
+
+The timings (4 and 6) and the drift's sampling runs follow the model's cost (`timing_batch`,
+`drift.drift_samples_for`): at 64 px a batch of 16 is 48 G MACs per call, and the timing phases alone
+took minutes (docs/results/2026-12-02-stage-costs-64.md).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ..artifact import Artifact, ArtifactWriter, check_output_path
 from ..checkpoint import CONFIG, read_train_config
 from ..config import check_choice, check_positive, to_dict
 from ..diffusion import alphas_cumprod
-from ..drift import error_by_timestep, psnr, rel_err
+from ..drift import drift_samples_for, error_by_timestep, psnr, rel_err
 from ..errors import ArtifactError, ConfigError, CunetEdgeError
 from ..evaluation import evaluate_images
 from ..export.onnx import OnnxExportConfig, export_onnx
@@ -37,7 +42,7 @@ from ..records import SOLVER, precision_of
 from ..runtimes.base import open_runner
 from ..runtimes.numpy_sampler import sample
 from ..sampling import SampleConfig, generate_with_runner
-from ..timing import time_call, time_side_by_side
+from ..timing import PhaseClock, time_call, time_side_by_side
 from .calibration import CalibrationConfig, activation_ranges, capture_calibration_set
 from .lint import assert_tensorrt_qdq
 from .qdq import SCHEMES, insert_qdq, quantizable_nodes
@@ -45,6 +50,17 @@ from .qdq import SCHEMES, insert_qdq, quantizable_nodes
 __all__ = ["QuantizeConfig", "quantize_int8", "parse_tolerance", "format_side_by_side"]
 
 FALLBACK_STEPS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+SCREEN_INPUTS, MIN_SCREEN_INPUTS = 8, 4  # sensitivity screening: 8 inputs up to 16 px, 4 at 32 px and above
+TIE_BAND = 0.03  # passing layouts timed within 3% of the fastest tie (or within the timing's noise, if larger)
+TIMING_MACS = 8e9  # most MACs per timed call: the timing batch shrinks below bench_batch for larger models
+
+
+def timing_batch(bench_batch: int, macs: int | None) -> int:
+    """The batch the timing phases use: bench_batch, or fewer images when one call would exceed TIMING_MACS
+    (at least 1). The 16- and 32-px models keep 16; the 64-px preset (3.0 G MACs per call) is timed at 2."""
+    if not macs:
+        return bench_batch
+    return max(1, min(bench_batch, int(TIMING_MACS // macs)))
 
 
 @dataclass(frozen=True)
@@ -59,9 +75,10 @@ class QuantizeConfig:
     max_float_layers: int = 32
     select: str | None = None  # default: fastest for cpu, fewest-float for tensorrt
     val_n: int = 64
-    sensitivity_n: int = 8  # validation inputs each layer is first screened on (0: all of them); see _Sensitivity
+    # validation inputs each layer is first screened on (0: all of them; None: by the image size, screen_inputs_for)
+    sensitivity_n: int | None = None
     bench_batch: int = 16
-    drift_samples: int = 16
+    drift_samples: int | None = None  # sampling runs of the drift; None: by the image size (drift.drift_samples_for)
     compare_fp16: bool = True  # export the parent at fp16 for the side-by-side table
 
     def __post_init__(self):
@@ -71,12 +88,23 @@ class QuantizeConfig:
             check_positive("fid_tolerance", self.fid_tolerance)
         check_positive("max_float_layers", self.max_float_layers, allow_zero=True)
         check_positive("val_n", self.val_n)
-        check_positive("sensitivity_n", self.sensitivity_n, allow_zero=True)
+        if self.sensitivity_n is not None:
+            check_positive("sensitivity_n", self.sensitivity_n, allow_zero=True)
         check_positive("bench_batch", self.bench_batch)
+        if self.drift_samples is not None:
+            check_positive("drift_samples", self.drift_samples)
         if self.select is not None:
             check_choice("select", self.select, ("fastest", "fewest-float"))
         if self.target == "tensorrt" and self.select == "fastest":
             raise ConfigError("select 'fastest' needs TensorRT to time the candidates; use fewest-float for tensorrt")
+
+    def screen_inputs_for(self, image_size: int) -> int:
+        """Validation inputs each layer is screened on: sensitivity_n if given, else SCREEN_INPUTS up to 16 px and
+        fewer as the image grows (at least MIN_SCREEN_INPUTS; each input holds (size / 16)² times the values).
+        Only the screening ranks; the head of the ranking is measured again on all inputs (_Sensitivity)."""
+        if self.sensitivity_n is not None:
+            return self.sensitivity_n
+        return max(MIN_SCREEN_INPUTS, min(SCREEN_INPUTS, round(SCREEN_INPUTS * (16 / image_size) ** 2)))
 
     @property
     def selection(self) -> str:
@@ -186,9 +214,9 @@ def _latency_ms(model, val: dict, batch: int) -> float:
     return time_call(lambda: sess.run(["eps"], feed), warmup=3, min_iters=10, min_seconds=0.5)["p50_ms"]
 
 
-def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, bar=None) -> dict:
+def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, image_size: int, bar=None) -> dict:
     """Try 0, 1, 2, ... most sensitive layers in float; stop two steps after the first that passes."""
-    sens = _Sensitivity(model, ranges, scheme, validator, cfg.sensitivity_n or None)
+    sens = _Sensitivity(model, ranges, scheme, validator, cfg.screen_inputs_for(image_size) or None)
     tried, passed_at = [], None
     for k in [k for k in FALLBACK_STEPS if k <= min(cfg.max_float_layers, len(sens.nodes))]:
         order = sens.order(k)
@@ -205,22 +233,44 @@ def _search(model, ranges, scheme, validator: _Validator, cfg: QuantizeConfig, b
     return {"sensitivity": sens.record(), "sensitivity_evaluations": sens.evaluations, "tried": tried}
 
 
-def _choose(tried: list[dict], val: dict, cfg: QuantizeConfig) -> dict:
-    """Among passing candidates: the fastest measured, or the fewest float layers; else the least error."""
+def _choose(tried: list[dict], val: dict, cfg: QuantizeConfig, batch: int) -> tuple[dict, dict]:
+    """Among passing candidates: the fastest measured, or the fewest float layers; else the least error. Returns the
+    candidate and how it was chosen (the manifest's `choice`).
+
+    "Fastest" times each passing layout twice, in turn, at `batch`. Timings on a shared machine move by more than
+    the layouts differ (two runs of one ONNX model kept 8 and 12 float layers), so layouts whose median is within
+    TIE_BAND of the fastest, or within the timing's measured noise if that is larger (the largest relative spread
+    between a layout's two timings), tie; the tie goes to the fewest float layers (the least error is then not
+    traded for a speed the timing cannot tell apart)."""
     ok = [c for c in tried if c["passes"]]
     if not ok:
-        return min(tried, key=lambda c: c["eps_rel_err"])
+        return min(tried, key=lambda c: c["eps_rel_err"]), {"rule": "none passes: the least error"}
     if cfg.selection == "fewest-float" or len(ok) == 1:
-        return ok[0]
-    # Timed in turn, twice, so that one noisy moment does not decide.
+        return ok[0], {"rule": "fewest float layers" if cfg.selection == "fewest-float" else "the only passing one"}
     for c in ok:
-        c["latency_ms"] = []
-    for _ in range(2):
+        c["latency_rounds_ms"] = []
+    for _ in range(2):  # timed in turn, twice, so that one noisy moment does not decide
         for c in ok:
-            c["latency_ms"].append(_latency_ms(c["model"], val, cfg.bench_batch))
+            c["latency_rounds_ms"].append(_latency_ms(c["model"], val, batch))
     for c in ok:
-        c["latency_ms"] = float(np.median(c["latency_ms"]))
-    return min(ok, key=lambda c: c["latency_ms"])
+        c["latency_ms"] = float(np.median(c["latency_rounds_ms"]))
+    return _fastest_with_ties(ok, batch)
+
+
+def _fastest_with_ties(ok: list[dict], batch: int) -> tuple[dict, dict]:
+    """The fewest float layers among the layouts timed within the tie band of the fastest (see _choose)."""
+    noise = max((max(c["latency_rounds_ms"]) - min(c["latency_rounds_ms"])) / min(c["latency_rounds_ms"])
+                for c in ok)
+    band = max(TIE_BAND, noise)
+    fastest = min(ok, key=lambda c: c["latency_ms"])
+    tied = [c for c in ok if c["latency_ms"] <= fastest["latency_ms"] * (1 + band)]
+    best = min(tied, key=lambda c: (c["float_layers"], c["latency_ms"]))
+    return best, {"rule": f"fastest; layouts within max({TIE_BAND:g}, the timing's noise) of it tie, and the tie "
+                          "goes to the fewest float layers",
+                  "timing_batch": batch, "noise": noise, "tie_band": band,
+                  "fastest_float_layers": fastest["float_layers"],
+                  "tied_float_layers": [c["float_layers"] for c in tied],
+                  "latency_ms": {str(c["float_layers"]): c["latency_ms"] for c in ok}}
 
 
 class _SessionRunner:
@@ -313,8 +363,8 @@ def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
     return fp16.file("model.onnx"), f"{src.path} exported at fp16"
 
 
-def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, cfg: QuantizeConfig,
-                  note: str, threads: int = 1) -> dict:
+def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, batch: int, note: str,
+                  threads: int = 1) -> dict:
     """FP32, FP16 and INT8 on ONNX Runtime CPU: ε vs FP32 on held-out inputs, size, p50 per call timed in turn."""
     models = {"fp32": fp32_path, "fp16": fp16_path, "int8": int8_model}
     sessions = {k: _session(m, threads) for k, m in models.items() if m is not None}
@@ -330,7 +380,8 @@ def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict
         m = models[k]
         rows[k] = {"precision": k, "eps_rel_err": rel_err(call(sess, len(val["x"]))().astype(np.float32), ref),
                    "bytes": len(m.SerializeToString()) if hasattr(m, "SerializeToString") else Path(m).stat().st_size}
-    for b in sorted({1, cfg.bench_batch}):
+    batches = sorted({1, batch})
+    for b in batches:
         times = time_side_by_side({k: call(sess, b) for k, sess in sessions.items()}, rounds=3, warmup=3,
                                   min_iters=10, min_seconds=0.3)
         for k, ms in times.items():
@@ -338,7 +389,7 @@ def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict
             rows[k][f"speedup_b{b}"] = times["fp32"] / ms
     for r in rows.values():
         r["size_vs_fp32"] = r["bytes"] / rows["fp32"]["bytes"]
-    return {"runtime": "onnxruntime cpu", "threads": threads, "batches": sorted({1, cfg.bench_batch}),
+    return {"runtime": "onnxruntime cpu", "threads": threads, "batches": batches,
             "fp16": note, "rows": list(rows.values())}
 
 
@@ -403,7 +454,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     art = _check_source(src)
     scheme = SCHEMES[cfg.target]
     fp32 = art.file("model.onnx")
-    clock = _PhaseClock()
+    clock = PhaseClock()
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
         collection: dict = {}
@@ -412,9 +463,10 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
         validator = _Validator(fp32, val)
-        search = _search(model, ranges, scheme, validator, cfg)
+        search = _search(model, ranges, scheme, validator, cfg, read_train_config(art).model.image_size)
         clock.lap("sensitivity_and_fallback")
-        best = _choose(search["tried"], val, cfg)
+        batch = timing_batch(cfg.bench_batch, (art.manifest.get("model_cost") or {}).get("macs"))
+        best, choice = _choose(search["tried"], val, cfg, batch)
         clock.lap("choose")
         bar.update(task, description="FID check" if cfg.fid_tolerance else "drift")
         best, fid = _fid_gate(best, search["tried"], art, cfg)
@@ -422,11 +474,13 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         bar.update(task, description="FP32, FP16 and INT8 side by side")
         with tempfile.TemporaryDirectory() as tmp:
             fp16, note = _fp16_sibling(art, Path(tmp)) if cfg.compare_fp16 else (None, "not compared (compare_fp16 off)")
-            precisions = _side_by_side(fp32, fp16, best["model"], val, cfg, note)
+            precisions = _side_by_side(fp32, fp16, best["model"], val, batch, note)
         clock.lap("side_by_side")
     lint = _lint(best, cfg)
+    samples = drift_samples_for(read_train_config(art).model.image_size, cfg.drift_samples)
     drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
-             "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), cfg.drift_samples),
+             "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), samples),
+             "samples": samples,
              "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
     clock.lap("drift")
     with ArtifactWriter(out, kind=STAGE_IO["quantize"].produces(), stage="quantize", config=to_dict(cfg), parent=art) as w:
@@ -439,24 +493,10 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         w.manifest["calibration"].update(images=cfg.calibration.images_for(read_train_config(art).model.image_size),
                                          collection=collection)
         w.manifest["precisions"] = precisions
+        w.manifest["choice"] = choice
         w.manifest["timings_s"] = clock.laps  # wall time of each phase of this run, for scale studies
+        w.manifest["cpu_timings_s"] = clock.cpu_laps  # CPU time (user + system, all threads) of each phase
     return w.artifact
-
-
-class _PhaseClock:
-    """Wall seconds of each phase, in order (time.perf_counter between laps)."""
-
-    def __init__(self):
-        import time
-
-        self._now = time.perf_counter
-        self._last = self._now()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
 
 
 def _lint(best: dict, cfg: QuantizeConfig) -> dict | None:

@@ -209,9 +209,10 @@ def _fields():
         "unroll": {**same(UnrollConfig(), "method", "steps"),
                    **same(SweepConfig(), "max_steps", "tolerance", "fid", "fid_n")},
         "prune": same(PruneConfig, "target_macs", "target_params", "importance", "scope", "iterative_steps",
-                      "importance_batches", "ratio_step", "select", "finetune_steps", "distill_weight", "lr",
-                      "batch_size", "seed", "keep"),
-        "distill": same(DistillConfig(), "from_steps", "factor", "to_steps", "train_steps", "lr", "lr_schedule", "weighting",
+                      "importance_batches", "ratio_step", "coarse_step", "select", "finetune_steps", "distill_weight",
+                      "lr", "batch_size", "seed", "keep"),
+        "distill": same(DistillConfig(), "from_steps", "factor", "to_steps", "train_steps", "lr", "lr_schedule",
+                        "weighting",
                         "batch_size", "warmup_steps", "ema_decay", "seed", "save_every", "fid_n"),
         "export": {**{n: [(OnnxExportConfig(), n), (TorchTensorRTConfig(), n)]
                       for n in ("precision", "dynamic_batch", "batch")},

@@ -247,6 +247,10 @@ def test_prune_config_errors():
         PruneConfig(target_macs=0.5, finetune_steps=-1)
     with pytest.raises(ConfigError, match="ratio_step must be in"):
         PruneConfig(target_macs=0.5, ratio_step=1.0)
+    with pytest.raises(ConfigError, match="coarse_step must be in"):
+        PruneConfig(target_macs=0.5, coarse_step=1.0)
+    with pytest.raises(ConfigError, match="drift_samples must be"):
+        PruneConfig(target_macs=0.5, drift_samples=0)
     assert PruneConfig(target_params=0.5).metric == "params"
 
 
@@ -328,7 +332,7 @@ def test_ratio_scan_screens_then_measures_the_head_on_all_inputs(tiny_checkpoint
     of them: fewer full evaluations than candidates, and the same ratio as measuring every candidate on all."""
     from cunet_edge.pruning import SCREEN_HEAD
 
-    quick = dict(QUICK, ratio_step=0.05, finetune_steps=0, drift_samples=2)
+    quick = dict(QUICK, ratio_step=0.05, coarse_step=0, finetune_steps=0, drift_samples=2)
     steps = {}
     for n in (0, 4):
         art = prune(tiny_checkpoint, PruneConfig(target_macs=0.6, screen_n=n, **quick), tmp_path / f"s{n}",
@@ -340,3 +344,85 @@ def test_ratio_scan_screens_then_measures_the_head_on_all_inputs(tiny_checkpoint
     assert screened == {"screened": meeting, "screen_inputs": 4, "full": SCREEN_HEAD, "full_inputs": 16}
     assert sum(c.get("eps_inputs") == 16 for c in steps[4]["candidates"]) == SCREEN_HEAD
     assert steps[4]["ratio"] == steps[0]["ratio"] and steps[4]["eps_rel_err"] == pytest.approx(steps[0]["eps_rel_err"])
+
+
+def test_coarse_scan_refines_where_the_target_is_first_met():
+    """The coarse pass stops at the first ratio meeting the goal; the fine ratios on both sides of it are scanned,
+    even where the curve is not monotonic; with no coarse pass (every = 1) the whole grid is."""
+    from cunet_edge.pruning import _ratios_to_scan
+
+    fine = [round(0.01 * i, 2) for i in range(1, 100)]
+    meeting = {r for r in fine if r >= 0.37} - {0.41}  # not monotonic: 0.41 misses the goal again
+    seen = []
+
+    def meets(r):
+        seen.append(r)
+        return r in meeting
+
+    order = _ratios_to_scan(fine, 10, meets)
+    assert seen == order and len(set(seen)) == len(seen)
+    assert seen[:4] == [0.1, 0.2, 0.3, 0.4]  # coarse, up to the first that meets
+    assert sorted(seen[4:]) == [r for r in fine if 0.3 < r < 0.5 and r != 0.4]
+    assert min(r for r in seen if r in meeting) == 0.37
+    seen.clear()
+    assert _ratios_to_scan(fine, 10, lambda r: seen.append(r) or False) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                                             0.8, 0.9, 0.99]
+    seen.clear()
+    assert _ratios_to_scan(fine, 1, meets) == fine == seen
+
+
+def test_coarse_scan_chooses_as_the_whole_grid_with_fewer_ratios(tiny_checkpoint, tmp_path):
+    """On the tiny model the refined scan keeps the ratio the whole fine grid keeps, pruning far fewer ratios; the
+    round records the scan, its parts' seconds and the phases; without fine-tuning the drift runs once."""
+    from cunet_edge import pruning
+
+    calls = []
+    drift = pruning.torch_drift
+    quick = dict(QUICK, ratio_step=0.02, finetune_steps=0, screen_n=0)
+    steps = {}
+    for coarse in (0, 0.1):
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pruning, "torch_drift", lambda *a, **k: calls.append(k["samples"]) or drift(*a, **k))
+            art = prune(tiny_checkpoint, PruneConfig(target_macs=0.5, coarse_step=coarse, **quick),
+                        tmp_path / f"c{coarse}", progress=False)
+        assert calls == [4]  # one drift run (not one after pruning and one more after no fine-tuning)
+        steps[coarse] = art.manifest["pruning"]["iterative_steps"][0]
+    whole, refined = steps[0], steps[0.1]
+    assert whole["scan"]["pruned"] == whole["scan"]["grid"] == 49 and refined["scan"]["grid"] == 49
+    assert refined["scan"]["pruned"] < 25 and refined["scan"]["coarse_step"] == pytest.approx(0.1)
+    assert refined["ratio"] == whole["ratio"] and refined["macs"] == pytest.approx(whole["macs"])
+    assert set(refined["scan"]["seconds"]) == {"prune", "count", "measure"}
+    assert list(refined["phases"]["wall_s"]) == ["importance", "scan", "rebuild", "drift"]
+    assert all(v >= 0 for v in refined["phases"]["cpu_s"].values())
+
+
+def test_drift_samples_follow_the_image_size():
+    from cunet_edge.drift import drift_samples_for
+
+    assert [drift_samples_for(s) for s in (8, 16, 32, 64)] == [16, 16, 4, 4]
+    assert drift_samples_for(64, 7) == 7
+
+
+def test_importance_batch_follows_the_image_size():
+    """The Taylor importance's images per batch: the batch size up to 16 px, images x pixels constant above (at
+    least 4); a given importance_batch stays; the gradient pass uses it."""
+    cfg = PruneConfig(target_macs=0.5)
+    assert [cfg.importance_batch_for(s) for s in (8, 16, 32, 64, 128)] == [64, 64, 16, 4, 4]
+    assert PruneConfig(target_macs=0.5, importance_batch=12).importance_batch_for(64) == 12
+    assert PruneConfig(target_macs=0.5, batch_size=2).importance_batch_for(64) == 2
+    with pytest.raises(ConfigError, match="importance_batch must be"):
+        PruneConfig(target_macs=0.5, importance_batch=0)
+
+
+def test_taylor_gradients_use_the_importance_batch(tiny_checkpoint, monkeypatch):
+    from cunet_edge.data import load_images
+    from cunet_edge.pruning import _taylor_gradients
+
+    parent = load_checkpoint(tiny_checkpoint)
+    model, seen = build_model(parent.config.model), []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, t: seen.append(len(t)) or forward(x, t))
+    cfg = PruneConfig(target_macs=0.5, importance_batches=2, batch_size=10, importance_batch=5)
+    _taylor_gradients(model, load_images(parent.config.data, "train")[0], parent.config, cfg, 1)
+    assert seen == [5, 5]

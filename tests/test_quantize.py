@@ -268,3 +268,56 @@ def test_range_collection_holds_one_bounded_chunk(tiny_onnx, tmp_path):
                               stats=small)
     assert small["chunk"] == 8 and small["calls"] == 5 and small["collected_mib_per_call"] <= budget
     assert whole.keys() == parts.keys() and all(np.allclose(whole[k], parts[k]) for k in whole)  # min-max: exact
+
+
+def test_fastest_ties_within_the_noise_go_to_the_fewest_float_layers():
+    """Layouts timed within 3% of the fastest, or within the timing's own spread if larger, tie; the fewest float
+    layers win the tie; a layout clearly faster than the band still wins."""
+    from cunet_edge.quantize.int8 import TIE_BAND, _fastest_with_ties
+
+    def layouts(*rows):
+        return [{"float_layers": k, "latency_rounds_ms": list(r), "latency_ms": float(np.median(r))} for k, r in rows]
+
+    best, rec = _fastest_with_ties(layouts((2, (10.2, 10.2)), (3, (10.0, 10.05)), (4, (9.9, 9.95))), 16)
+    assert best["float_layers"] == 2 and rec["tie_band"] == TIE_BAND and rec["fastest_float_layers"] == 4
+    assert rec["tied_float_layers"] == [2, 3, 4] and rec["timing_batch"] == 16
+    best, rec = _fastest_with_ties(layouts((2, (12.0, 12.1)), (3, (10.0, 10.1))), 16)
+    assert best["float_layers"] == 3 and rec["tied_float_layers"] == [3]  # 20% slower: no tie
+    best, rec = _fastest_with_ties(layouts((2, (11.0, 12.0)), (3, (10.0, 11.5))), 2)  # noise 15% > 3%
+    assert best["float_layers"] == 2 and rec["noise"] == pytest.approx(0.15) and rec["tie_band"] == rec["noise"]
+
+
+def test_select_fastest_records_the_timings_and_the_tie_rule(tiny_onnx, tmp_path):
+    """The real stage with --select fastest: every passing layout timed twice, the choice and its rule recorded,
+    and the kept layout is the fewest float layers among those within the band of the fastest."""
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, select="fastest", val_n=16, drift_samples=2,
+                         compare_fp16=False)
+    m = quantize_int8(tiny_onnx, cfg, tmp_path / "fast", progress=False).manifest
+    timed = [c for c in m["tried"] if c["passes"]]
+    assert len(timed) > 1 and all(len(c["latency_rounds_ms"]) == 2 for c in timed)
+    choice = m["choice"]
+    assert "tie goes to the fewest float layers" in choice["rule"] and choice["timing_batch"] == 16
+    fastest = min(c["latency_ms"] for c in timed)
+    tied = [c["float_layers"] for c in timed if c["latency_ms"] <= fastest * (1 + choice["tie_band"])]
+    assert choice["tied_float_layers"] == tied and len(m["float_nodes"]) == min(tied)
+    assert choice["tie_band"] >= 0.03 and set(m["cpu_timings_s"]) == set(m["timings_s"])
+    assert m["drift"]["samples"] == 2
+
+
+def test_timing_batch_and_drift_samples_follow_the_model():
+    from cunet_edge.drift import drift_samples_for
+    from cunet_edge.quantize.int8 import timing_batch
+
+    assert [timing_batch(16, m) for m in (24e6, 98e6, 3.03e9, 6e9, 20e9, None)] == [16, 16, 2, 1, 1, 16]
+    assert drift_samples_for(64) == 4 and drift_samples_for(16) == 16 and drift_samples_for(64, 9) == 9
+
+
+def test_sensitivity_screening_inputs_follow_the_image_size():
+    """8 screening inputs up to 16 px (as measured in docs/results/2026-12-02-scale.md), 4 above; a given count
+    stays."""
+    cfg = QuantizeConfig(target="cpu")
+    assert [cfg.screen_inputs_for(s) for s in (8, 16, 32, 64)] == [8, 8, 4, 4]
+    assert QuantizeConfig(target="cpu", sensitivity_n=0).screen_inputs_for(64) == 0
+    assert QuantizeConfig(target="cpu", sensitivity_n=6).screen_inputs_for(64) == 6
+    with pytest.raises(ConfigError, match="sensitivity_n"):
+        QuantizeConfig(target="cpu", sensitivity_n=-1)

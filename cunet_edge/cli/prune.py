@@ -23,6 +23,8 @@ option = partial(config_option, PruneConfig, unset=True)
 @option("--iterative-steps", help="Rounds of prune + fine-tune, importance re-estimated.")
 @option("--importance-batches", help="Batches of Taylor gradients, timesteps stratified over the schedule.")
 @option("--ratio-step", help="Spacing of the pruning ratios scanned at each round.")
+@option("--coarse-step", help="First pass over the ratios at this spacing, the --ratio-step grid scanned only "
+                              "around where the target is first met (0: every ratio of the grid).")
 @option("--select", help="Among ratios meeting the target: least-error (closest eps to the parent) "
                          "or largest (the most MACs/params kept).")
 @option("--finetune-steps", help="Fine-tuning optimizer steps after pruning (0: none).")
@@ -38,11 +40,13 @@ option = partial(config_option, PruneConfig, unset=True)
 @click.option("--out", required=True, type=click.Path(), help="Directory of the pruned artifact.")
 @JSON_OPTION
 def prune(artifact, target_macs, target_params, importance, scope, iterative_steps, importance_batches, ratio_step,
-          select, finetune_steps, distill_weight, lr, batch_size, seed, keep, threads, progress, out, json_path):
+          coarse_step, select, finetune_steps, distill_weight, lr, batch_size, seed, keep, threads, progress, out,
+          json_path):
     """Prune ARTIFACT (a continuous U-Net or an imported network, unrolled or not) and fine-tune it toward its
     parent."""
     options = {"target_macs": target_macs, "target_params": target_params, "importance": importance, "scope": scope,
                "iterative_steps": iterative_steps, "importance_batches": importance_batches, "ratio_step": ratio_step,
+               "coarse_step": coarse_step,
                "select": select, "finetune_steps": finetune_steps, "distill_weight": distill_weight, "lr": lr,
                "batch_size": batch_size, "seed": seed, "keep": tuple(keep) or None}
     cfg = PruneConfig(**{k: v for k, v in options.items() if v is not None})
