@@ -29,10 +29,9 @@ import time
 
 import numpy as np
 
-import cudamem  # the bundle's CUDA buffers (numpy and ctypes only at import: light on a CPU-only board)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import cudamem  # noqa: E402  the bundle's CUDA buffers (numpy and ctypes at import: light on a CPU-only board)
 PLAN = "model.plan"
 ENGINE_INFO = "engine.json"
 
