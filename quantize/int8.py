@@ -457,6 +457,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     art = _check_source(src)
     scheme = SCHEMES[cfg.target]
     fp32 = art.file("model.onnx")
+    train_cfg = read_train_config(art)  # read once: the image size sets several phases' sizes
     clock = PhaseClock()
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
@@ -466,7 +467,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
         validator = _Validator(fp32, val)
-        search = _search(model, ranges, scheme, validator, cfg, read_train_config(art).model.image_size)
+        search = _search(model, ranges, scheme, validator, cfg, train_cfg.model.image_size)
         clock.lap("sensitivity_and_fallback")
         batch = timing_batch(cfg.bench_batch, (art.manifest.get("model_cost") or {}).get("macs"))
         best, choice = _choose(search["tried"], val, cfg, batch)
@@ -480,9 +481,9 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
             precisions = _side_by_side(fp32, fp16, best["model"], val, batch, note)
         clock.lap("side_by_side")
     lint = _lint(best, cfg)
-    samples = drift_samples_for(read_train_config(art).model.image_size, cfg.drift_samples)
+    samples = drift_samples_for(train_cfg.model.image_size, cfg.drift_samples)
     drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
-             "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], read_train_config(art), samples),
+             "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], train_cfg, samples),
              "samples": samples,
              "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
     clock.lap("drift")
@@ -493,7 +494,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         np.save(w.dir / "calibration" / "t.npy", calib["t"])
         (w.dir / CONFIG).write_text(art.file(CONFIG).read_text())
         w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
-        w.manifest["calibration"].update(images=cfg.calibration.images_for(read_train_config(art).model.image_size),
+        w.manifest["calibration"].update(images=cfg.calibration.images_for(train_cfg.model.image_size),
                                          collection=collection)
         w.manifest["precisions"] = precisions
         w.manifest["choice"] = choice
