@@ -31,6 +31,13 @@ def parse_time_log(path: Path) -> dict:
     return {"wall_s": seconds, "cpu_s": cpu, "peak_mib": rss_kb / 1024, "exit": status}
 
 
+def _slope(pts: list[dict], key: str) -> float:
+    """Least-squares slope of log(key) against log(MACs)."""
+    import numpy as np
+
+    return float(np.polyfit(np.log([r["macs"] for r in pts]), np.log([r[key] for r in pts]), 1)[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="SIZE:LABEL:TIME_LOG:INPUT[:OUTPUT]")
@@ -56,6 +63,12 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: (r["size"], r["label"])):
         print(f"| {r['size']} | {r['macs'] / 1e6:,.0f} M | {r['label']} | {r['wall_s'] / 60:.1f} min | "
               f"{r['cpu_s'] / 60:.1f} min | {r['peak_mib']:,.0f} MiB | {r['exit']} |")
+    # Growth with the model: the slope of log(time) and log(peak memory) against log(MACs), per line (1.0: linear).
+    for label in dict.fromkeys(r["label"] for r in rows):
+        pts = [r for r in rows if r["label"] == label and r["exit"] == 0]
+        if len({r["macs"] for r in pts}) >= 2:
+            print(f"{label}: wall ~ MACs^{_slope(pts, 'wall_s'):.2f}, CPU ~ MACs^{_slope(pts, 'cpu_s'):.2f}, "
+                  f"peak RSS ~ MACs^{_slope(pts, 'peak_mib'):.2f} (least squares in log-log, {len(pts)} runs)")
     for r in rows:
         if r.get("timings_s"):
             print(f"{r['size']} px {r['label']}: phases {r['timings_s']}, evaluations {r['sensitivity_evaluations']}")

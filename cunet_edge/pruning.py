@@ -361,7 +361,7 @@ def _prune_step(tp, model, goal: float, base: dict, val, ref, cfg: PruneConfig, 
         with seconds.part("prune"):
             cand = _candidate(tp, model, r, cfg, plan)
         with seconds.part("count"):
-            cost = profile_model(cand, model.cfg)
+            cost = profile_model(cand, model.cfg, meta=True)  # shapes only where it can: the same count
         row = {"ratio": r, "macs": cost["macs"] / base["macs"], "params": cost["params"] / base["params"]}
         if row[cfg.metric] <= goal:
             with seconds.part("screen" if screening else "measure"), torch.no_grad():

@@ -266,6 +266,24 @@ def test_profile_counts_solver_evaluations():
     assert per_eval > 0
 
 
+def test_profile_on_the_meta_device_counts_what_a_real_call_counts():
+    """The pruning scan counts candidates on the meta device (shapes only): every figure must be the real call's,
+    for each solver, unrolled (on meta) or through torchdiffeq (which reads values: counted for real), and for a
+    model at pruned (uneven) widths."""
+    pruned = dataclasses.replace(tiny("rk4", steps=2, unrolled=True), enc_widths=(4, 12), dec_widths=(8, 12),
+                                 up_widths=(4,), ode_hidden=(4, 8, 12, 8, 4, 8), v0_hidden=(8, 4, 4, 12, 4, 8))
+    for cfg in (tiny("rk4"), tiny("euler"), tiny("midpoint", steps=2, unrolled=True), pruned):
+        model = make(cfg)
+        real = profile_model(model, cfg, batch=2)
+        devices = []
+        hook = model.register_forward_pre_hook(lambda _m, args: devices.append(args[0].device.type))
+        meta = profile_model(model, cfg, batch=2, meta=True)
+        hook.remove()
+        assert meta == real and real["macs"] > 0
+        assert devices == (["meta"] if cfg.solver.unrolled else ["meta", "cpu"])  # torchdiffeq: counted for real
+        assert next(model.parameters()).device.type == "cpu"  # the model itself is left where it was
+
+
 def test_profile_scales_with_batch():
     model = make(tiny())
     one, four = profile_model(model, model.cfg), profile_model(model, model.cfg, batch=4)

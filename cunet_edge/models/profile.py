@@ -24,7 +24,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
+def profile_model(model: nn.Module, cfg: Any, batch: int = 1, *, meta: bool = False) -> dict[str, int]:
     """Parameters, MACs, FLOPs and NFE of one network call, counted with FlopCounterMode.
 
     Runs one seeded forward at t = PROFILE_TIMESTEP on a (batch, in_channels, image_size, image_size) input.
@@ -35,19 +35,42 @@ def profile_model(model: nn.Module, cfg: Any, batch: int = 1) -> dict[str, int]:
     any; `ode_blocks` is then the number of torchdiffeq solves per call. Without any, NFE is 1.
     `macs_conv_linear` counts the convolutions and linear layers only, as thop does (the figure the
     continuous U-Net paper reports): no attention products, no resampling, no norms.
+
+    `meta=True` runs the call on the meta device (shapes only, no arithmetic): the same counts, at a
+    fraction of the cost of a real forward at large sizes (0.95 against 1.9 CPU s at 64 px); the pruning
+    scan counts every candidate so. A forward that reads a value (torchdiffeq's solvers check their
+    tensors) cannot run there: the call is then made for real.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     p = next(model.parameters())
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
-    x = x.to(device=p.device, dtype=p.dtype)
-    t = torch.full((batch,), PROFILE_TIMESTEP, dtype=torch.long, device=p.device)
+    shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
+    if meta:
+        from torch.func import functional_call
+
+        state = {n: torch.empty_like(v, device="meta") for n, v in [*model.named_parameters(), *model.named_buffers()]}
+        x = torch.empty(shape, dtype=p.dtype, device="meta")
+        t = torch.full((batch,), PROFILE_TIMESTEP, dtype=torch.long, device="meta")
+
+        def call():
+            return functional_call(model, state, (x, t))
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(*shape, generator=gen).to(device=p.device, dtype=p.dtype)
+        t = torch.full((batch,), PROFILE_TIMESTEP, dtype=torch.long, device=p.device)
+
+        def call():
+            return model(x, t)
     ode_blocks = getattr(model, "num_ode_blocks", 0)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter, count_nfe(model) as nfe, _count_torchdiffeq() as solves:
-        model(x, t)
+    try:
+        with torch.no_grad(), counter, count_nfe(model) as nfe, _count_torchdiffeq() as solves:
+            call()
+    except (RuntimeError, NotImplementedError):
+        if not meta:
+            raise
+        return profile_model(model, cfg, batch)  # a value was read (Tensor.item on meta): count a real call
     flops = int(counter.get_total_flops())
     # thop's count, as the paper's figures were made: it hooks nn.Conv2d / nn.Linear modules, so convolutions and
     # linear layers count; attention's q·k and attn·v products (matmul, einsum) and the bilinear resampling
