@@ -94,9 +94,12 @@ def main() -> None:
                              fontsize=8)
     axes[0].set(xlabel="model MACs per call", ylabel="seconds", title=f"{args.title}: time")
     axes[1].set(xlabel="model MACs per call", ylabel="peak RSS (MiB)", title=f"{args.title}: peak memory")
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a log axis overlap
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,14 @@ def _open_all(stack, targets, cfg: BenchConfig) -> list:
     return runners
 
 
+# Idle time before each timed image when several targets are open. ONNX Runtime's intra-op workers spin for a while
+# after a call; timed right after another target's image, an image shared the second core with those spinning
+# threads: on the digits model at DDIM 16 with four sessions open, 28 to 55 ms per image against 13 to 17 ms after a
+# 50 ms pause, and 14 ms with one session open (docs/results/2026-12-02-paper64-quiet.md). Per-call timings are
+# robust to it (warm-up calls, medians over many calls); three images are not.
+SETTLE_S = 0.05
+
+
 def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], list[list[float]]]:
     """Per-call and per-image milliseconds of every runner, the runners taken in turn in each round."""
     import math
@@ -249,6 +258,8 @@ def _timers(runners, cfg: BenchConfig, bar, task) -> tuple[list[list[float]], li
             fn()
     for _ in range(cfg.image_reps):
         for i, (fn, _b) in enumerate(images):
+            if len(images) > 1:
+                time.sleep(SETTLE_S)
             per_image[i].append(wall_clock_ms(fn))
             bar.update(task, advance=1)
     return per_call, per_image
