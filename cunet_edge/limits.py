@@ -202,6 +202,10 @@ def _check_drift(where: str, drift: Any, key: str = "drift") -> None:
         _measure(where, f"{key}.sample_psnr_vs_parent", drift["sample_psnr_vs_parent"], low=None, null=True)
     if "eps_rel_err_by_timestep" in drift:
         _check_error_rows(where, f"{key}.eps_rel_err_by_timestep", drift["eps_rel_err_by_timestep"], "eps_rel_err")
+    if "eps_rel_err_by_inputs" in drift:  # quantize: the error on each kind of held-out input
+        _table(where, f"{key}.eps_rel_err_by_inputs", drift["eps_rel_err_by_inputs"])
+        for k, v in drift["eps_rel_err_by_inputs"].items():
+            _measure(where, f"{key}.eps_rel_err_by_inputs.{k}", v)
     for k in ("inputs", "samples"):
         if k in drift:
             _count(where, f"{key}.{k}", drift[k])

@@ -33,7 +33,7 @@ from ..artifact import Artifact, ArtifactWriter, check_output_path
 from ..checkpoint import CONFIG, read_train_config
 from ..config import check_choice, check_positive, to_dict
 from ..diffusion import alphas_cumprod
-from ..drift import drift_samples_for, error_by_timestep, psnr, rel_err
+from ..drift import drift_samples_for, error_by_timestep, psnr, rel_err, schedule_inputs
 from ..errors import ArtifactError, ConfigError, CunetEdgeError
 from ..evaluation import evaluate_images
 from ..export.onnx import OnnxExportConfig, export_onnx
@@ -137,10 +137,13 @@ def _session(model_or_path, threads: int = 1):
 
 
 class _Validator:
-    """ε of a candidate vs the FP32 model on held-out inputs from the diffusion process (another seed)."""
+    """ε of a candidate vs the FP32 model on held-out inputs (see _validation_set): on the whole set, the larger of
+    the errors on each kind of input, so that the tolerance holds for both; on a subset (the sensitivity screening,
+    a ranking only), the error over that subset."""
 
-    def __init__(self, fp32_path: Path, val: dict):
+    def __init__(self, fp32_path: Path, val: dict, groups: dict[str, np.ndarray] | None = None):
         self.val = val
+        self.groups = groups or {"held-out": np.arange(len(val["x"]))}
         self.ref = _session(fp32_path).run(["eps"], val)[0]
 
     def subset(self, n: int | None) -> np.ndarray:
@@ -154,9 +157,14 @@ class _Validator:
         """ε relative error on all validation inputs, or on `n` of them spread over the set."""
         idx = self.subset(n)
         if len(idx) == len(self.ref):
-            return rel_err(_session(model).run(["eps"], self.val)[0], self.ref)
+            return max(self.errors_by_inputs(model).values())
         feed = {k: np.ascontiguousarray(v[idx]) for k, v in self.val.items()}
         return rel_err(_session(model).run(["eps"], feed)[0], self.ref[idx])
+
+    def errors_by_inputs(self, model) -> dict[str, float]:
+        """ε relative error on each kind of held-out input."""
+        out = _session(model).run(["eps"], self.val)[0]
+        return {kind: rel_err(out[idx], self.ref[idx]) for kind, idx in self.groups.items()}
 
     def error_by_timestep(self, model, bins: int = 10) -> list[dict]:
         return error_by_timestep(_session(model).run(["eps"], self.val)[0], self.ref, self.val["t"], bins)
@@ -315,16 +323,41 @@ def _fid_gate(best: dict, tried: list[dict], art, cfg: QuantizeConfig) -> tuple[
     return c, {"fid_fp32": ref, "fid_int8": c["fid"], "n": cfg.fid_n, "passes": False}
 
 
-def _validation_set(runner, cfg: QuantizeConfig) -> dict:
-    """Held-out denoiser inputs from sampling runs with another seed, spread over the whole schedule."""
+SAMPLING, NOISY_DATA = "sampling runs", "noisy test images"
+
+
+def _validation_set(runner, cfg: QuantizeConfig) -> tuple[dict, dict[str, np.ndarray], str | None]:
+    """Held-out denoiser inputs of two kinds, half each, and which is which: inputs from the FP32 model's own
+    sampling runs (another seed than the calibration's), spread over the whole schedule; and noisy test images
+    x_t = q(x_t | x_0) at timesteps spread over the schedule, the inputs on which the report's ε, the stages' drift
+    records and benchmarks/scale.py measure. The INT8 error is larger on the second kind: gated on sampling inputs
+    alone, the digits model's INT8 passed at 2.53% and the report measured 3.86% (2026-12-02-paper64-quiet.md).
+    Where the test images cannot be loaded (an imported model whose dataset is not on this machine), sampling
+    inputs only, and the reason is returned."""
     import dataclasses
 
 
     c = cfg.calibration
-    runs = max(4, c.images_for(runner.train_config().model.image_size) // 4)
+    train_cfg = runner.train_config()
+    shape = tuple(runner.signature["inputs"]["x"]["shape"][1:])
+    data, note = None, None
+    try:
+        x, t = schedule_inputs(train_cfg, cfg.val_n // 2, c.seed + 2)
+        data = {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32), "t": t.numpy().astype(np.int64)}
+        if data["x"].shape[1:] != shape:
+            data, note = None, f"test images are {data['x'].shape[1:]}, the model takes {shape}"
+    except CunetEdgeError as exc:
+        note = str(exc)
+    n_sampling = cfg.val_n - (len(data["x"]) if data else 0)
+    runs = max(4, c.images_for(train_cfg.model.image_size) // 4)
     held = capture_calibration_set(runner, dataclasses.replace(c, seed=c.seed + 1, n_images=runs))
-    idx = np.linspace(0, held["x"].shape[0] - 1, min(cfg.val_n, held["x"].shape[0])).round().astype(int)
-    return {"x": np.ascontiguousarray(held["x"][idx]), "t": held["t"][idx]}
+    idx = np.linspace(0, held["x"].shape[0] - 1, min(n_sampling, held["x"].shape[0])).round().astype(int)
+    val = {"x": np.ascontiguousarray(held["x"][idx]), "t": held["t"][idx]}
+    groups = {SAMPLING: np.arange(len(idx))}
+    if data is not None:
+        groups[NOISY_DATA] = np.arange(len(idx), len(idx) + len(data["x"]))
+        val = {k: np.ascontiguousarray(np.concatenate([val[k], data[k]])) for k in val}
+    return val, groups, None if note is None else f"{NOISY_DATA} not used: {note}"
 
 
 def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> float:
@@ -366,9 +399,10 @@ def _fp16_sibling(art, tmp: Path) -> tuple[Path | None, str]:
     return fp16.file("model.onnx"), f"{src.path} exported at fp16"
 
 
-def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, batch: int, note: str,
-                  threads: int = 1) -> dict:
-    """FP32, FP16 and INT8 on ONNX Runtime CPU: ε vs FP32 on held-out inputs, size, p50 per call timed in turn."""
+def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict, groups: dict, batch: int,
+                  note: str, threads: int = 1) -> dict:
+    """FP32, FP16 and INT8 on ONNX Runtime CPU: ε vs FP32 on held-out inputs (the larger over their kinds, as the
+    gate measures it), size, p50 per call timed in turn."""
     models = {"fp32": fp32_path, "fp16": fp16_path, "int8": int8_model}
     sessions = {k: _session(m, threads) for k, m in models.items() if m is not None}
 
@@ -381,7 +415,8 @@ def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict
     rows = {}
     for k, sess in sessions.items():
         m = models[k]
-        rows[k] = {"precision": k, "eps_rel_err": rel_err(call(sess, len(val["x"]))().astype(np.float32), ref),
+        out = call(sess, len(val["x"]))().astype(np.float32)
+        rows[k] = {"precision": k, "eps_rel_err": max(rel_err(out[idx], ref[idx]) for idx in groups.values()),
                    "bytes": len(m.SerializeToString()) if hasattr(m, "SerializeToString") else Path(m).stat().st_size}
     batches = sorted({1, batch})
     for b in batches:
@@ -429,7 +464,7 @@ def _calibrate(art, cfg: QuantizeConfig, stats: dict | None = None):
         val = _validation_set(r, cfg)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         ranges = activation_ranges(art.file("model.onnx"), calib, cfg.calibration, Path(tmp), stats=stats)
-    return calib, val, ranges
+    return calib, val, ranges  # val: (inputs, their kinds, a note)
 
 
 def _record(art, cfg: QuantizeConfig, scheme, calib, search, best, drift, sizes, lint) -> dict:
@@ -462,11 +497,11 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
         collection: dict = {}
-        calib, val, ranges = _calibrate(art, cfg, collection)
+        calib, (val, groups, val_note), ranges = _calibrate(art, cfg, collection)
         clock.lap("calibrate")
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
-        validator = _Validator(fp32, val)
+        validator = _Validator(fp32, val, groups)
         search = _search(model, ranges, scheme, validator, cfg, train_cfg.model.image_size)
         clock.lap("sensitivity_and_fallback")
         batch = timing_batch(cfg.bench_batch, (art.manifest.get("model_cost") or {}).get("macs"))
@@ -478,11 +513,12 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         bar.update(task, description="FP32, FP16 and INT8 side by side")
         with tempfile.TemporaryDirectory() as tmp:
             fp16, note = _fp16_sibling(art, Path(tmp)) if cfg.compare_fp16 else (None, "not compared (compare_fp16 off)")
-            precisions = _side_by_side(fp32, fp16, best["model"], val, batch, note)
+            precisions = _side_by_side(fp32, fp16, best["model"], val, groups, batch, note)
         clock.lap("side_by_side")
     lint = _lint(best, cfg)
     samples = drift_samples_for(train_cfg.model.image_size, cfg.drift_samples)
-    drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
+    drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_inputs": validator.errors_by_inputs(best["model"]),
+             "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
              "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], train_cfg, samples),
              "samples": samples,
              "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
@@ -496,6 +532,8 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
         w.manifest["calibration"].update(images=cfg.calibration.images_for(train_cfg.model.image_size),
                                          collection=collection)
+        w.manifest["validation"] = {"inputs": {k: len(v) for k, v in groups.items()}, "note": val_note,
+                                    "gate": "the larger of the ε errors on each kind of input"}
         w.manifest["precisions"] = precisions
         w.manifest["choice"] = choice
         w.manifest["timings_s"] = clock.laps  # wall time of each phase of this run, for scale studies

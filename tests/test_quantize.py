@@ -56,6 +56,45 @@ def test_manifest_records_calibration_fallback_and_drift(tiny_int8_cpu, tiny_onn
     assert m["passed"] == (d["eps_rel_err"] <= 0.5)
 
 
+def test_the_gate_takes_the_larger_error_of_sampling_inputs_and_noisy_test_images(tiny_int8_cpu, tiny_onnx):
+    """Half the held-out inputs come from the model's sampling runs, half are noisy test images over the schedule
+    (what the report and scale.py measure on); the recorded error is the larger of the two, and the noisy-image one
+    is what ONNX Runtime gives on those images, recomputed here."""
+    import onnxruntime as ort
+
+    from cunet_edge.checkpoint import read_train_config
+    from cunet_edge.drift import rel_err, schedule_inputs
+    from cunet_edge.artifact import Artifact
+
+    m, d = tiny_int8_cpu.manifest, tiny_int8_cpu.manifest["drift"]
+    assert m["validation"]["inputs"] == {"sampling runs": 8, "noisy test images": 8} and m["validation"]["note"] is None
+    by = d["eps_rel_err_by_inputs"]
+    assert set(by) == {"sampling runs", "noisy test images"} and d["eps_rel_err"] == max(by.values())
+    x, t = schedule_inputs(read_train_config(Artifact.load(tiny_onnx)), 8, CAL.seed + 2)
+    feed = {"x": x.numpy(), "t": t.numpy()}
+    out = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["eps"], feed)[0]
+           for p in (tiny_int8_cpu.file("model.onnx"), tiny_onnx / "model.onnx")]
+    assert rel_err(*out) == pytest.approx(by["noisy test images"], rel=1e-5)
+
+
+def test_without_the_test_images_the_gate_uses_sampling_inputs_and_says_why(tiny_onnx, tmp_path, monkeypatch):
+    """An imported model whose dataset is not on this machine: the held-out set is sampling inputs only, and the
+    manifest says why (the dataset loader made to fail as a missing dataset does)."""
+    from cunet_edge.errors import DatasetError
+    from cunet_edge.quantize import int8
+
+    def missing(*_a, **_k):
+        raise DatasetError("dataset 'cifar10' not found under /nowhere")
+
+    monkeypatch.setattr(int8, "schedule_inputs", missing)
+    cfg = QuantizeConfig(target="cpu", calibration=CAL, tolerance=0.5, select="fewest-float", val_n=16,
+                         drift_samples=1, compare_fp16=False)
+    m = quantize_int8(tiny_onnx, cfg, tmp_path / "q", progress=False).manifest
+    assert m["validation"]["inputs"] == {"sampling runs": 16}
+    assert m["validation"]["note"] == "noisy test images not used: dataset 'cifar10' not found under /nowhere"
+    assert m["drift"]["eps_rel_err"] == m["drift"]["eps_rel_err_by_inputs"]["sampling runs"]
+
+
 def test_fp32_fp16_int8_side_by_side(tiny_int8_cpu, tiny_unrolled, tiny_onnx, tmp_path):
     """The parent exported at fp16 is measured beside FP32 and INT8: ε against FP32, size, latency timed in turn."""
     from types import SimpleNamespace
