@@ -340,14 +340,15 @@ def _validation_set(runner, cfg: QuantizeConfig) -> tuple[dict, dict[str, np.nda
     c = cfg.calibration
     train_cfg = runner.train_config()
     shape = tuple(runner.signature["inputs"]["x"]["shape"][1:])
-    data, note = None, None
-    try:
-        x, t = schedule_inputs(train_cfg, cfg.val_n // 2, c.seed + 2)
-        data = {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32), "t": t.numpy().astype(np.int64)}
-        if data["x"].shape[1:] != shape:
-            data, note = None, f"test images are {data['x'].shape[1:]}, the model takes {shape}"
-    except CunetEdgeError as exc:
-        note = str(exc)
+    data, note = None, "val_n is 1"
+    if cfg.val_n >= 2:
+        try:
+            x, t = schedule_inputs(train_cfg, cfg.val_n // 2, c.seed + 2)
+            data, note = {"x": np.ascontiguousarray(x.numpy(), dtype=np.float32), "t": t.numpy().astype(np.int64)}, None
+            if data["x"].shape[1:] != shape:
+                data, note = None, f"test images are {data['x'].shape[1:]}, the model takes {shape}"
+        except CunetEdgeError as exc:
+            note = str(exc)
     n_sampling = cfg.val_n - (len(data["x"]) if data else 0)
     runs = max(4, c.images_for(train_cfg.model.image_size) // 4)
     held = capture_calibration_set(runner, dataclasses.replace(c, seed=c.seed + 1, n_images=runs))
