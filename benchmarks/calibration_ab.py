@@ -43,7 +43,7 @@ def main() -> None:
         cfg = dataclasses.replace(base, calibration=dataclasses.replace(base.calibration, n_images=n))
         stats: dict = {}
         t0 = time.perf_counter()
-        _, (val, groups, _note), ranges = _calibrate(art, cfg, stats)
+        _, held, ranges = _calibrate(art, cfg, stats)
         seconds = time.perf_counter() - t0
         print(f"{size} px, {cfg.calibration.images_for(size)} runs ({text}): calibrate {seconds:.1f} s; {stats}")
         if first is None:
@@ -54,7 +54,7 @@ def main() -> None:
                   f"p90 {np.quantile(rel, 0.9):.3f}")
         if args.no_search:
             continue
-        validator = validator or _Validator(fp32, val, groups)
+        validator = validator or _Validator(fp32, held.val, held.groups)
         t0 = time.perf_counter()
         search = _search(model, ranges, scheme, validator, cfg, size)
         print(f"  search {time.perf_counter() - t0:.1f} s; head: {[s['node'] for s in search['sensitivity'][:8]]}")

@@ -31,11 +31,11 @@ def main() -> None:
     art = Artifact.load(args.artifact)
     cfg = QuantizeConfig(target="cpu")
     t0 = time.perf_counter()
-    _, (val, groups, _note), ranges = _calibrate(art, cfg)
+    _, held, ranges = _calibrate(art, cfg)
     print(f"calibrate: {time.perf_counter() - t0:.1f} s")
     fp32 = art.file("model.onnx")
     model, scheme = onnx.load(str(fp32)), SCHEMES["cpu"]
-    validator = _Validator(fp32, val, groups)
+    validator = _Validator(fp32, held.val, held.groups)
 
     t0 = time.perf_counter()
     old = _Sensitivity(model, ranges, scheme, validator, None)

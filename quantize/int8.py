@@ -26,6 +26,7 @@ import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -136,6 +137,11 @@ def _session(model_or_path, threads: int = 1):
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
+def _errors_by_kind(out: np.ndarray, ref: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float]:
+    """ε relative error of `out` against `ref` on each kind of held-out input (groups: kind -> indices)."""
+    return {kind: rel_err(out[idx], ref[idx]) for kind, idx in groups.items()}
+
+
 class _Validator:
     """ε of a candidate vs the FP32 model on held-out inputs (see _validation_set): on the whole set, the larger of
     the errors on each kind of input, so that the tolerance holds for both; on a subset (the sensitivity screening,
@@ -157,17 +163,15 @@ class _Validator:
         """ε relative error on all validation inputs, or on `n` of them spread over the set."""
         idx = self.subset(n)
         if len(idx) == len(self.ref):
-            return max(self.errors_by_inputs(model).values())
+            return max(_errors_by_kind(_session(model).run(["eps"], self.val)[0], self.ref, self.groups).values())
         feed = {k: np.ascontiguousarray(v[idx]) for k, v in self.val.items()}
         return rel_err(_session(model).run(["eps"], feed)[0], self.ref[idx])
 
-    def errors_by_inputs(self, model) -> dict[str, float]:
-        """ε relative error on each kind of held-out input."""
+    def breakdown(self, model, bins: int = 10) -> dict:
+        """The chosen model's error by kind of input and by timestep band, from one run over the held-out set."""
         out = _session(model).run(["eps"], self.val)[0]
-        return {kind: rel_err(out[idx], self.ref[idx]) for kind, idx in self.groups.items()}
-
-    def error_by_timestep(self, model, bins: int = 10) -> list[dict]:
-        return error_by_timestep(_session(model).run(["eps"], self.val)[0], self.ref, self.val["t"], bins)
+        return {"eps_rel_err_by_inputs": _errors_by_kind(out, self.ref, self.groups),
+                "eps_rel_err_by_timestep": error_by_timestep(out, self.ref, self.val["t"], bins)}
 
 
 class _Sensitivity:
@@ -326,7 +330,13 @@ def _fid_gate(best: dict, tried: list[dict], art, cfg: QuantizeConfig) -> tuple[
 SAMPLING, NOISY_DATA = "sampling runs", "noisy test images"
 
 
-def _validation_set(runner, cfg: QuantizeConfig) -> tuple[dict, dict[str, np.ndarray], str | None]:
+class _HeldOut(NamedTuple):
+    val: dict  # the ONNX feed: x, t
+    groups: dict  # kind of input -> indices into val
+    note: str | None  # why the noisy test images are missing, if they are
+
+
+def _validation_set(runner, cfg: QuantizeConfig) -> _HeldOut:
     """Held-out denoiser inputs of two kinds, half each, and which is which: inputs from the FP32 model's own
     sampling runs (another seed than the calibration's), spread over the whole schedule; and noisy test images
     x_t = q(x_t | x_0) at timesteps spread over the schedule, the inputs on which the report's ε, the stages' drift
@@ -358,7 +368,7 @@ def _validation_set(runner, cfg: QuantizeConfig) -> tuple[dict, dict[str, np.nda
     if data is not None:
         groups[NOISY_DATA] = np.arange(len(idx), len(idx) + len(data["x"]))
         val = {k: np.ascontiguousarray(np.concatenate([val[k], data[k]])) for k in val}
-    return val, groups, None if note is None else f"{NOISY_DATA} not used: {note}"
+    return _HeldOut(val, groups, None if note is None else f"{NOISY_DATA} not used: {note}")
 
 
 def _sample_psnr(fp32_path: Path, model, train_cfg, n: int, steps: int = 20) -> float:
@@ -417,7 +427,7 @@ def _side_by_side(fp32_path: Path, fp16_path: Path | None, int8_model, val: dict
     for k, sess in sessions.items():
         m = models[k]
         out = call(sess, len(val["x"]))().astype(np.float32)
-        rows[k] = {"precision": k, "eps_rel_err": max(rel_err(out[idx], ref[idx]) for idx in groups.values()),
+        rows[k] = {"precision": k, "eps_rel_err": max(_errors_by_kind(out, ref, groups).values()),
                    "bytes": len(m.SerializeToString()) if hasattr(m, "SerializeToString") else Path(m).stat().st_size}
     batches = sorted({1, batch})
     for b in batches:
@@ -462,10 +472,10 @@ def _calibrate(art, cfg: QuantizeConfig, stats: dict | None = None):
     the range collection was split, see activation_ranges)."""
     with open_runner(art.path, "onnxruntime", threads=1) as r:
         calib = capture_calibration_set(r, cfg.calibration)
-        val = _validation_set(r, cfg)
+        held = _validation_set(r, cfg)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         ranges = activation_ranges(art.file("model.onnx"), calib, cfg.calibration, Path(tmp), stats=stats)
-    return calib, val, ranges  # val: (inputs, their kinds, a note)
+    return calib, held, ranges
 
 
 def _record(art, cfg: QuantizeConfig, scheme, calib, search, best, drift, sizes, lint) -> dict:
@@ -498,11 +508,12 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("calibrate", total=None)
         collection: dict = {}
-        calib, (val, groups, val_note), ranges = _calibrate(art, cfg, collection)
+        calib, held, ranges = _calibrate(art, cfg, collection)
+        val = held.val
         clock.lap("calibrate")
         bar.update(task, description="sensitivity and fallback search")
         model = onnx.load(str(fp32))
-        validator = _Validator(fp32, val, groups)
+        validator = _Validator(fp32, val, held.groups)
         search = _search(model, ranges, scheme, validator, cfg, train_cfg.model.image_size)
         clock.lap("sensitivity_and_fallback")
         batch = timing_batch(cfg.bench_batch, (art.manifest.get("model_cost") or {}).get("macs"))
@@ -514,12 +525,11 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         bar.update(task, description="FP32, FP16 and INT8 side by side")
         with tempfile.TemporaryDirectory() as tmp:
             fp16, note = _fp16_sibling(art, Path(tmp)) if cfg.compare_fp16 else (None, "not compared (compare_fp16 off)")
-            precisions = _side_by_side(fp32, fp16, best["model"], val, groups, batch, note)
+            precisions = _side_by_side(fp32, fp16, best["model"], val, held.groups, batch, note)
         clock.lap("side_by_side")
     lint = _lint(best, cfg)
     samples = drift_samples_for(train_cfg.model.image_size, cfg.drift_samples)
-    drift = {"eps_rel_err": best["eps_rel_err"], "eps_rel_err_by_inputs": validator.errors_by_inputs(best["model"]),
-             "eps_rel_err_by_timestep": validator.error_by_timestep(best["model"]),
+    drift = {"eps_rel_err": best["eps_rel_err"], **validator.breakdown(best["model"]),
              "sample_psnr_vs_parent": _sample_psnr(fp32, best["model"], train_cfg, samples),
              "samples": samples,
              "reference": "parent FP32 ONNX on ONNX Runtime CPU", "fid": fid}
@@ -533,7 +543,7 @@ def quantize_int8(src, cfg: QuantizeConfig, out, *, progress: bool = True):
         w.manifest.update(_record(art, cfg, scheme, calib, search, best, drift, _sizes(fp32, best["model"]), lint))
         w.manifest["calibration"].update(images=cfg.calibration.images_for(train_cfg.model.image_size),
                                          collection=collection)
-        w.manifest["validation"] = {"inputs": {k: len(v) for k, v in groups.items()}, "note": val_note,
+        w.manifest["validation"] = {"inputs": {k: len(v) for k, v in held.groups.items()}, "note": held.note,
                                     "gate": "the larger of the ε errors on each kind of input"}
         w.manifest["precisions"] = precisions
         w.manifest["choice"] = choice
